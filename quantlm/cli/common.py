@@ -1,0 +1,57 @@
+"""Shared CLI helpers: store option, error reporting."""
+
+from __future__ import annotations
+
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from quantlm.data.schema import DataValidationError
+
+console = Console()
+err_console = Console(stderr=True)
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", help="Store directory (default: $QUANTLM_STORE or ./data/store)."),
+]
+
+
+def store_from(path: Path | None):
+    """Open the store at `path` (or the default one)."""
+    from quantlm.data.store import Store
+
+    return Store(path)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an error to stderr and exit non-zero."""
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known user errors (bad data, missing files, bad configs) into a clear message + exit 2."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except DataValidationError as e:
+            fail(str(e))
+        except (FileNotFoundError, NotADirectoryError) as e:
+            fail(str(e))
+        except ValueError as e:
+            if getattr(e, "user_facing", False):
+                fail(str(e))
+            raise
+        return None
+
+    return wrapper
+
+
