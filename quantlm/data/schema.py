@@ -30,7 +30,7 @@ REQUIRED_BAR_COLUMNS = ("symbol", "ts", "open", "high", "low", "close", "volume"
 OPTIONAL_BAR_COLUMNS = ("amount", "adj_factor")
 BAR_COLUMNS = REQUIRED_BAR_COLUMNS + OPTIONAL_BAR_COLUMNS
 
-BOARDS = ("main", "chinext", "star", "bse", "other")
+BOARDS = ("main", "chinext", "star", "bse", "index", "other")
 INSTRUMENT_COLUMNS = ("symbol", "market", "board", "name", "list_date", "delist_date")
 # Date-ranged flags (e.g. "st" for China ST / *ST periods); end is inclusive, NaT = open-ended.
 FLAG_COLUMNS = ("symbol", "flag", "start", "end")
