@@ -1,0 +1,1 @@
+"""Workflows that compose the stages (data -> model -> backtest -> report)."""
