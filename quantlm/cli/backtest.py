@@ -1,7 +1,75 @@
-"""CLI commands for this area (filled in by its owner)."""
+"""`quantlm backtest`: run a signals file through the market-rule-aware backtester."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from quantlm.cli.common import StoreOption, console, fail, store_from, user_errors
+
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `app`."""
+    """Add `backtest` to `app`."""
+
+    @app.command("backtest")
+    @user_errors
+    def backtest(
+        signals: Annotated[Path, typer.Option("--signals", help="Signals file (CSV or Parquet): symbol, ts, score (or weight).")],
+        out: Annotated[Path, typer.Option("--out", help="Output folder: metrics.json, equity.csv, trades.csv, report.html.")],
+        store: StoreOption = None,
+        market: Annotated[str | None, typer.Option("--market", help="cn | us | crypto (default: the store's market, else cn).")] = None,
+        strategy: Annotated[str, typer.Option("--strategy", help="topk | threshold | weights.")] = "topk",
+        topk: Annotated[int, typer.Option("--topk", help="TopkDropout: names held.")] = 50,
+        n_drop: Annotated[int, typer.Option("--n-drop", help="TopkDropout: names replaced per session at most.")] = 5,
+        hold_thresh: Annotated[int, typer.Option("--hold-thresh", help="TopkDropout: sessions held before a sale.")] = 1,
+        long_threshold: Annotated[float, typer.Option("--long-threshold", help="threshold: long when score > this.")] = 0.0,
+        short_threshold: Annotated[float | None, typer.Option("--short-threshold", help="threshold: short when score < this (if shorting is allowed).")] = None,
+        fill: Annotated[str, typer.Option("--fill", help="Fill price on the next bar: open | close | vwap.")] = "open",
+        benchmark: Annotated[str | None, typer.Option("--benchmark", help="Benchmark symbol (default: the store's meta 'benchmark').")] = None,
+        cash: Annotated[float, typer.Option("--cash", help="Initial cash, currency units.")] = 1_000_000.0,
+        no_costs: Annotated[bool, typer.Option("--no-costs", help="Zero every cost, fee, slippage and impact.")] = False,
+        participation: Annotated[float, typer.Option("--participation", help="Max fraction of a bar's volume per order (0 = no cap).")] = 0.1,
+        allow_short: Annotated[bool | None, typer.Option("--allow-short/--no-short", help="Override the market's shorting rule.")] = None,
+        leverage: Annotated[float, typer.Option("--leverage", help="Max gross exposure / equity.")] = 1.0,
+        start: Annotated[str | None, typer.Option("--start", help="First session (inclusive).")] = None,
+        end: Annotated[str | None, typer.Option("--end", help="Last session (inclusive).")] = None,
+    ) -> None:
+        """Backtest a signals file with market rules (lots, T+1, price limits, suspensions) and costs.
+
+        The score at session t is traded on session t+1 (at its open by default).
+        """
+        from quantlm.backtest.engine import BacktestConfig, backtest_from_store, read_signals
+
+        st = store_from(store)
+        if not st.exists():
+            fail(f"no quantlm store at {st.root} (create one with 'quantlm data import' or 'quantlm data synth')")
+        meta = st.meta()
+        config = BacktestConfig(
+            market=market or meta.get("market") or "cn", strategy=strategy, topk=topk, n_drop=n_drop,
+            hold_thresh=hold_thresh, long_threshold=long_threshold, short_threshold=short_threshold, cash=cash,
+            fill=fill, costs=not no_costs, participation=participation, benchmark=benchmark, start=start, end=end,
+            allow_short=allow_short, leverage=leverage)
+        config.validate()
+        scores = read_signals(signals)
+        result = backtest_from_store(scores, st, config)
+        for w in result.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False)
+        metrics = _write(result, out, scores)
+        trades = result.trades
+        n_rej = int((trades["status"] == "rejected").sum()) if len(trades) else 0
+        console.print(f"backtest {config.market}/{config.strategy}: {len(result.equity)} sessions, "
+                      f"{len(trades) - n_rej} fills, {n_rej} rejections; final equity {result.equity.iloc[-1]:,.2f}")
+        for key in ("annual_return", "sharpe", "max_drawdown", "annual_excess_return", "information_ratio"):
+            if isinstance(metrics, dict) and key in metrics and metrics[key] is not None:
+                console.print(f"  {key}: {metrics[key]:.4f}")
+        console.print(f"wrote {out}")
+
+
+def _write(result, out: Path, scores) -> dict:
+    """Write metrics.json, equity.csv, trades.csv and report.html via quantlm.backtest.outputs."""
+    from quantlm.backtest.outputs import write_outputs
+
+    written = write_outputs(result, out, scores=scores)
+    return written.get("metrics", written) if isinstance(written, dict) else {}

@@ -132,7 +132,7 @@ class Store:
         tx.commit()
 
     # ------------------------------------------------------------------ generic tables
-    def write_table(self, name: str, df: pd.DataFrame, key: str = "") -> None:
+    def write_table(self, name: str, df: pd.DataFrame | pa.Table, key: str = "") -> None:
         """Replace table `name` (or one key of it) with `df`, atomically."""
         with self.transaction() as tx:
             tx.put(name, key, df)
@@ -282,18 +282,25 @@ class _Transaction:
         self.pending: dict[tuple[str, str], tuple[Path, int, object, object, str | None]] = {}
         self.meta: dict[str, str] = {}
         self._bars_cache: dict[tuple[str, str], pd.DataFrame] = {}
+        self._n_staged = 0
 
-    def put(self, tbl: str, key: str, df: pd.DataFrame, market: str | None = None) -> None:
-        """Stage `df` as the new content of (tbl, key)."""
+    def put(self, tbl: str, key: str, df: pd.DataFrame | pa.Table, market: str | None = None) -> None:
+        """Stage `df` (a DataFrame, or an Arrow table kept as is) as the new content of (tbl, key)."""
         self.staging.mkdir(parents=True, exist_ok=True)
-        path = self.staging / f"{len(self.pending)}.parquet"
-        table = pa.Table.from_pandas(df, preserve_index=False)
+        # A fresh name per put: re-putting a key must not reuse (and later clobber) another key's file.
+        self._n_staged += 1
+        path = self.staging / f"{self._n_staged}.parquet"
+        if isinstance(df, pa.Table):  # Arrow types pandas cannot round-trip (e.g. fixed-size lists)
+            table = df
+            df = table.select([c for c in ("ts", "published_at") if c in table.column_names]).to_pandas()
+        else:
+            table = pa.Table.from_pandas(df, preserve_index=False)
         pq.write_table(table, path, compression="zstd")
         min_ts = max_ts = None
         ts_col = "ts" if "ts" in df.columns else ("published_at" if "published_at" in df.columns else None)
         if ts_col is not None and len(df):
             min_ts, max_ts = df[ts_col].min(), df[ts_col].max()
-        self.pending[(tbl, key)] = (path, len(df), min_ts, max_ts, market)
+        self.pending[(tbl, key)] = (path, table.num_rows, min_ts, max_ts, market)
 
     def set_meta(self, name: str, value: str) -> None:
         self.meta[name] = value

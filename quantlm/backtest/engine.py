@@ -1,0 +1,452 @@
+"""The backtest engine: scores -> strategy -> orders -> exchange -> portfolio, over sessions.
+
+Timing: the score at session t is known after t's close (its decision cut-off). Orders generated
+from it fill on the next session t+1: at its open (`fill="open"`, default), its close (`"close"`), or
+a VWAP proxy (`"vwap"`: amount / volume when amount is known, else (open + high + low + close) / 4).
+Whether a fill is at the price limit is judged at the fill price, never at a later price.
+
+`run_backtest` precomputes [n_sessions, n_symbols] arrays (fill prices, limit prices, volumes,
+volatility) and runs the numba kernel (`engine="numba"`, default) or the plain-Python reference
+loop over the same objects live trading uses (`engine="python"`); the two give the same results.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantlm.backtest import kernel as K
+from quantlm.backtest.costs import CostModel, cost_model
+from quantlm.backtest.exchange import TRADE_COLUMNS, Exchange
+from quantlm.backtest.portfolio import Portfolio
+from quantlm.backtest.rules import MarketRules, limit_price_arrays, market_rules
+from quantlm.backtest.strategies import TargetWeights, Threshold, TopkDropout, orders_from_targets
+from quantlm.data.schema import DataValidationError
+
+STRATEGIES = ("topk", "threshold", "weights")
+FILLS = ("open", "close", "vwap")
+SIGMA_WINDOW = 20
+
+
+class BacktestConfigError(ValueError):
+    """A bad backtest setting or input (shown to CLI users without a traceback)."""
+
+    user_facing = True
+
+
+@dataclass
+class BacktestConfig:
+    """How to run a backtest. Fractions, not percent; cash in currency units."""
+
+    market: str = "cn"  # preset: cn | us | crypto
+    strategy: str = "topk"  # topk | threshold | weights
+    topk: int = 50
+    n_drop: int = 5
+    hold_thresh: int = 1  # TopkDropout (Qlib semantics)
+    long_threshold: float = 0.0
+    short_threshold: float | None = None  # score > long -> long, < short -> short if allowed, else flat
+    cash: float = 1_000_000.0  # initial cash, currency units
+    fill: str = "open"  # open (next bar's open) | close | vwap
+    costs: bool = True  # False = --no-costs: every cost, fee, slippage and impact zero
+    participation: float = 0.1  # max fraction of the bar's volume an order may take (0 = no cap)
+    benchmark: str | None = None  # benchmark symbol in the store/bars
+    start: str | None = None
+    end: str | None = None
+    allow_short: bool | None = None  # None = market default (cn: no; us, crypto: yes, with borrow fee)
+    leverage: float = 1.0  # max gross exposure / equity
+    risk_degree: float = 0.95  # TopkDropout: fraction of available cash spent on buys
+    rules: MarketRules | None = None  # override the market preset's rules
+    cost_model: CostModel | None = None  # override the market preset's costs (ignored when costs=False)
+
+    def market_rules(self) -> MarketRules:
+        return self.rules if self.rules is not None else market_rules(self.market)
+
+    def cost_model_used(self) -> CostModel:
+        if not self.costs:
+            return CostModel.zero()
+        return self.cost_model if self.cost_model is not None else cost_model(self.market)
+
+    def shorting(self) -> bool:
+        return self.market_rules().allow_short if self.allow_short is None else bool(self.allow_short)
+
+    def validate(self) -> None:
+        def bad(msg: str) -> None:
+            raise BacktestConfigError(msg)
+
+        if self.market not in ("cn", "us", "crypto") and self.rules is None:
+            bad(f"unknown market '{self.market}' (expected cn, us or crypto)")
+        if self.strategy not in STRATEGIES:
+            bad(f"unknown strategy '{self.strategy}' (expected one of {', '.join(STRATEGIES)})")
+        if self.fill not in FILLS:
+            bad(f"unknown fill '{self.fill}' (expected one of {', '.join(FILLS)})")
+        if self.topk < 1 or self.n_drop < 0 or self.hold_thresh < 0:
+            bad("topk must be >= 1, n_drop >= 0 and hold_thresh >= 0")
+        if not self.cash > 0:
+            bad(f"cash must be positive, got {self.cash}")
+        if not 0 <= self.participation <= 1:
+            bad(f"participation must be in [0, 1], got {self.participation}")
+        if not self.leverage > 0:
+            bad(f"leverage must be positive, got {self.leverage}")
+
+
+@dataclass
+class BacktestResult:
+    config: BacktestConfig
+    equity: pd.Series  # index: session ts; cash + positions at close, currency
+    cash: pd.Series
+    benchmark: pd.Series | None  # benchmark closes aligned to equity.index
+    positions: pd.DataFrame  # ts, symbol, shares, value, weight
+    trades: pd.DataFrame  # TRADE_COLUMNS, one row per order (fills, partials, rejections)
+    turnover: pd.Series  # traded value / previous equity (fraction)
+    costs: pd.Series  # trade costs + borrow fees per session (currency)
+    exposure: pd.Series  # gross exposure / equity (fraction)
+    borrow_fees: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))  # included in costs
+    warnings: list[str] = field(default_factory=list)
+
+    def returns(self) -> pd.Series:
+        """Simple session returns of equity (the first session against the initial cash)."""
+        prev = self.equity.shift(1)
+        prev.iloc[:1] = self.config.cash
+        return (self.equity / prev - 1.0).rename("returns")
+
+
+@dataclass
+class _Arrays:
+    symbols: list[str]
+    sessions: pd.DatetimeIndex
+    fill_price: np.ndarray
+    close: np.ndarray
+    mark: np.ndarray  # last close known at each session's close (forward-filled)
+    volume: np.ndarray
+    limit_up: np.ndarray
+    limit_down: np.ndarray
+    sigma: np.ndarray
+    score: np.ndarray
+    has_score: np.ndarray
+    new_date: np.ndarray
+    stamp_rate: np.ndarray
+    sec_rate: np.ndarray
+    borrow_years: np.ndarray
+    warnings: list[str]
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaNs down each column."""
+    idx = np.where(np.isfinite(a), np.arange(a.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return a[idx, np.arange(a.shape[1])[None, :]]
+
+
+def _shift(a: np.ndarray) -> np.ndarray:
+    out = np.full_like(a, np.nan)
+    out[1:] = a[:-1]
+    return out
+
+
+def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig,
+                   instruments: pd.DataFrame | None = None, flags: pd.DataFrame | None = None) -> _Arrays:
+    """Dense [session, symbol] arrays for the loop (see the module docstring)."""
+    value_col = "weight" if config.strategy == "weights" else "score"
+    for col in ("symbol", "ts", value_col):
+        if col not in scores.columns:
+            raise BacktestConfigError(f"signals: missing column '{col}' (strategy '{config.strategy}')")
+    for col in ("symbol", "ts", "open", "high", "low", "close", "volume"):
+        if col not in bars.columns:
+            raise BacktestConfigError(f"bars: missing column '{col}'")
+    warnings: list[str] = []
+    score_syms = pd.Index(pd.unique(scores["symbol"].astype(str)))
+    bar_syms = pd.Index(pd.unique(bars["symbol"].astype(str)))
+    symbols = sorted(score_syms.intersection(bar_syms))
+    if not symbols:
+        raise BacktestConfigError("no symbol of the signals has bars")
+    missing = score_syms.difference(bar_syms)
+    if len(missing):
+        warnings.append(f"{len(missing)} signal symbol(s) have no bars and are ignored, e.g. {missing[0]}")
+    b = bars[bars["symbol"].isin(symbols)]
+    ts = pd.DatetimeIndex(b["ts"])
+    all_sessions = pd.DatetimeIndex(np.unique(ts.to_numpy()))
+    n_all, n = len(all_sessions), len(symbols)
+    ti = all_sessions.searchsorted(ts)
+    ji = pd.Index(symbols).get_indexer(b["symbol"].astype(str))
+
+    def dense(col: str, fill=np.nan) -> np.ndarray:
+        a = np.full((n_all, n), fill)
+        if col in b.columns:
+            a[ti, ji] = pd.to_numeric(b[col], errors="coerce").to_numpy(dtype="float64")
+        return a
+
+    o, h, lo, c, vol = dense("open"), dense("high"), dense("low"), dense("close"), dense("volume", 0.0)
+    vol = np.nan_to_num(vol, nan=0.0)
+    has_bar = np.isfinite(c)
+    if config.fill == "open":
+        fill = o
+    elif config.fill == "close":
+        fill = c
+    else:
+        amount = dense("amount")
+        with np.errstate(invalid="ignore", divide="ignore"):
+            vwap = amount / vol
+        fill = np.where(np.isfinite(vwap) & (vwap > 0), vwap, (o + h + lo + c) / 4.0)
+    mark = _ffill(c)
+    prev_close = _shift(mark)
+    adj = _ffill(dense("adj_factor"))
+    ratio = _shift(adj) / adj  # ex-rights reference price = prev close * adj_prev / adj_today
+    prev_ref = np.where(np.isfinite(ratio), prev_close * ratio, prev_close)
+    rules, costs = config.market_rules(), config.cost_model_used()
+    if rules.price_limits:
+        up, down = limit_price_arrays(symbols, all_sessions, has_bar, prev_ref, instruments, flags, rules.price_tick)
+    else:
+        up = down = np.full((n_all, n), np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        logret = np.where(has_bar, np.log(mark / prev_close), np.nan)
+    sigma = pd.DataFrame(logret).rolling(SIGMA_WINDOW, min_periods=5).std().shift(1).to_numpy()
+    sigma = np.where(np.isfinite(sigma), sigma, costs.default_sigma)
+
+    sc = scores[["symbol", "ts", value_col]]
+    sc = sc[sc["symbol"].astype(str).isin(symbols)]
+    sts = all_sessions.searchsorted(pd.DatetimeIndex(sc["ts"]), side="right") - 1  # last session <= ts
+    keep = sts >= 0
+    score = np.full((n_all, n), np.nan)
+    score[sts[keep], pd.Index(symbols).get_indexer(sc["symbol"].astype(str))[keep]] = (
+        pd.to_numeric(sc[value_col], errors="coerce").to_numpy(dtype="float64")[keep])
+
+    lo_i = 0 if config.start is None else all_sessions.searchsorted(pd.Timestamp(config.start))
+    hi_i = n_all if config.end is None else all_sessions.searchsorted(pd.Timestamp(config.end), side="right")
+    if hi_i - lo_i < 1:
+        raise BacktestConfigError(f"no sessions between start={config.start} and end={config.end}")
+    w = slice(lo_i, hi_i)
+    sessions = all_sessions[w]
+    days = sessions.normalize()
+    new_date = np.ones(len(sessions), dtype=bool)
+    new_date[1:] = days[1:] != days[:-1]
+    gaps = np.zeros(len(sessions))
+    gaps[1:] = np.diff(sessions.asi8) / (86_400e9 * 365.0)
+    return _Arrays(symbols, sessions, fill[w], c[w], mark[w], vol[w], up[w], down[w], sigma[w], score[w],
+                   np.isfinite(score[w]).any(axis=1), new_date, costs.stamp_duty_rates(sessions),
+                   costs.sec_fee_rates(sessions), gaps, warnings)
+
+
+def _params(config: BacktestConfig, n_symbols: int) -> tuple[np.ndarray, np.ndarray]:
+    r, c = config.market_rules(), config.cost_model_used()
+    fp = np.zeros(16)
+    fp[K.P_CASH], fp[K.P_PARTICIPATION], fp[K.P_LOT], fp[K.P_SELL_STEP] = config.cash, config.participation, r.lot_size, r.sell_step
+    fp[K.P_TICK], fp[K.P_LEVERAGE], fp[K.P_RISK] = r.price_tick, config.leverage, config.risk_degree
+    fp[K.P_LONG_THR] = config.long_threshold
+    fp[K.P_SHORT_THR] = np.nan if config.short_threshold is None else config.short_threshold
+    fp[K.P_COMM_RATE], fp[K.P_MIN_COMM], fp[K.P_TRANSFER] = c.commission_rate, c.min_commission, c.transfer_fee_rate
+    fp[K.P_SLIP], fp[K.P_IMPACT] = c.slippage, c.impact_coef
+    fp[K.P_BORROW] = r.borrow_fee_rate if config.costs else 0.0
+    fp[K.P_SLEEVE] = config.leverage / n_symbols
+    ip = np.zeros(7, dtype=np.int64)
+    ip[K.I_STRATEGY] = STRATEGIES.index(config.strategy)
+    ip[K.I_TOPK], ip[K.I_NDROP], ip[K.I_HOLD] = config.topk, config.n_drop, config.hold_thresh
+    ip[K.I_ALLOW_SHORT], ip[K.I_T_PLUS], ip[K.I_ODD_LOT] = int(config.shorting()), r.t_plus, int(r.odd_lot_sell)
+    return fp, ip
+
+
+def run_backtest(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig | None = None,
+                 instruments: pd.DataFrame | None = None, flags: pd.DataFrame | None = None,
+                 benchmark_bars: pd.DataFrame | None = None, engine: str = "numba") -> BacktestResult:
+    """Backtest `scores` (symbol, ts, score | weight) on `bars` (canonical schema) under `config`."""
+    config = config or BacktestConfig()
+    config.validate()
+    a = prepare_arrays(scores, bars, config, instruments, flags)
+    if engine == "numba":
+        out = _run_numba(a, config)
+    elif engine == "python":
+        out = _run_python(a, config)
+    else:
+        raise BacktestConfigError(f"unknown engine '{engine}' (expected numba or python)")
+    return _result(a, config, *out, benchmark=_benchmark(config, a.sessions, bars, benchmark_bars))
+
+
+def _run_numba(a: _Arrays, config: BacktestConfig):
+    fp, ip = _params(config, len(a.symbols))
+    n_t, n = a.close.shape
+    per_day = n if config.strategy != "topk" else min(n, config.topk + 2 * config.n_drop)
+    capacity = max(64, n_t * per_day // 4)
+    while True:
+        eq, cash, cost, traded, gross, pos, rec, n_rec = K.run_kernel(
+            a.fill_price, a.close, a.volume, a.limit_up, a.limit_down, a.sigma, a.score, a.has_score, a.new_date,
+            a.stamp_rate, a.sec_rate, a.borrow_years, fp, ip, capacity)
+        if n_rec <= capacity:
+            break
+        capacity = n_rec
+    rec = rec[:n_rec]
+    trades = pd.DataFrame({
+        "ts": a.sessions[rec[:, K.C_T].astype(np.int64)],
+        "symbol": np.asarray(a.symbols, dtype=object)[rec[:, K.C_J].astype(np.int64)],
+        "side": np.asarray(K.SIDES, dtype=object)[rec[:, K.C_SIDE].astype(np.int64)],
+        "shares_requested": rec[:, K.C_REQ], "shares_filled": rec[:, K.C_FILLED], "price": rec[:, K.C_PRICE],
+        "value": rec[:, K.C_VALUE], "commission": rec[:, K.C_COMM], "stamp_duty": rec[:, K.C_STAMP],
+        "transfer_fee": rec[:, K.C_TRANSFER], "sec_fee": rec[:, K.C_SEC], "slippage": rec[:, K.C_SLIP],
+        "impact": rec[:, K.C_IMPACT], "borrow_fee": 0.0, "total_cost": rec[:, K.C_TOTAL],
+        "status": np.asarray(K.STATUSES, dtype=object)[rec[:, K.C_STATUS].astype(np.int64)],
+        "reason": np.asarray(K.REASONS, dtype=object)[rec[:, K.C_REASON].astype(np.int64)],
+        "value_requested": rec[:, K.C_VALUE_REQ],
+    })
+    return eq, cash, cost, traded, gross, pos, trades
+
+
+def _run_python(a: _Arrays, config: BacktestConfig):
+    """The reference loop: Strategy.targets -> orders_from_targets -> Exchange.execute -> Portfolio."""
+    rules = config.market_rules()
+    n_t, n = a.close.shape
+    strategy = {"topk": lambda: TopkDropout(config.topk, config.n_drop, config.hold_thresh, config.risk_degree),
+                "threshold": lambda: Threshold(config.long_threshold, config.short_threshold, config.shorting(),
+                                               config.leverage / n),
+                "weights": TargetWeights}[config.strategy]()
+    exchange = Exchange(rules, config.cost_model_used(), config.participation, config.leverage, config.allow_short)
+    pf = Portfolio(config.cash, t_plus=rules.t_plus)
+    borrow_rate = rules.borrow_fee_rate if config.costs else 0.0
+    symbols = np.asarray(a.symbols, dtype=object)
+    out = np.zeros((5, n_t))
+    pos = np.zeros((n_t, n))
+    records: list[dict] = []
+    orders = pd.DataFrame(columns=["symbol", "side", "shares", "value"])
+    for t, ts in enumerate(a.sessions):
+        if rules.t_plus == 0 or a.new_date[t]:
+            pf.settle()
+        day_cost = pf.charge_borrow(borrow_rate, a.borrow_years[t]) if t > 0 else 0.0
+        day_traded = 0.0
+        if len(orders):
+            j = pd.Index(a.symbols).get_indexer(orders["symbol"])
+            bars = pd.DataFrame({"price": a.fill_price[t, j], "volume": a.volume[t, j], "limit_up": a.limit_up[t, j],
+                                 "limit_down": a.limit_down[t, j], "sigma": a.sigma[t, j]}, index=orders["symbol"])
+            bars = bars[~bars.index.duplicated()]
+            for rec in exchange.execute_records(orders, bars, pf, ts):
+                day_cost += rec["total_cost"]
+                day_traded += rec["value"]
+                records.append(rec)
+        live = np.isfinite(a.close[t])
+        pf.mark(dict(zip(symbols[live], a.close[t, live])))
+        for s, q in pf.shares.items():
+            pos[t, a.symbols.index(s)] = q
+        gross, equity = pf.gross_and_equity()
+        out[:, t] = equity, pf.cash, day_cost, day_traded, gross
+        orders = orders.iloc[:0]
+        if t + 1 < n_t and a.has_score[t]:
+            targets = strategy.targets(pd.Series(a.score[t], index=a.symbols), pf)
+            orders = orders_from_targets(targets, pf, rules.sell_step)
+    trades = pd.DataFrame(records, columns=list(TRADE_COLUMNS))
+    return (*out, pos, trades)
+
+
+def _benchmark(config: BacktestConfig, sessions: pd.DatetimeIndex, bars: pd.DataFrame,
+               benchmark_bars: pd.DataFrame | None) -> pd.Series | None:
+    if config.benchmark is None and benchmark_bars is None:
+        return None
+    src = benchmark_bars if benchmark_bars is not None else bars
+    if config.benchmark is not None:
+        src = src[src["symbol"].astype(str) == config.benchmark]
+    if len(src) == 0:
+        raise BacktestConfigError(f"benchmark '{config.benchmark}' has no bars")
+    s = pd.Series(src["close"].to_numpy(dtype="float64"), index=pd.DatetimeIndex(src["ts"])).sort_index()
+    s = s[~s.index.duplicated(keep="last")]
+    return s.reindex(s.index.union(sessions)).ffill().reindex(sessions).rename("benchmark")
+
+
+def _result(a: _Arrays, config: BacktestConfig, eq, cash, cost, traded, gross, pos, trades, benchmark) -> BacktestResult:
+    idx = pd.DatetimeIndex(a.sessions, name="ts")
+    equity = pd.Series(eq, index=idx, name="equity")
+    prev_equity = np.r_[config.cash, eq[:-1]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        turnover = traded / prev_equity
+        exposure = gross / eq
+    ti, ji = np.nonzero(pos)
+    shares = pos[ti, ji]
+    value = shares * a.mark[ti, ji]
+    positions = pd.DataFrame({"ts": idx[ti], "symbol": np.asarray(a.symbols, dtype=object)[ji], "shares": shares,
+                              "value": value, "weight": value / eq[ti]})
+    borrow = np.asarray(cost) - trades.groupby("ts")["total_cost"].sum().reindex(idx, fill_value=0.0).to_numpy()
+    return BacktestResult(
+        config=config, equity=equity, cash=pd.Series(cash, index=idx, name="cash"), benchmark=benchmark,
+        positions=positions, trades=trades.reset_index(drop=True), turnover=pd.Series(turnover, index=idx, name="turnover"),
+        costs=pd.Series(cost, index=idx, name="costs"), exposure=pd.Series(exposure, index=idx, name="exposure"),
+        borrow_fees=pd.Series(np.maximum(borrow, 0.0), index=idx, name="borrow_fees"), warnings=a.warnings)
+
+
+def read_signals(path: str | Path) -> pd.DataFrame:
+    """Read a signals file: CSV or Parquet with symbol, ts and score and/or weight.
+
+    Qlib prediction columns (instrument, datetime) are accepted as symbol, ts. Empty scores mean "no
+    signal" and are dropped. Raises DataValidationError naming file, 1-based data row and column for
+    a missing column, an empty symbol, an unparseable timestamp or number, an infinite value, or a
+    duplicate (symbol, ts). Returns symbol (str), ts (datetime64[ns]) and the value column(s).
+    """
+    path = Path(path)
+    name = str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"signals file not found: {path}")
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if suffix.endswith((".parquet", ".pq")):
+        df = pd.read_parquet(path)
+    elif suffix.endswith((".csv", ".csv.gz", ".txt")):
+        try:
+            df = pd.read_csv(path, dtype={"symbol": str, "instrument": str})
+        except pd.errors.EmptyDataError:
+            raise DataValidationError("empty file", file=name) from None
+    else:
+        raise DataValidationError(f"unsupported signals file type '{path.suffix}' (expected .csv or .parquet)", file=name)
+    df = df.rename(columns=lambda c: str(c).strip().lower())
+    df = df.rename(columns={k: v for k, v in {"instrument": "symbol", "datetime": "ts", "date": "ts"}.items()
+                            if k in df.columns and v not in df.columns})
+    for col in ("symbol", "ts"):
+        if col not in df.columns:
+            raise DataValidationError(f"missing column '{col}'; found {', '.join(map(str, df.columns))}", file=name, column=col)
+    values = [c for c in ("score", "weight") if c in df.columns]
+    if not values:
+        raise DataValidationError("missing column 'score' (or 'weight')", file=name, column="score")
+    if len(df) == 0:
+        raise DataValidationError("no rows", file=name)
+    sym = df["symbol"].astype("string").str.strip()
+    bad = (sym.isna() | (sym == "")).to_numpy(dtype=bool)
+    if bad.any():
+        raise DataValidationError("empty symbol", file=name, row=int(np.flatnonzero(bad)[0]) + 1, column="symbol")
+    ts = pd.to_datetime(df["ts"], errors="coerce", format="mixed")
+    if getattr(ts.dt, "tz", None) is not None:
+        ts = ts.dt.tz_localize(None)
+    bad = ts.isna().to_numpy()
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataValidationError(f"unparseable timestamp {df['ts'].iloc[i]!r}", file=name, row=i + 1, column="ts")
+    out = pd.DataFrame({"symbol": sym.to_numpy(dtype=object).astype(str), "ts": ts.to_numpy().astype("datetime64[ns]")})
+    for col in values:
+        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64")
+        raw = df[col].to_numpy()
+        bad = (np.isnan(v) & pd.notna(raw) & (pd.Series(raw).astype("string").str.strip() != "").to_numpy(dtype=bool))
+        bad |= np.isinf(v)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise DataValidationError(f"not a finite number: {raw[i]!r}", file=name, row=i + 1, column=col)
+        out[col] = v
+    dup = out.duplicated(["symbol", "ts"]).to_numpy()
+    if dup.any():
+        i = int(np.flatnonzero(dup)[0])
+        raise DataValidationError(f"duplicate (symbol, ts) = ({out['symbol'].iloc[i]}, {out['ts'].iloc[i]})",
+                                  file=name, row=i + 1, column="ts")
+    out = out[out[values].notna().any(axis=1)]
+    return out.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
+
+
+def backtest_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> BacktestResult:
+    """`run_backtest` with bars, instruments, flags and the benchmark read from `store`."""
+    symbols = sorted(pd.unique(scores["symbol"].astype(str)))
+    start = None if config.start is None else pd.Timestamp(config.start) - pd.Timedelta(days=60)
+    bars = store.bars(symbols, start=start, end=config.end)
+    if len(bars) == 0:
+        raise BacktestConfigError(f"the store at {store.root} has no daily bars for the signals' symbols")
+    if config.benchmark is None and store.meta().get("benchmark"):
+        config.benchmark = store.meta()["benchmark"]
+    bench = None
+    if config.benchmark:
+        bench = store.bars([config.benchmark], start=start, end=config.end)
+        if len(bench) == 0:
+            raise BacktestConfigError(f"benchmark '{config.benchmark}' has no bars in the store at {store.root}")
+    instruments = store.instruments()
+    flags = store.flags()
+    return run_backtest(scores, bars, config, instruments if len(instruments) else None,
+                        flags if len(flags) else None, bench)

@@ -1,0 +1,300 @@
+"""Performance and prediction metrics of a backtest, with every definition stated.
+
+Conventions
+-----------
+- Returns are **simple** daily returns, as fractions (0.01 = 1%): r_t = equity_t / equity_{t-1} - 1.
+  The first session's return is measured against the starting cash (`BacktestResult.returns()`).
+- Annualisation uses sessions per year by market: cn 242, us 252, crypto 365 (`ANNUALISATION_DAYS`).
+- Compounding: annual returns are geometric (CAGR): (prod(1 + r))^(days / n) - 1, n = sessions.
+  This is empyrical's `annual_return`; the tests check ours against it.
+- Volatility, Sharpe and information ratio use the sample standard deviation (ddof=1) and
+  sqrt(days) scaling, as empyrical; the risk-free rate is 0.
+
+Definitions table (keys of `compute_metrics`)
+--------------------------------------------
+| key | definition |
+|---|---|
+| total_return | prod(1 + r) - 1 over the backtest |
+| annual_return | CAGR of the strategy's daily returns |
+| annual_volatility | std(r, ddof=1) * sqrt(days) |
+| benchmark_return | CAGR of the benchmark's daily close-to-close returns (NaN without a benchmark) |
+| annual_excess_return | annual_return - benchmark_return (difference of CAGRs; NaN without a benchmark) |
+| excess_return_arithmetic | mean(r - r_bench) * days: Qlib's "annualized_return" of excess returns, for comparison with Qlib's tables |
+| sharpe | mean(r) / std(r, ddof=1) * sqrt(days) |
+| information_ratio | mean(r - r_bench) / std(r - r_bench, ddof=1) * sqrt(days) (daily arithmetic excess) |
+| max_drawdown | min over t of equity_t / max_{s<=t} equity_s - 1, with the starting cash as first peak: a **negative** fraction (-0.12 = a 12% fall from peak; 0 = never below a peak) |
+| calmar | annual_return / -max_drawdown |
+| max_consecutive_losing_days | longest run of sessions with r < 0 (a zero return ends a run) |
+| daily_win_rate | sessions with r > 0 / sessions with r != 0 |
+| ic, rank_ic | mean over sessions of the cross-sectional Pearson / Spearman correlation of score and label |
+| icir, rank_icir | mean / std (ddof=1) of those per-session series (not annualised, as Qlib) |
+| directional_accuracy | share of (symbol, session) pairs whose predicted direction matches the label's (see `directional_accuracy`) |
+| turnover | mean over sessions of traded value / previous equity (one-way: buys + sells both count) |
+| total_costs | sum of all transaction costs, currency |
+| n_trades, n_rejected | orders with status filled/partial, and with status rejected |
+| n_sessions | sessions in the backtest |
+
+Labels are the evaluation labels of docs/ARCHITECTURE.md (by default open(t+2)/open(t+1) - 1 for a
+score at t, `quantlm.features.labels.forward_returns`). A session enters the IC series when it
+has at least 3 (symbol) pairs with finite score and label and neither is constant across symbols.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import pandas as pd
+
+ANNUALISATION_DAYS = {"cn": 242, "us": 252, "crypto": 365}
+MIN_CROSS_SECTION = 3
+
+
+class ResultLike(Protocol):
+    """What metrics need from `quantlm.backtest.engine.BacktestResult`."""
+
+    equity: pd.Series
+    benchmark: pd.Series | None
+    trades: pd.DataFrame
+    turnover: pd.Series
+    costs: pd.Series
+
+    def returns(self) -> pd.Series: ...
+
+
+def annualisation_days(market: str) -> int:
+    """Sessions per year used to annualise: cn 242, us 252, crypto 365."""
+    if market not in ANNUALISATION_DAYS:
+        raise ValueError(f"unknown market '{market}' (expected one of {', '.join(ANNUALISATION_DAYS)})")
+    return ANNUALISATION_DAYS[market]
+
+
+def _clean(returns: pd.Series | np.ndarray) -> np.ndarray:
+    r = np.asarray(returns, dtype="float64")
+    return r[np.isfinite(r)]
+
+
+def total_return(returns: pd.Series | np.ndarray) -> float:
+    """prod(1 + r) - 1 of simple returns (NaN for an empty series)."""
+    r = _clean(returns)
+    return float(np.prod(1.0 + r) - 1.0) if len(r) else float("nan")
+
+
+def annual_return(returns: pd.Series | np.ndarray, days: int) -> float:
+    """Compound annual growth rate: (prod(1 + r))^(days / n) - 1 for n sessions of simple returns."""
+    r = _clean(returns)
+    if len(r) == 0:
+        return float("nan")
+    growth = float(np.prod(1.0 + r))
+    if growth <= 0:
+        return -1.0
+    return growth ** (days / len(r)) - 1.0
+
+
+def annual_volatility(returns: pd.Series | np.ndarray, days: int) -> float:
+    """std(r, ddof=1) * sqrt(days); NaN with fewer than 2 returns."""
+    r = _clean(returns)
+    return float(np.std(r, ddof=1) * np.sqrt(days)) if len(r) >= 2 else float("nan")
+
+
+def sharpe_ratio(returns: pd.Series | np.ndarray, days: int) -> float:
+    """mean(r) / std(r, ddof=1) * sqrt(days), risk-free rate 0; NaN if std is 0 or n < 2."""
+    r = _clean(returns)
+    if len(r) < 2:
+        return float("nan")
+    std = np.std(r, ddof=1)
+    return float(np.mean(r) / std * np.sqrt(days)) if std > 0 else float("nan")
+
+
+def drawdown_series(returns: pd.Series) -> pd.Series:
+    """equity_t / running peak - 1 (<= 0), with the starting value 1 as the first peak."""
+    r = pd.Series(returns, dtype="float64").fillna(0.0)
+    wealth = (1.0 + r).cumprod()
+    peak = np.maximum(wealth.cummax(), 1.0)
+    return wealth / peak - 1.0
+
+
+def max_drawdown(returns: pd.Series | np.ndarray) -> float:
+    """Largest fall from a running peak as a negative fraction (-0.12 = 12% below the peak); 0 if none."""
+    r = pd.Series(_clean(returns))
+    if len(r) == 0:
+        return float("nan")
+    return float(drawdown_series(r).min())
+
+
+def max_consecutive_losses(returns: pd.Series | np.ndarray) -> int:
+    """Longest run of consecutive returns < 0 (a zero or positive return ends the run)."""
+    longest = current = 0
+    for losing in _clean(returns) < 0:
+        current = current + 1 if losing else 0
+        longest = max(longest, current)
+    return longest
+
+
+def win_rate(returns: pd.Series | np.ndarray) -> float:
+    """Sessions with r > 0 over sessions with r != 0 (NaN if every return is 0)."""
+    r = _clean(returns)
+    moved = r[r != 0]
+    return float(np.mean(moved > 0)) if len(moved) else float("nan")
+
+
+def information_ratio(returns: pd.Series, benchmark_returns: pd.Series, days: int) -> float:
+    """mean(r - rb) / std(r - rb, ddof=1) * sqrt(days) on the sessions both series cover."""
+    excess = (returns - benchmark_returns).dropna()
+    return sharpe_ratio(excess, days)
+
+
+def _merge_scores_labels(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    for name, df, col in (("scores", scores, "score"), ("labels", labels, "label")):
+        missing = [c for c in ("symbol", "ts", col) if c not in df.columns]
+        if missing:
+            raise ValueError(f"{name} lack column(s) {', '.join(missing)}")
+    both = scores[["symbol", "ts", "score"]].merge(labels[["symbol", "ts", "label"]], on=["symbol", "ts"], how="inner")
+    both["score"] = pd.to_numeric(both["score"], errors="coerce").astype("float64")
+    both["label"] = both["label"].astype("float64")
+    return both[np.isfinite(both["score"]) & np.isfinite(both["label"])]
+
+
+def _pearson_by_session(df: pd.DataFrame, x: str, y: str) -> pd.Series:
+    g = df.groupby("ts", sort=True)
+    xc = df[x] - g[x].transform("mean")
+    yc = df[y] - g[y].transform("mean")
+    parts = pd.DataFrame({"ts": df["ts"], "xy": xc * yc, "xx": xc * xc, "yy": yc * yc})
+    sums = parts.groupby("ts", sort=True).sum()
+    count = g.size()
+    den = np.sqrt(sums["xx"] * sums["yy"])
+    ok = (den > 1e-300) & (count >= MIN_CROSS_SECTION)
+    return (sums["xy"][ok] / den[ok]).astype("float64")
+
+
+def ic_series(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Per-session cross-sectional IC (Pearson) and rank IC (Spearman) of score vs label.
+
+    Returns a frame indexed by ts with columns ic, rank_ic and n (pairs used). Sessions with fewer
+    than 3 finite pairs, or a constant score or label, are left out.
+    """
+    both = _merge_scores_labels(scores, labels)
+    if len(both) == 0:
+        return pd.DataFrame({"ic": pd.Series(dtype="float64"), "rank_ic": pd.Series(dtype="float64"),
+                             "n": pd.Series(dtype="int64")}, index=pd.DatetimeIndex([], name="ts"))
+    ic = _pearson_by_session(both, "score", "label")
+    ranked = both.assign(score=both.groupby("ts")["score"].rank(), label=both.groupby("ts")["label"].rank())
+    rank_ic = _pearson_by_session(ranked, "score", "label")
+    out = pd.DataFrame({"ic": ic, "rank_ic": rank_ic.reindex(ic.index)})
+    out["n"] = both.groupby("ts").size().reindex(out.index).astype("int64")
+    out.index.name = "ts"
+    return out
+
+
+def _mean_and_ir(series: pd.Series) -> tuple[float, float]:
+    s = series.dropna()
+    if len(s) == 0:
+        return float("nan"), float("nan")
+    std = s.std(ddof=1) if len(s) > 1 else float("nan")
+    return float(s.mean()), float(s.mean() / std) if std and np.isfinite(std) and std > 0 else float("nan")
+
+
+Direction = Literal["relative", "absolute"]
+
+
+def directional_accuracy(scores: pd.DataFrame, labels: pd.DataFrame, direction: Direction = "relative",
+                         threshold: float = 0.0) -> float:
+    """Share of (symbol, session) pairs whose predicted direction matches the realised one.
+
+    direction="relative" (default; fits any score that ranks, including class probabilities):
+        predicted up when score > the session's cross-sectional median score, realised up when
+        label > the session's median label. It asks "did the stock beat its peers?", which is
+        what a long-only top-k or long-short strategy trades on.
+    direction="absolute": predicted up when score > threshold (0 for return forecasts, 0.5 for
+        a probability of a positive return), realised up when label > 0.
+    Pairs where the prediction or the outcome sits exactly on its threshold/median are left out;
+    NaN if no pair is left.
+    """
+    both = _merge_scores_labels(scores, labels)
+    if len(both) == 0:
+        return float("nan")
+    if direction == "relative":
+        pred = both["score"] - both.groupby("ts")["score"].transform("median")
+        real = both["label"] - both.groupby("ts")["label"].transform("median")
+    elif direction == "absolute":
+        pred = both["score"] - threshold
+        real = both["label"]
+    else:
+        raise ValueError(f"direction must be 'relative' or 'absolute', got '{direction}'")
+    decided = (pred != 0) & (real != 0)
+    if not decided.any():
+        return float("nan")
+    return float((np.sign(pred[decided]) == np.sign(real[decided])).mean())
+
+
+def benchmark_returns(result: ResultLike) -> pd.Series | None:
+    """Daily simple returns of the benchmark close series aligned to the equity (first session 0)."""
+    bench = getattr(result, "benchmark", None)
+    if bench is None or len(bench) == 0 or bench.isna().all():
+        return None
+    bench = bench.reindex(result.equity.index).ffill()
+    return bench.pct_change().fillna(0.0)
+
+
+def _trade_counts(trades: pd.DataFrame | None) -> tuple[int, int]:
+    if trades is None or len(trades) == 0 or "status" not in trades.columns:
+        return 0, 0
+    status = trades["status"].astype(str)
+    return int(status.isin(["filled", "partial"]).sum()), int((status == "rejected").sum())
+
+
+def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
+                    market: str = "cn", direction: Direction = "relative", threshold: float = 0.0) -> dict[str, float]:
+    """All metrics of one backtest (definitions in the module docstring), as plain floats.
+
+    scores/labels: the Scores table that drove the backtest and the evaluation labels; without
+    both, the prediction metrics (ic, rank_ic, icir, rank_icir, directional_accuracy) are NaN.
+    Scores and labels are restricted to the backtest's sessions.
+    """
+    days = annualisation_days(market)
+    r = result.returns().astype("float64")
+    out: dict[str, Any] = {
+        "total_return": total_return(r),
+        "annual_return": annual_return(r, days),
+        "annual_volatility": annual_volatility(r, days),
+        "sharpe": sharpe_ratio(r, days),
+        "max_drawdown": max_drawdown(r),
+        "max_consecutive_losing_days": float(max_consecutive_losses(r)),
+        "daily_win_rate": win_rate(r),
+    }
+    mdd = out["max_drawdown"]
+    out["calmar"] = out["annual_return"] / -mdd if mdd < 0 else float("nan")
+    rb = benchmark_returns(result)
+    if rb is not None:
+        out["benchmark_return"] = annual_return(rb, days)
+        out["annual_excess_return"] = out["annual_return"] - out["benchmark_return"]
+        out["excess_return_arithmetic"] = float((r - rb).mean() * days)
+        out["information_ratio"] = information_ratio(r, rb, days)
+    else:
+        for key in ("benchmark_return", "annual_excess_return", "excess_return_arithmetic", "information_ratio"):
+            out[key] = float("nan")
+    if scores is not None and labels is not None:
+        sessions = set(pd.DatetimeIndex(result.equity.index))
+        in_period = scores[pd.DatetimeIndex(scores["ts"]).isin(sessions)] if sessions else scores
+        ics = ic_series(in_period, labels)
+        out["ic"], out["icir"] = _mean_and_ir(ics["ic"])
+        out["rank_ic"], out["rank_icir"] = _mean_and_ir(ics["rank_ic"])
+        out["directional_accuracy"] = directional_accuracy(in_period, labels, direction, threshold)
+    else:
+        for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy"):
+            out[key] = float("nan")
+    turnover = getattr(result, "turnover", None)
+    costs = getattr(result, "costs", None)
+    out["turnover"] = float(turnover.mean()) if turnover is not None and len(turnover) else float("nan")
+    out["total_costs"] = float(costs.sum()) if costs is not None else float("nan")
+    n_trades, n_rejected = _trade_counts(getattr(result, "trades", None))
+    out["n_trades"], out["n_rejected"] = float(n_trades), float(n_rejected)
+    out["n_sessions"] = float(len(r))
+    return {k: float(v) for k, v in out.items()}
+
+
+__all__ = [
+    "ANNUALISATION_DAYS", "annualisation_days", "total_return", "annual_return", "annual_volatility",
+    "sharpe_ratio", "drawdown_series", "max_drawdown", "max_consecutive_losses", "win_rate",
+    "information_ratio", "ic_series", "directional_accuracy", "benchmark_returns", "compute_metrics",
+]

@@ -1,0 +1,150 @@
+"""Write a backtest's results to a folder: metrics.json, equity.csv, trades.csv, report.html.
+
+All files are written into a staging folder next to `out_dir` first and moved in only when every
+file is complete, so a failure leaves no partial set behind (an existing `out_dir` keeps its
+other files; a new one appears in one rename).
+
+metrics.json: {"metrics": {...}, "gates": {gate: {value, threshold, op, passed}}, "gates_passed",
+"config": {...}, "runs": {name: {"metrics", "gates", "gates_passed"}}, ...extra}; NaN is written as null.
+equity.csv: ts, equity, cash, benchmark, excess, drawdown, exposure, turnover, costs, where
+excess = strategy growth / benchmark growth - 1 and drawdown = equity / running peak - 1 (both
+fractions; the starting cash is the first peak).
+trades.csv: every order the engine saw, rejections included (status, reason).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantlm.backtest.gates import Gates, all_passed, evaluate_gates
+from quantlm.backtest.metrics import benchmark_returns, compute_metrics, drawdown_series, ic_series
+
+BaselineArg = Any  # BacktestResult | tuple[BacktestResult, Scores | None]
+
+
+def to_jsonable(value: Any) -> Any:
+    """Plain JSON types: NaN/inf -> None, timestamps -> ISO strings, numpy scalars -> Python."""
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [to_jsonable(v) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, pd.Timestamp | np.datetime64):
+        return None if pd.isna(value) else pd.Timestamp(value).isoformat()
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if hasattr(value, "model_dump"):
+        return to_jsonable(value.model_dump())
+    if hasattr(value, "__dict__"):
+        return to_jsonable({k: v for k, v in vars(value).items() if not k.startswith("_")})
+    return str(value)
+
+
+def equity_table(result) -> pd.DataFrame:
+    """Per-session table of equity.csv (definitions in the module docstring)."""
+    r = result.returns()
+    wealth = (1.0 + r.fillna(0.0)).cumprod()
+    out = pd.DataFrame({"ts": pd.DatetimeIndex(result.equity.index), "equity": result.equity.to_numpy()})
+    idx = result.equity.index
+
+    def col(name: str) -> np.ndarray:
+        s = getattr(result, name, None)
+        return s.reindex(idx).to_numpy() if s is not None else np.full(len(idx), np.nan)
+
+    out["cash"] = col("cash")
+    out["benchmark"] = col("benchmark")
+    rb = benchmark_returns(result)
+    out["excess"] = (wealth / (1.0 + rb).cumprod() - 1.0).to_numpy() if rb is not None else np.nan
+    out["drawdown"] = drawdown_series(r).to_numpy()
+    for name in ("exposure", "turnover", "costs"):
+        out[name] = col(name)
+    return out
+
+
+def _split_baseline(value: BaselineArg) -> tuple[Any, pd.DataFrame | None]:
+    if isinstance(value, tuple):
+        return value[0], value[1]
+    return value, None
+
+
+def _gates_of(gates: Gates | Mapping | None) -> Gates:
+    if isinstance(gates, Gates):
+        return gates
+    return Gates.from_mapping(dict(gates) if gates is not None else None)
+
+
+def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = None, bars: pd.DataFrame | None = None,
+                  gates: Gates | Mapping | None = None, baselines: Mapping[str, BaselineArg] | None = None,
+                  labels: pd.DataFrame | None = None, name: str = "strategy", title: str = "quantlm backtest report",
+                  extra: Mapping[str, Any] | None = None, report: bool = True) -> dict[str, Any]:
+    """Compute metrics and gates and write metrics.json, equity.csv, trades.csv and report.html.
+
+    result: the BacktestResult; scores: the Scores table that drove it (for IC and accuracy);
+    bars: the bars, to build the evaluation labels when `labels` is not given;
+    gates: a Gates object or a mapping of thresholds (None = the default gates);
+    baselines: {name: BacktestResult or (BacktestResult, Scores)} compared in the report and json;
+    extra: more top-level entries for metrics.json (e.g. walk-forward summaries).
+    Returns {"metrics", "gates", "gates_passed", "runs", "paths"}.
+    """
+    from quantlm.backtest.report import render_report
+    from quantlm.features.labels import forward_returns
+
+    out_dir = Path(out_dir)
+    config = getattr(result, "config", None)
+    market = getattr(config, "market", "cn") or "cn"
+    gate_model = _gates_of(gates)
+    if labels is None and bars is not None and (scores is not None or baselines):
+        labels = forward_returns(bars)
+    metrics = compute_metrics(result, scores, labels, market=market)
+    table = evaluate_gates(metrics, gate_model)
+    runs = {name: {"metrics": metrics, "gates": table, "gates_passed": all_passed(table)}}
+    report_baselines = {}
+    for base_name, value in (baselines or {}).items():
+        base_result, base_scores = _split_baseline(value)
+        m = compute_metrics(base_result, base_scores, labels if base_scores is not None else None, market=market)
+        t = evaluate_gates(m, gate_model)
+        runs[base_name] = {"metrics": m, "gates": t, "gates_passed": all_passed(t)}
+        report_baselines[base_name] = (base_result, m)
+    ics = ic_series(scores, labels) if scores is not None and labels is not None else None
+    payload = {"metrics": metrics, "gates": table, "gates_passed": all_passed(table), "config": config,
+               "runs": runs, **(extra or {})}
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        (staging / "metrics.json").write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
+        equity_table(result).to_csv(staging / "equity.csv", index=False, date_format="%Y-%m-%d")
+        trades = getattr(result, "trades", None)
+        (trades if trades is not None else pd.DataFrame()).to_csv(staging / "trades.csv", index=False)
+        if report:
+            page = render_report(result, metrics, table, report_baselines or None, ics, title=title, name=name)
+            (staging / "report.html").write_text(page, encoding="utf-8")
+        files = sorted(p.name for p in staging.iterdir())
+        if not out_dir.exists():
+            os.rename(staging, out_dir)
+        else:
+            for f in files:
+                os.replace(staging / f, out_dir / f)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"metrics": metrics, "gates": table, "gates_passed": all_passed(table), "runs": runs,
+            "paths": {f.rsplit(".", 1)[0]: out_dir / f for f in files}}
+
+
+__all__ = ["write_outputs", "equity_table", "to_jsonable"]

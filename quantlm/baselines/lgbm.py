@@ -1,0 +1,110 @@
+"""LightGBM on Alpha158 factors: the classic Qlib baseline, trained without look-ahead.
+
+Training rows are (symbol, t) with factors at t and the evaluation label of t
+(open(t+2)/open(t+1) - 1 by default). A row is used only if its label is fully known by
+`train_end`: labels are built from bars truncated at `train_end`, so any label that needs a later
+bar is NaN and dropped. The label is z-scored across symbols per session before training (as
+Qlib's CSZScoreNorm); the model predicts that relative label, which is what top-k trading uses.
+Deterministic for a given seed (LightGBM `deterministic=True`, fixed thread count).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from quantlm.features.factors import alpha158
+from quantlm.features.labels import forward_returns
+
+DEFAULT_PARAMS: dict[str, Any] = {
+    "objective": "regression",
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "max_depth": 6,
+    "min_data_in_leaf": 100,
+    "feature_fraction": 0.8,
+    "bagging_fraction": 0.8,
+    "bagging_freq": 1,
+    "lambda_l2": 10.0,
+    "verbosity": -1,
+    "deterministic": True,
+    "force_row_wise": True,
+}
+
+
+def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None = None, horizon: int = 1,
+                   lag: int = 1, train_start=None) -> tuple[pd.DataFrame, pd.Series]:
+    """(X, y) of rows whose label is known by train_end; y is the label z-scored per session."""
+    train_end = pd.Timestamp(train_end)
+    known = bars[bars["ts"] <= train_end]
+    if train_start is not None:
+        known = known[known["ts"] >= pd.Timestamp(train_start)]
+    labels = forward_returns(known, horizon=horizon, lag=lag)
+    labels = labels[np.isfinite(labels["label"])]
+    g = labels.groupby("ts")["label"]
+    std = g.transform("std")
+    labels = labels.assign(label=(labels["label"] - g.transform("mean")) / std.where(std > 0))
+    labels = labels[np.isfinite(labels["label"])]
+    feats = features if features is not None else alpha158(known)
+    idx = pd.MultiIndex.from_frame(labels[["symbol", "ts"]])
+    X = feats.reindex(idx)
+    return X, pd.Series(labels["label"].to_numpy(), index=idx, name="label")
+
+
+def fit_lightgbm(X: pd.DataFrame, y: pd.Series, seed: int = 0, num_boost_round: int = 200,
+                 params: dict[str, Any] | None = None, num_threads: int = 1):
+    """Train a LightGBM regressor (deterministic for a given seed and thread count)."""
+    import lightgbm as lgb
+
+    if len(X) == 0:
+        raise ValueError("no training rows: the training period holds no bars with a known label")
+    p = {**DEFAULT_PARAMS, **(params or {}), "seed": seed, "num_threads": num_threads}
+    data = lgb.Dataset(X.to_numpy(dtype=np.float32), label=y.to_numpy(dtype=np.float64),
+                       feature_name=[str(c) for c in X.columns], free_raw_data=True)
+    return lgb.train(p, data, num_boost_round=num_boost_round)
+
+
+class LightGBMScorer:
+    """Scores bars with a trained booster: computes Alpha158 on the given bars and predicts."""
+
+    def __init__(self, booster, columns: list[str], num_threads: int = 1) -> None:
+        self.booster, self.columns, self.num_threads = booster, columns, num_threads
+
+    def __call__(self, bars: pd.DataFrame, features: pd.DataFrame | None = None) -> pd.DataFrame:
+        feats = features if features is not None else alpha158(bars)
+        pred = self.booster.predict(feats[self.columns].to_numpy(dtype=np.float32), num_threads=self.num_threads)
+        index = feats.index
+        return pd.DataFrame({"symbol": index.get_level_values("symbol").to_numpy(),
+                             "ts": index.get_level_values("ts").to_numpy(), "score": pred.astype("float64")})
+
+
+def lightgbm_model(train_bars: pd.DataFrame, seed: int = 0, num_boost_round: int = 200,
+                   params: dict[str, Any] | None = None, num_threads: int = 1, horizon: int = 1) -> LightGBMScorer:
+    """Walk-forward model_fn: train on `train_bars` (labels known within them) and return a scorer."""
+    train_end = pd.Timestamp(train_bars["ts"].max())
+    X, y = training_frame(train_bars, train_end, horizon=horizon)
+    booster = fit_lightgbm(X, y, seed=seed, num_boost_round=num_boost_round, params=params, num_threads=num_threads)
+    return LightGBMScorer(booster, list(X.columns), num_threads=num_threads)
+
+
+def lightgbm_scores(bars: pd.DataFrame, train_end, test_start=None, test_end=None, seed: int = 0,
+                    num_boost_round: int = 200, params: dict[str, Any] | None = None, num_threads: int = 1,
+                    horizon: int = 1, features: pd.DataFrame | None = None, train_start=None) -> pd.DataFrame:
+    """Train on rows whose label ends by `train_end`, then score sessions in [test_start, test_end].
+
+    test_start defaults to the first session after train_end, test_end to the last session.
+    features: precomputed `alpha158(bars)` (reused for training and scoring; factors are causal,
+    so computing them on the full bars equals computing them on the training bars).
+    """
+    feats = features if features is not None else alpha158(bars)
+    X, y = training_frame(bars, train_end, features=feats, horizon=horizon, train_start=train_start)
+    booster = fit_lightgbm(X, y, seed=seed, num_boost_round=num_boost_round, params=params, num_threads=num_threads)
+    ts = feats.index.get_level_values("ts")
+    start = pd.Timestamp(test_start) if test_start is not None else None
+    keep = ts > pd.Timestamp(train_end) if start is None else ts >= start
+    if test_end is not None:
+        keep &= ts <= pd.Timestamp(test_end)
+    scorer = LightGBMScorer(booster, list(X.columns), num_threads=num_threads)
+    return scorer(bars, features=feats[keep])

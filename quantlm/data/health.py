@@ -1,0 +1,246 @@
+"""`quantlm data check`: a health report on a store's bars. Findings are warnings, never errors.
+
+Kinds of warning (one row each in `HealthReport.warnings`: symbol, ts, kind, detail):
+
+- `gap`: a calendar session, inside the market's first..last bar, on which NO symbol of that market
+  in the store has a bar: the data is missing, not the trading (symbol is "").
+- `suspension`: a session on which other symbols of the market trade but this symbol has no bar or
+  a zero-volume bar, inside the symbol's own first..last bar (a halt or a hole in one file).
+  `gap` and `suspension` are the two classes of a missing session.
+- `non_session_bar`: a bar dated on a day that is not a session of its market's calendar.
+- `price_jump`: |close / previous close - 1| > 50% between consecutive bars of a symbol (on adjusted
+  closes, close * adj_factor, where both bars carry an adj_factor).
+- `volume_jump`: volume / previous volume - 1 > 300% (previous volume > 0).
+- `stale_price`: the close is unchanged for >= 5 consecutive bars that all have volume > 0 (one
+  warning per run, dated at its first bar).
+- `zero_volume_run`: >= 3 consecutive zero-volume bars (one warning per run, dated at its first bar).
+
+Daily bars (`1d`) are checked against the exchange calendar of their market (the store's listing
+gives each symbol's market). Intraday bars get the same per-bar checks on consecutive bars, and the
+session checks on the days that hold bars (a session with no intraday bar at all is a `gap` or a
+`suspension`); missing minutes inside a day are not checked. Sessions beyond the calendar's range
+(`quantlm.data.calendars.calendar_range`) are not checked against it.
+Everything is vectorised over one market's bars at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantlm.data import calendars
+from quantlm.data.schema import check_freq
+from quantlm.data.store import Store
+
+KINDS = ("gap", "suspension", "non_session_bar", "price_jump", "volume_jump", "stale_price", "zero_volume_run")
+WARNING_COLUMNS = ("symbol", "ts", "kind", "detail")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Limits of the checks: ratios are fractions (0.5 = 50%), runs are counts of bars."""
+
+    price_jump: float = 0.5
+    volume_jump: float = 3.0
+    stale_bars: int = 5
+    zero_volume_bars: int = 3
+
+
+@dataclass
+class HealthReport:
+    """Warnings found in a store (symbol, ts, kind, detail) and what was checked."""
+
+    warnings: pd.DataFrame
+    freq: str
+    n_symbols: int
+    n_bars: int
+    markets: list[str] = field(default_factory=list)
+
+    @property
+    def summary(self) -> pd.Series:
+        """Number of warnings per kind (every kind listed, zeros included)."""
+        counts = self.warnings["kind"].value_counts()
+        return pd.Series([int(counts.get(k, 0)) for k in KINDS], index=list(KINDS), name="count")
+
+    def examples(self, n: int) -> pd.DataFrame:
+        """Up to `n` warnings, the first ones of every kind found (kinds share `n` evenly)."""
+        if n <= 0 or len(self.warnings) == 0:
+            return self.warnings.head(0)
+        per_kind = -(-n // self.warnings["kind"].nunique())
+        return self.warnings.groupby("kind", sort=False).head(per_kind).head(n)
+
+    def to_dict(self) -> dict:
+        w = self.warnings.copy()
+        w["ts"] = w["ts"].astype(str)
+        return {"freq": self.freq, "n_symbols": self.n_symbols, "n_bars": self.n_bars, "markets": self.markets,
+                "summary": {k: int(v) for k, v in self.summary.items()}, "warnings": w.to_dict(orient="records")}
+
+    def write_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+
+def check_store(store: Store, freq: str = "1d", market: str | None = None,
+                thresholds: Thresholds = Thresholds()) -> HealthReport:
+    """Check every symbol of `store` at `freq` (optionally one market) and return the warnings."""
+    check_freq(freq)
+    if not store.exists():
+        raise FileNotFoundError(f"no quantlm store at {store.root}")
+    listing = store.listing()
+    listing = listing[listing["freq"] == freq]
+    if market is not None:
+        listing = listing[listing["market"] == market]
+    parts, n_bars = [], 0
+    markets = sorted(listing["market"].dropna().unique().tolist())
+    for m in markets:
+        bars = store.bars(listing.loc[listing["market"] == m, "symbol"].tolist(), freq=freq,
+                          fields=["close", "volume", "adj_factor"])
+        n_bars += len(bars)
+        parts.append(check_bars(bars, m, thresholds))
+    warnings = pd.concat(parts, ignore_index=True) if parts else _empty_warnings()
+    return HealthReport(warnings=warnings, freq=freq, n_symbols=len(listing), n_bars=n_bars, markets=markets)
+
+
+def check_bars(bars: pd.DataFrame, market: str, thresholds: Thresholds = Thresholds()) -> pd.DataFrame:
+    """All checks on one market's bars (symbol, ts, close, volume[, adj_factor]); sorted by symbol, ts."""
+    if len(bars) == 0:
+        return _empty_warnings()
+    bars = bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    parts = [
+        _session_checks(bars, market),
+        _jump_checks(bars, thresholds),
+        _run_checks(bars, thresholds),
+    ]
+    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else _empty_warnings()
+    order = pd.Categorical(out["kind"], categories=list(KINDS))
+    out = out.assign(_k=order).sort_values(["_k", "symbol", "ts"], kind="stable").drop(columns="_k")
+    return out.reset_index(drop=True)[list(WARNING_COLUMNS)]
+
+
+def _empty_warnings() -> pd.DataFrame:
+    return pd.DataFrame({"symbol": pd.Series(dtype="str"), "ts": pd.Series(dtype="datetime64[ns]"),
+                         "kind": pd.Series(dtype="str"), "detail": pd.Series(dtype="str")})
+
+
+def _frame(symbol, ts, kind: str, detail) -> pd.DataFrame:
+    n = len(ts)
+    return pd.DataFrame({"symbol": np.asarray(symbol, dtype=object) if n else np.array([], dtype=object),
+                         "ts": pd.to_datetime(np.asarray(ts, dtype="datetime64[ns]")),
+                         "kind": [kind] * n, "detail": list(detail)})
+
+
+def _session_checks(bars: pd.DataFrame, market: str) -> pd.DataFrame:
+    """gap / suspension / non_session_bar, on dates (intraday bars are reduced to their days)."""
+    day = pd.DatetimeIndex(bars["ts"]).normalize()
+    first_cal, last_cal = calendars.calendar_range(market)
+    sym = bars["symbol"].to_numpy()
+    vol = bars["volume"].to_numpy()
+    on_session = calendars.is_session(market, day)
+    inside = (day >= first_cal) & (day <= last_cal)
+    out = []
+    off = inside & ~on_session
+    if off.any():
+        # one warning per (symbol, day), even for many intraday bars on that day
+        offd = pd.DataFrame({"symbol": sym[off], "ts": day[off]}).drop_duplicates()
+        out.append(_frame(offd["symbol"], offd["ts"], "non_session_bar",
+                          [f"bar on {d.date()} ({d.day_name()}), not a {market} session" for d in offd["ts"]]))
+    keep = inside & on_session
+    if not keep.any():
+        return pd.concat(out, ignore_index=True) if out else _empty_warnings()
+    day_k, sym_k, vol_k = day[keep], sym[keep], vol[keep]
+    cal = calendars.sessions(market, day_k.min(), day_k.max())
+    s_idx = np.searchsorted(cal.as_unit("ns").asi8, day_k.as_unit("ns").asi8)
+    codes, names = pd.factorize(sym_k)
+    has_bar = np.zeros((len(cal), len(names)), dtype=bool)
+    traded = np.zeros_like(has_bar)
+    has_bar[s_idx, codes] = True
+    np.logical_or.at(traded, (s_idx, codes), vol_k > 0)
+    any_bar = has_bar.any(axis=1)
+    gaps = np.flatnonzero(~any_bar)
+    if len(gaps):
+        out.append(_frame([""] * len(gaps), cal[gaps], "gap",
+                          [f"no {market} symbol has a bar on this session" for _ in gaps]))
+    first = np.full(len(names), len(cal))
+    last = np.full(len(names), -1)
+    np.minimum.at(first, codes, s_idx)
+    np.maximum.at(last, codes, s_idx)
+    rows = np.arange(len(cal))[:, None]
+    missing = ~traded & any_bar[:, None] & (rows >= first[None, :]) & (rows <= last[None, :])
+    si, yi = np.nonzero(missing)
+    if len(si):
+        detail = np.where(has_bar[si, yi], "zero-volume bar", "no bar")
+        out.append(_frame(names[yi], cal[si], "suspension",
+                          [f"{d}; other {market} symbols traded" for d in detail]))
+    return pd.concat(out, ignore_index=True) if out else _empty_warnings()
+
+
+def _same_symbol_as_prev(sym: np.ndarray) -> np.ndarray:
+    same = np.zeros(len(sym), dtype=bool)
+    same[1:] = sym[1:] == sym[:-1]
+    return same
+
+
+def _jump_checks(bars: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
+    sym = bars["symbol"].to_numpy()
+    ts = bars["ts"].to_numpy()
+    close = bars["close"].to_numpy(dtype="float64")
+    vol = bars["volume"].to_numpy(dtype="float64")
+    adj = bars["adj_factor"].to_numpy(dtype="float64") if "adj_factor" in bars else np.full(len(bars), np.nan)
+    same = _same_symbol_as_prev(sym)
+    prev_close, prev_vol, prev_adj = (np.r_[np.nan, a[:-1]] for a in (close, vol, adj))
+    both_adj = ~np.isnan(adj) & ~np.isnan(prev_adj)
+    cur = np.where(both_adj, close * adj, close)
+    prv = np.where(both_adj, prev_close * prev_adj, prev_close)
+    out = []
+    with np.errstate(divide="ignore", invalid="ignore"):
+        change = cur / prv - 1.0
+        vchange = vol / prev_vol - 1.0
+    jump = same & (np.abs(change) > th.price_jump)
+    if jump.any():
+        i = np.flatnonzero(jump)
+        out.append(_frame(sym[i], ts[i], "price_jump",
+                          [f"close {'adjusted ' if a else ''}{p:.6g} -> {c:.6g} ({x:+.1%})"
+                           for a, p, c, x in zip(both_adj[i], prv[i], cur[i], change[i], strict=True)]))
+    vjump = same & (prev_vol > 0) & (vchange > th.volume_jump)
+    if vjump.any():
+        i = np.flatnonzero(vjump)
+        out.append(_frame(sym[i], ts[i], "volume_jump",
+                          [f"volume {p:,.0f} -> {c:,.0f} (x{c / p:.1f})" for p, c in zip(prev_vol[i], vol[i], strict=True)]))
+    return pd.concat(out, ignore_index=True) if out else _empty_warnings()
+
+
+def _runs(eligible: np.ndarray, breaks: np.ndarray, min_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start index and length of runs of `eligible` rows (a run also ends where `breaks`) with >= min_len rows."""
+    run_id = np.cumsum(breaks | np.r_[True, eligible[1:] != eligible[:-1]])
+    starts = np.flatnonzero(np.r_[True, run_id[1:] != run_id[:-1]])
+    lengths = np.diff(np.r_[starts, len(run_id)])
+    good = eligible[starts] & (lengths >= min_len)
+    return starts[good], lengths[good]
+
+
+def _run_checks(bars: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
+    sym = bars["symbol"].to_numpy()
+    ts = bars["ts"].to_numpy()
+    close = bars["close"].to_numpy(dtype="float64")
+    vol = bars["volume"].to_numpy(dtype="float64")
+    new_symbol = ~_same_symbol_as_prev(sym)
+    out = []
+    changed = np.r_[True, close[1:] != close[:-1]]
+    s, n = _runs(vol > 0, new_symbol | changed, th.stale_bars)
+    if len(s):
+        end = ts[s + n - 1]
+        out.append(_frame(sym[s], ts[s], "stale_price",
+                          [f"close {c:.6g} unchanged for {k} bars with volume, to {pd.Timestamp(e)}"
+                           for c, k, e in zip(close[s], n, end, strict=True)]))
+    s, n = _runs(vol == 0, new_symbol, th.zero_volume_bars)
+    if len(s):
+        end = ts[s + n - 1]
+        out.append(_frame(sym[s], ts[s], "zero_volume_run",
+                          [f"{k} consecutive zero-volume bars, to {pd.Timestamp(e)}" for k, e in zip(n, end, strict=True)]))
+    return pd.concat(out, ignore_index=True) if out else _empty_warnings()
+
+
+__all__ = ["HealthReport", "KINDS", "Thresholds", "check_bars", "check_store"]

@@ -1,0 +1,223 @@
+"""The market GPT: a transformers Llama decoder over K-line tokens, plus calendar and prefix inputs.
+
+Sequence layout for one window of n bars (2 tokens per bar, see `quantlm.tokenize.KlineTokenizer`):
+
+    [p_1 .. p_P] [BOS, c_1, f_1, c_2, f_2, ..., c_n, f_n]
+     prefix (optional, projected embeddings)   tokens: L = 1 + 2n
+
+Each bar's calendar embedding (weekday + intraday slot) is added to the token embedding of both
+of its tokens; BOS, pads and prefix positions get none (calendar id -1). The prefix
+(`prefix_embeds [B, P, d_prefix]`, e.g. report/news embeddings) goes through a Linear to the
+hidden size and is prepended; logits (and so the loss) are only produced for token positions.
+
+The decoder is `transformers.LlamaForCausalLM` (RoPE, RMSNorm, SwiGLU, SDPA attention), so a saved
+folder (config.json + model.safetensors) loads with `AutoModelForCausalLM.from_pretrained(dir)`;
+quantlm's extra weights live beside it in quantlm.safetensors, described by quantlm.json.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantlm.model.sizes import ModelSize, get_size
+
+QUANTLM_JSON = "quantlm.json"
+QUANTLM_WEIGHTS = "quantlm.safetensors"
+FORMAT = "quantlm.MarketGPT/1"
+
+
+def llama_config(size: ModelSize, vocab_size: int, max_prefix: int = 0, dropout: float = 0.0,
+                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, attn_implementation: str = "sdpa"):
+    """A LlamaConfig for `size`; max_position_embeddings covers prefix + BOS + 2 tokens per bar."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.ffn,
+        num_hidden_layers=size.n_layer, num_attention_heads=size.n_head, num_key_value_heads=size.n_head,
+        head_dim=size.head_dim, max_position_embeddings=max_prefix + 1 + 2 * size.max_bars,
+        rope_theta=size.rope_theta, attention_dropout=dropout, tie_word_embeddings=False,
+        pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, attn_implementation=attn_implementation,
+        use_cache=True,
+    )
+
+
+class MarketGPT(nn.Module):
+    """Llama decoder (`self.lm`) + calendar embeddings + optional prefix projection."""
+
+    def __init__(self, size: ModelSize, vocab_size: int, n_weekdays: int = 7, n_slots: int = 1,
+                 d_prefix: int = 0, max_prefix: int = 0, dropout: float = 0.0,
+                 special_ids: dict[str, int] | None = None) -> None:
+        super().__init__()
+        from transformers import LlamaForCausalLM
+
+        if vocab_size < 4:
+            raise ValueError(f"vocab_size must be >= 4, got {vocab_size}")
+        if d_prefix < 0 or max_prefix < 0 or (d_prefix > 0) != (max_prefix > 0):
+            raise ValueError(f"d_prefix ({d_prefix}) and max_prefix ({max_prefix}) must both be 0 or both > 0")
+        self.size, self.vocab_size = size, int(vocab_size)
+        self.n_weekdays, self.n_slots = int(n_weekdays), int(n_slots)
+        self.d_prefix, self.max_prefix, self.dropout = int(d_prefix), int(max_prefix), float(dropout)
+        self.special_ids = dict(special_ids or {"pad": 0, "bos": 1, "eos": 2})
+        cfg = llama_config(size, vocab_size, max_prefix, dropout, self.special_ids.get("pad", 0),
+                           self.special_ids.get("bos", 1), self.special_ids.get("eos", 2))
+        self.lm = LlamaForCausalLM(cfg)
+        h = size.hidden
+        # The last row of each calendar table is the "none" id (BOS, pads): zero and never trained.
+        self.weekday_emb = nn.Embedding(self.n_weekdays + 1, h, padding_idx=self.n_weekdays)
+        self.slot_emb = nn.Embedding(self.n_slots + 1, h, padding_idx=self.n_slots)
+        for emb in (self.weekday_emb, self.slot_emb):
+            nn.init.normal_(emb.weight, std=0.02)
+            with torch.no_grad():
+                emb.weight[-1].zero_()
+        self.prefix_proj = nn.Linear(self.d_prefix, h) if self.d_prefix else None
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def max_bars(self) -> int:
+        return self.size.max_bars
+
+    @property
+    def max_tokens(self) -> int:
+        """Longest token sequence (BOS + 2 per bar), prefix excluded."""
+        return 1 + 2 * self.size.max_bars
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameter count; non_embedding drops the token embedding and output head (vocabulary sized)."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.lm.model.embed_tokens.weight.numel() + self.lm.lm_head.weight.numel()
+        return n
+
+    # ------------------------------------------------------------------ forward
+    def embed(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
+              prefix_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, L], calendar_ids [B, L, 2] (-1 = none), prefix_embeds [B, P, d_prefix] -> [B, P+L, H]."""
+        x = self.lm.model.embed_tokens(input_ids)  # [B, L, H]
+        if calendar_ids is not None:
+            if calendar_ids.shape != (*input_ids.shape, 2):
+                raise ValueError(f"calendar_ids must be {(*input_ids.shape, 2)}, got {tuple(calendar_ids.shape)}")
+            wd, slot = calendar_ids[..., 0], calendar_ids[..., 1]
+            wd = torch.where((wd < 0) | (wd >= self.n_weekdays), self.n_weekdays, wd)
+            slot = torch.where(slot < 0, self.n_slots, slot.clamp(max=self.n_slots - 1))
+            x = x + self.weekday_emb(wd) + self.slot_emb(slot)
+        if prefix_embeds is not None:
+            if self.prefix_proj is None:
+                raise ValueError("this model has no prefix projection (built with d_prefix=0)")
+            if prefix_embeds.shape[-1] != self.d_prefix or prefix_embeds.shape[1] > self.max_prefix:
+                raise ValueError(f"prefix_embeds must be [B, <= {self.max_prefix}, {self.d_prefix}], "
+                                 f"got {tuple(prefix_embeds.shape)}")
+            x = torch.cat([self.prefix_proj(prefix_embeds.to(x.dtype)), x], dim=1)  # [B, P+L, H]
+        return x
+
+    def forward(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
+                prefix_embeds: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
+                logits_to_keep: int = 0):
+        """Logits for the token positions: [B, L, V] (or the last `logits_to_keep`), and the cache.
+
+        attention_mask [B, P+L] (or [B, past+P+L] with a cache) is 1 for real positions, 0 for pads;
+        position_ids [B, P+L] default to 0..P+L-1 (plus the cache length). Returns
+        `transformers` CausalLMOutputWithPast (fields logits, past_key_values).
+        """
+        x = self.embed(input_ids, calendar_ids, prefix_embeds)
+        keep = logits_to_keep if logits_to_keep else input_ids.shape[1]
+        out = self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=keep)
+        return out
+
+    def loss(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
+             prefix_embeds: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next-token cross-entropy over token positions (prefix excluded) -> (loss, next-token accuracy)."""
+        return lm_loss(self(input_ids, calendar_ids, prefix_embeds).logits, input_ids, loss_mask)
+
+    # ------------------------------------------------------------------ persistence
+    def extra_config(self) -> dict:
+        return {"format": FORMAT, "size": self.size.to_dict(), "vocab_size": self.vocab_size,
+                "n_weekdays": self.n_weekdays, "n_slots": self.n_slots, "d_prefix": self.d_prefix,
+                "max_prefix": self.max_prefix, "dropout": self.dropout, "special_ids": self.special_ids}
+
+    def save(self, directory: str | Path) -> Path:
+        """config.json + model.safetensors (transformers) and quantlm.json + quantlm.safetensors (extras)."""
+        from safetensors.torch import save_file
+
+        _quiet()
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.lm.save_pretrained(d, safe_serialization=True)
+        extras = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
+        save_file(extras, str(d / QUANTLM_WEIGHTS))
+        (d / QUANTLM_JSON).write_text(json.dumps(self.extra_config(), indent=2))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> MarketGPT:
+        """Rebuild a model saved by `save` (weights exactly as saved)."""
+        from safetensors.torch import load_file
+        from transformers import LlamaForCausalLM
+
+        _quiet()
+        d = Path(directory)
+        if not (d / QUANTLM_JSON).exists():
+            raise FileNotFoundError(f"{d} is not a quantlm model folder (no {QUANTLM_JSON})")
+        meta = json.loads((d / QUANTLM_JSON).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{d / QUANTLM_JSON}: unknown format {meta.get('format')!r}")
+        model = cls(get_size(meta["size"]), meta["vocab_size"], meta["n_weekdays"], meta["n_slots"],
+                    meta["d_prefix"], meta["max_prefix"], meta["dropout"], meta["special_ids"])
+        model.lm = LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa")
+        model.load_state_dict(load_file(str(d / QUANTLM_WEIGHTS)), strict=False)
+        missing = {k for k in model.state_dict() if not k.startswith("lm.")} - set(load_file(str(d / QUANTLM_WEIGHTS)))
+        if missing:
+            raise ValueError(f"{d / QUANTLM_WEIGHTS} lacks {sorted(missing)}")
+        return model.to(device)
+
+
+def _quiet() -> None:
+    """No transformers progress bars for our small local files."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor, loss_mask: torch.Tensor | None = None,
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean next-token cross-entropy (nats/token) and accuracy; position t predicts input_ids[:, t+1].
+
+    logits [B, L, V] for the token positions, input_ids [B, L]; loss_mask [B, L] (1 = count the
+    target at that position) drops pads. Computed in float32 whatever the autocast dtype.
+    """
+    logits = logits[:, :-1]  # [B, L-1, V]
+    targets = input_ids[:, 1:]  # [B, L-1]
+    if loss_mask is not None:
+        targets = targets.masked_fill(loss_mask[:, 1:] == 0, -100)
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    with torch.no_grad():
+        valid = targets != -100
+        acc = ((logits.argmax(-1) == targets) & valid).sum() / valid.sum().clamp(min=1)
+    return loss, acc
+
+
+def build_model(size: str | ModelSize | dict, vocab_size: int, n_weekdays: int = 7, n_slots: int = 1,
+                d_prefix: int = 0, max_prefix: int = 0, dropout: float = 0.0,
+                special_ids: dict[str, int] | None = None, seed: int | None = None, **size_overrides) -> MarketGPT:
+    """A freshly initialised MarketGPT of a named size (or ModelSize / dict) with optional overrides.
+
+    `seed` seeds torch before initialisation so the same call gives the same weights.
+    """
+    if seed is not None:
+        torch.manual_seed(seed)
+    return MarketGPT(get_size(size, **size_overrides), vocab_size, n_weekdays, n_slots, d_prefix, max_prefix,
+                     dropout, special_ids)
+
+
+def model_for_tokenizer(size: str | ModelSize | dict, tokenizer, **kwargs) -> MarketGPT:
+    """build_model with vocabulary, calendar sizes and special ids taken from a KlineTokenizer."""
+    return build_model(size, tokenizer.vocab_size, n_weekdays=tokenizer.n_weekdays, n_slots=tokenizer.n_slots,
+                       special_ids={"pad": tokenizer.pad_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id},
+                       **kwargs)

@@ -1,0 +1,160 @@
+"""Numba hot paths of the K-line tokenizer: the causal feature recursion, bin lookup and decoding.
+
+`encode_rows` walks the rows of many symbols at once (rows grouped by symbol, time-ordered inside a
+group; `new[i]` marks the first row of a group) so one call encodes a whole market.
+Units: prices in currency, volume in shares, amount in currency; every output is dimensionless.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+
+# Columns of the feature matrix (see kline.py's module docstring for the definitions).
+F_RET, F_GAP, F_UPPER, F_LOWER, F_VOL, F_AMOUNT, F_LOGSIG = range(7)
+N_FEATURES = 7
+# Per-group end state: last close, last adj_factor, variance for the next bar, log-volume level,
+# log-amount level (NaN if the symbol never had an amount), bars seen.
+S_CLOSE, S_ADJ, S_VAR, S_LVOL, S_LAMT, S_COUNT = range(6)
+N_STATE = 6
+_PARKINSON = 1.0 / (4.0 * math.log(2.0))
+
+
+@numba.njit(cache=True, nogil=True)
+def update_var(var: float, r: float, alpha: float, cap: float, var_floor: float) -> float:
+    """EWMA variance after seeing log return r: winsorised at cap * var, floored at var_floor."""
+    r2 = min(r * r, cap * var)
+    return max((1.0 - alpha) * var + alpha * r2, var_floor)
+
+
+def pad_edges(edges: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Edges of each axis padded with +inf to a common 2^k - 1 length, and each axis' first search step.
+
+    Returns float64 [n_axes, 2^k - 1] and int64 [n_axes]; see `_search`.
+    """
+    k = max(int(len(e)).bit_length() for e in edges)
+    out = np.full((len(edges), (1 << k) - 1), np.inf)
+    top = np.empty(len(edges), dtype=np.int64)
+    for a, e in enumerate(edges):
+        out[a, : len(e)] = e
+        top[a] = (1 << int(len(e)).bit_length()) >> 1
+    return out, top
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _search(edges, a, step, x):
+    """Number of edges of axis a strictly below x (= np.searchsorted side='left'); NaN -> 0.
+
+    Branchless binary search over a row padded with +inf to at least 2 * step - 1 entries.
+    """
+    pos = 0
+    while step > 0:
+        pos += step * (edges[a, pos + step - 1] < x)
+        step >>= 1
+    return pos
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_floor, want_feat, want_ids,
+                feat, ids, state, edges, top, shape, coarse_offset, fine_offset):
+    """One causal pass over the rows of many symbols: features, token ids and end states.
+
+    o, h, lo, c, v, amt, adj: float64 [n] bar columns (amt / adj may be NaN: unknown / no adjustment).
+    new: bool [n], True on the first row of each symbol. alpha_*: EWMA weights of the newest bar.
+    want_feat: fill feat float64 [n, 7]; want_ids: fill ids int64 [n, 2] using edges / top (pad_edges
+    of the axes ret, vol, gap, upper, lower) and shape (n_ret_c, n_vol_c, n_ret_f, n_vol_f, n_gap,
+    n_up, n_lo). state float64 [n_groups, 6] always receives each symbol's state after its last bar.
+
+    Bar t is normalised by sigma_t, the EWMA volatility of returns strictly before t; the first bar
+    of a symbol (no previous close) uses its own Parkinson range variance and has gap 0 and return
+    log(close / open). Volume (amount) levels are EWMAs of log1p(volume) (log1p(amount)) of bars
+    strictly before t; the first bar's relative volume is 0.
+    """
+    n_vol_c, n_ret_f, n_vol_f = shape[1], shape[2], shape[3]
+    n_gap, n_up, n_lo = shape[4], shape[5], shape[6]
+    g = -1
+    prev_c = 1.0
+    prev_lc = 0.0
+    prev_la = np.nan  # log adj factor of the previous bar
+    var = var_floor
+    lvol = 0.0
+    lamt = np.nan
+    count = 0
+    for i in range(o.shape[0]):
+        l_o, l_h, l_l, l_c = math.log(o[i]), math.log(h[i]), math.log(lo[i]), math.log(c[i])
+        la_i = math.log(adj[i]) if adj[i] > 0.0 else np.nan  # NaN, 0 or negative: unknown
+        if new[i]:
+            if g >= 0:
+                state[g, S_CLOSE], state[g, S_ADJ], state[g, S_VAR] = prev_c, math.exp(prev_la), var
+                state[g, S_LVOL], state[g, S_LAMT], state[g, S_COUNT] = lvol, lamt, count
+            g += 1
+            var = max((l_h - l_l) * (l_h - l_l) * _PARKINSON, var_floor)
+            lvol = math.log1p(v[i])
+            lamt = np.nan
+            count = 0
+            prev_lc = l_o  # the first bar's "previous close" is its open: gap 0, return log(c / o)
+            prev_la = la_i
+        # adjustment between consecutive bars (none when either factor is unknown)
+        k = la_i - prev_la if (math.isfinite(la_i) and math.isfinite(prev_la)) else 0.0
+        r = l_c - prev_lc + k
+        inv = 1.0 / math.sqrt(var)
+        z_r = r * inv
+        z_g = (l_o - prev_lc + k) * inv
+        z_u = (l_h - max(l_o, l_c)) * inv
+        z_l = (min(l_o, l_c) - l_l) * inv
+        lv = math.log1p(v[i])
+        z_v = lv - lvol
+        if want_feat:
+            feat[i, F_RET], feat[i, F_GAP], feat[i, F_UPPER], feat[i, F_LOWER], feat[i, F_VOL] = z_r, z_g, z_u, z_l, z_v
+            feat[i, F_LOGSIG] = 0.5 * math.log(var)
+            la = math.log1p(amt[i]) if amt[i] >= 0.0 else np.nan
+            feat[i, F_AMOUNT] = la - lamt if (math.isfinite(la) and math.isfinite(lamt)) else 0.0
+            if math.isfinite(la):
+                lamt = la if not math.isfinite(lamt) else (1.0 - alpha_vol) * lamt + alpha_vol * la
+        if want_ids:
+            rq = _search(edges, 0, top[0], z_r)
+            vq = _search(edges, 1, top[1], z_v)
+            gq = _search(edges, 2, top[2], z_g)
+            uq = _search(edges, 3, top[3], z_u)
+            lq = _search(edges, 4, top[4], z_l)
+            ids[i, 0] = coarse_offset + (rq // n_ret_f) * n_vol_c + vq // n_vol_f
+            sub = (rq % n_ret_f) * n_vol_f + vq % n_vol_f
+            ids[i, 1] = fine_offset + ((sub * n_gap + gq) * n_up + uq) * n_lo + lq
+        # state after bar i (used by bar i + 1)
+        var = update_var(var, r, alpha_var, cap, var_floor)
+        lvol = (1.0 - alpha_vol) * lvol + alpha_vol * lv
+        prev_lc = l_c
+        prev_c = c[i]
+        if math.isfinite(la_i):
+            prev_la = la_i
+        count += 1
+    if g >= 0:
+        state[g, S_CLOSE], state[g, S_ADJ], state[g, S_VAR] = prev_c, math.exp(prev_la), var
+        state[g, S_LVOL], state[g, S_LAMT], state[g, S_COUNT] = lvol, lamt, count
+
+
+@numba.njit(cache=True, nogil=True)
+def decode_bars(zr, zg, zu, zl, zv, close0, var0, lvol0, alpha_var, alpha_vol, cap, var_floor, out):
+    """Rebuild bars from dequantised features, advancing the state bar by bar as `bar_features` does.
+
+    z*: float64 [n] representative features; close0, var0, lvol0: state after the last known bar.
+    out: float64 [n, 6] = open, high, low, close (currency), volume (shares), log return.
+    """
+    prev, var, lvol = close0, var0, lvol0
+    for t in range(zr.shape[0]):
+        sig = math.sqrt(var)
+        r = zr[t] * sig
+        o = prev * math.exp(zg[t] * sig)
+        c = prev * math.exp(r)
+        lv = lvol + zv[t]
+        out[t, 0] = o
+        out[t, 1] = max(o, c) * math.exp(zu[t] * sig)
+        out[t, 2] = min(o, c) * math.exp(-zl[t] * sig)
+        out[t, 3] = c
+        out[t, 4] = max(math.expm1(lv), 0.0)
+        out[t, 5] = r
+        var = update_var(var, r, alpha_var, cap, var_floor)
+        lvol = (1.0 - alpha_vol) * lvol + alpha_vol * lv
+        prev = c

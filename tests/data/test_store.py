@@ -1,0 +1,234 @@
+"""Store: exact round trips, merges, atomicity (including a real crash) and point-in-time reads."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quantlm.data.schema import DataValidationError, validate_bars
+from quantlm.data.store import Store
+from tests.conftest import make_bars
+
+
+def state(store: Store) -> tuple[list[tuple], pd.DataFrame]:
+    return [tuple(r) for r in store.listing().itertuples(index=False)], store.bars()
+
+
+def parquet_files(root: Path) -> set[Path]:
+    return {p.relative_to(root) for p in (root / "files").rglob("*.parquet")}
+
+
+# ---------------------------------------------------------------- round trips and merges
+def test_round_trip_is_bit_exact(store, bars):
+    bars["adj_factor"] = np.linspace(1.0, 2.0, len(bars))
+    counts = store.write_bars(bars, market="cn")
+    assert counts == {"000001.SZ": 60, "600000.SH": 60}
+    got = store.bars()
+    pd.testing.assert_frame_equal(got, validate_bars(bars), check_exact=True)
+    assert got["ts"].dtype == "datetime64[ns]" and all(got[c].dtype == "float64" for c in got.columns[2:])
+    assert store.symbols() == ["000001.SZ", "600000.SH"] and store.freqs() == ["1d"]
+    assert store.calendar().equals(pd.DatetimeIndex(sorted(bars["ts"].unique())))
+
+
+def test_incremental_append_of_new_dates(store, bars):
+    early, late = bars[bars.ts < "2023-02-01"], bars[bars.ts >= "2023-02-01"]
+    store.write_bars(early, market="cn")
+    store.write_bars(late, market="cn")
+    pd.testing.assert_frame_equal(store.bars(), validate_bars(bars), check_exact=True)
+    row = store.listing().iloc[0]
+    assert (row.first_ts, row.last_ts, row.rows) == (bars.ts.min(), bars.ts.max(), 60)
+
+
+def test_agreeing_overlap_is_fine_and_disagreeing_overlap_needs_replace(store, bars):
+    store.write_bars(bars[bars.ts < "2023-02-15"], market="cn")
+    store.write_bars(bars[bars.ts >= "2023-02-01"], market="cn")  # overlap agrees
+    pd.testing.assert_frame_equal(store.bars(), validate_bars(bars), check_exact=True)
+
+    changed = bars[bars.ts == "2023-02-01"].copy()
+    changed["close"] *= 1.01
+    changed["high"] = np.maximum(changed["high"], changed["close"])
+    before = state(store)
+    with pytest.raises(DataValidationError, match=r"overlaps stored data for \S+ at 2023-02-01.*--replace") as e:
+        store.write_bars(changed, market="cn", file="fix.csv")
+    assert e.value.file == "fix.csv" and e.value.column in ("high", "close")
+    assert state(store)[0] == before[0]
+    pd.testing.assert_frame_equal(store.bars(), before[1])
+
+    store.write_bars(changed, market="cn", replace=True)
+    got = store.bars()
+    on_day = got[got.ts == "2023-02-01"].set_index("symbol")["close"]
+    assert on_day.to_dict() == changed.set_index("symbol")["close"].to_dict()
+    others = got[got.ts != "2023-02-01"].reset_index(drop=True)
+    expected = validate_bars(bars)
+    pd.testing.assert_frame_equal(others, expected[expected.ts != "2023-02-01"].reset_index(drop=True))
+
+
+def test_symbol_cannot_change_market(store, bars):
+    store.write_bars(bars, market="cn")
+    with pytest.raises(DataValidationError, match="stored under market 'cn'"):
+        store.write_bars(bars, market="us")
+
+
+def test_same_symbol_put_twice_in_one_transaction(store, bars):
+    """Regression: re-putting a key reused a staged file name that a later put then overwrote."""
+    a, b = bars[bars.symbol == "600000.SH"], bars[bars.symbol == "000001.SZ"]
+    with store.transaction() as tx:
+        tx.put_bars(a.iloc[:30], market="cn", freq="1d")
+        tx.put_bars(b, market="cn", freq="1d")
+        tx.put_bars(a.iloc[30:], market="cn", freq="1d")
+        tx.put_bars(make_bars(symbols=("300750.SZ",), periods=5), market="cn", freq="1d")
+    assert store.listing()["rows"].tolist() == [60, 5, 60]
+    pd.testing.assert_frame_equal(store.bars(["000001.SZ", "600000.SH"]), validate_bars(bars), check_exact=True)
+
+
+# ---------------------------------------------------------------- atomicity
+def test_exception_inside_transaction_changes_nothing(store, bars):
+    store.write_bars(bars[bars.ts < "2023-02-01"], market="cn")
+    before, files = state(store), parquet_files(store.root)
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction() as tx:
+            tx.put_bars(bars, market="cn", freq="1d")
+            tx.put("flags", "", pd.DataFrame({"symbol": ["600000.SH"], "flag": ["st"],
+                                              "start": [pd.Timestamp("2023-01-05")], "end": [pd.NaT]}))
+            tx.set_meta("universe", "x")
+            raise RuntimeError("boom")
+    assert state(store)[0] == before[0]
+    pd.testing.assert_frame_equal(store.bars(), before[1])
+    assert parquet_files(store.root) == files and store.meta() == {} and len(store.flags()) == 0
+    assert not any((store.root / "_staging").glob("*/*"))
+
+
+CRASH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import pandas as pd
+    import quantlm.data.store as store_mod
+    from quantlm.data.store import Store
+
+    real_replace, real_connect, moved = os.replace, Store._connect, []
+
+    def replace(src, dst):
+        real_replace(src, dst)
+        moved.append(dst)
+
+    def connect(self, write):
+        if write and moved:  # the commit's catalog switch: die here, with no cleanup at all
+            os._exit(3)
+        return real_connect(self, write)
+
+    store_mod.os.replace = replace
+    Store._connect = connect
+    Store(sys.argv[1]).write_bars(pd.read_parquet(sys.argv[2]), market="cn")
+""")
+
+
+def test_crash_between_file_moves_and_catalog_commit(store, bars, tmp_path):
+    store.write_bars(bars[bars.ts < "2023-02-01"], market="cn")
+    before, files = state(store), parquet_files(store.root)
+    bars.to_parquet(tmp_path / "new.parquet")
+    proc = subprocess.run([sys.executable, "-c", CRASH_SCRIPT, str(store.root), str(tmp_path / "new.parquet")],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 3, proc.stderr
+    orphans = parquet_files(store.root) - files
+    assert len(orphans) == 2  # the crashed transaction's files reached their final names...
+    reopened = Store(store.root)
+    assert state(reopened)[0] == before[0]  # ...but the catalog never pointed at them
+    pd.testing.assert_frame_equal(reopened.bars(), before[1])
+    reopened.write_bars(bars[bars.ts >= "2023-03-01"], market="cn")  # next write removes the orphans
+    assert not (parquet_files(store.root) & orphans)
+    assert len(parquet_files(store.root)) == 2
+
+
+# ---------------------------------------------------------------- point-in-time reads
+def test_bars_between_dates_are_inclusive(store, bars):
+    store.write_bars(bars, market="cn")
+    got = store.bars("600000.SH", start="2023-01-05", end="2023-01-10", fields=["close"])
+    assert got["ts"].tolist() == list(pd.bdate_range("2023-01-05", "2023-01-10"))
+    assert list(got.columns) == ["symbol", "ts", "close"]
+    assert len(store.bars(start="2024-01-01")) == 0 and len(store.bars(end="2022-12-30")) == 0
+
+
+def test_members_as_of(store):
+    spans = pd.DataFrame({
+        "universe": ["csi300", "csi300", "csi300", "other"],
+        "symbol": ["A", "B", "C", "D"],
+        "start": pd.to_datetime(["2020-01-01", "2020-06-01", "2019-01-01", "2019-01-01"]),
+        "end": pd.to_datetime(["2020-12-31", None, "2020-05-31", None]),
+    })
+    store.write_table("universes", spans)
+    assert store.members("csi300", "2020-05-31") == ["A", "C"]
+    assert store.members("csi300", "2020-06-01") == ["A", "B"]
+    assert store.members("csi300", "2020-12-31") == ["A", "B"]
+    assert store.members("csi300", "2021-01-01") == ["B"]
+    assert store.members("csi300", "2018-12-31") == []
+
+
+def test_texts_strictly_before_cutoff(store):
+    texts = pd.DataFrame({
+        "text_id": ["t1", "t2", "t3", "t4"],
+        "symbol": ["A", "A", "", "B"],
+        "published_at": pd.to_datetime(["2023-01-03 14:59:59", "2023-01-03 15:00:00", "2023-01-03 09:00",
+                                        "2023-01-02 10:00"]),
+        "source": "news", "title": ["a", "b", "c", "d"], "body": "",
+    })
+    store.write_table("texts", texts)
+    cutoff = pd.Timestamp("2023-01-03 15:00")
+    assert store.texts("A", visible_before=cutoff)["text_id"].tolist() == ["t3", "t1"]
+    assert store.texts(visible_before=cutoff)["text_id"].tolist() == ["t4", "t3", "t1"]
+    assert store.texts("A", since="2023-01-03 12:00")["text_id"].tolist() == ["t1", "t2"]
+
+
+# ---------------------------------------------------------------- properties
+@st.composite
+def valid_bars(draw) -> pd.DataFrame:
+    """Random valid daily bars: 1-3 symbols, 1-25 sessions each, prices across many magnitudes."""
+    frames = []
+    for sym in draw(st.lists(st.sampled_from(["600000.SH", "000001.SZ", "BTC/USDT"]), min_size=1, max_size=3,
+                             unique=True)):
+        n = draw(st.integers(1, 25))
+        days = pd.bdate_range("2021-01-04", periods=40)[sorted(draw(st.lists(st.integers(0, 39), min_size=n,
+                                                                             max_size=n, unique=True)))]
+        price = st.floats(1e-4, 1e7, allow_nan=False)
+        rows = draw(st.lists(st.tuples(price, price, st.floats(0, 0.5), st.floats(0, 0.5), st.floats(0, 1e12),
+                                       st.one_of(st.just(np.nan), st.floats(0, 1e15)),
+                                       st.one_of(st.just(np.nan), st.floats(1e-3, 1e3))),
+                             min_size=len(days), max_size=len(days)))
+        o, c, up, down, vol, amount, adj = map(np.array, zip(*rows, strict=True))
+        frames.append(pd.DataFrame({"symbol": sym, "ts": days, "open": o, "high": np.maximum(o, c) * (1 + up),
+                                    "low": np.minimum(o, c) * (1 - down), "close": c, "volume": vol,
+                                    "amount": amount, "adj_factor": adj}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@settings(max_examples=20, deadline=None)
+@given(bars=valid_bars())
+def test_property_random_bars_round_trip_exactly(bars):
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Store(tmp)
+        store.write_bars(bars, market="crypto")
+        pd.testing.assert_frame_equal(store.bars(), validate_bars(bars), check_exact=True)
+
+
+@settings(max_examples=20, deadline=None)
+@given(bars=valid_bars(), data=st.data())
+def test_property_two_appends_equal_one_write(bars, data):
+    """Any split of the rows into two writes (interleaved dates, agreeing overlaps) equals one write."""
+    first = np.array(data.draw(st.lists(st.booleans(), min_size=len(bars), max_size=len(bars))))
+    also_second = np.array(data.draw(st.lists(st.booleans(), min_size=len(bars), max_size=len(bars))))
+    second = ~first | also_second
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        once, twice = Store(a), Store(b)
+        once.write_bars(bars, market="crypto")
+        if first.any():
+            twice.write_bars(bars[first], market="crypto")
+        twice.write_bars(bars[second], market="crypto")
+        pd.testing.assert_frame_equal(twice.bars(), once.bars(), check_exact=True)
+        assert twice.listing().equals(once.listing())
