@@ -12,7 +12,9 @@ Measured on each, in the same run:
           baseline: pd.read_parquet on the baseline files (a folder; a list of 20 files + ts filter)
   check   quantlm.data.health.check_store (daily only), against the Store.bars read of the same data
 
-Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--quick]
+  text    (with --text N) embed_texts on N synthetic texts vs the bare SentenceTransformer.encode
+
+Run: OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_data.py [--quick] [--text N]
 """
 
 from __future__ import annotations
@@ -153,10 +155,44 @@ def bench_dataset(name: str, paths: list[Path], freq: str, slice_range: tuple[st
     return out
 
 
+def bench_text(n_texts: int, work: Path) -> list[dict]:
+    """embed_texts (store read, hashing, MiniLM, cache write) vs the bare SentenceTransformer.encode."""
+    from quantlm.data.text import embed_texts, load_embedder
+
+    rng = np.random.default_rng(2)
+    words = np.array("shares profit revenue guidance margin outlook board dividend buyback loss order contract "
+                     "quarter growth decline regulator approval supplier demand pricing".split())
+    texts = pd.DataFrame({
+        "text_id": [f"T{i:07d}" for i in range(n_texts)],
+        "symbol": [f"{600000 + i % 300:06d}.SH" for i in range(n_texts)],
+        "published_at": pd.Timestamp("2023-01-03 08:00") + pd.to_timedelta(rng.integers(0, 10**6, n_texts), unit="min"),
+        "source": "bench",
+        "title": [" ".join(rng.choice(words, 8)) for _ in range(n_texts)],
+        "body": [" ".join(rng.choice(words, 40)) for _ in range(n_texts)],
+    })
+    store = Store(work / "text_store")
+    store.write_table("texts", texts)
+    t_load, embedder = timed(load_embedder)
+    contents = (texts["title"] + "\n" + texts["body"]).tolist()
+    t_base, _ = timed(lambda: embedder.encode(contents, batch_size=64))
+    t, _ = timed(lambda: embed_texts(store, embedder=embedder, batch_size=64))
+    t_again, out = timed(lambda: embed_texts(store, embedder=embedder))
+    assert out.attrs["n_new"] == 0
+    print(f"[text] MiniLM load {t_load:.1f}s (not in the figures below)")
+    rows = [("embed", "baseline: SentenceTransformer.encode", t_base, None),
+            ("embed", "embed_texts (cold cache)", t, t_base),
+            ("embed", "embed_texts (warm cache, nothing new)", t_again, t_base)]
+    return [{"dataset": f"text {n_texts}", "op": op, "what": what, "seconds": sec, "rows": n_texts,
+             "rows/s": n_texts / sec, "x baseline time": sec / base if base else float("nan")}
+            for op, what, sec, base in rows]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a smoke run of a few seconds")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
+    parser.add_argument("--text", type=int, default=0, metavar="N",
+                        help="also embed N synthetic texts with the offline MiniLM (needs the 'text' extra)")
     args = parser.parse_args()
     n_daily, years, n_minute, minute_days = (30, 2, 5, 20) if args.quick else (300, 10, 50, None)
 
@@ -179,6 +215,8 @@ def main() -> None:
         slice_end = minute_days_idx[-1] + pd.Timedelta(hours=23)
         results += bench_dataset("minute", minute_paths, "1min", (str(minute_days_idx[0]), str(slice_end)), work,
                                  n_minute * len(minute_ts), check=True)
+        if args.text:
+            results += bench_text(args.text, work)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

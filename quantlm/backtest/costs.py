@@ -176,32 +176,49 @@ def round_down(quantity: float, step: float) -> float:
 
 
 @njit(cache=True)
+def _fits(shares: float, budget: float, price: float, commission_rate: float, min_commission: float,
+          transfer_fee_rate: float, slippage: float, impact_coef: float, sigma: float, bar_volume: float) -> bool:
+    cost = total_fill_cost(shares, price, False, commission_rate, min_commission, 0.0, transfer_fee_rate, 0.0,
+                           slippage, impact_coef, sigma, bar_volume)
+    return shares * price + cost <= budget * (1.0 + 1e-12)
+
+
+@njit(cache=True)
 def affordable_shares(budget: float, price: float, step: float, commission_rate: float, min_commission: float,
                       transfer_fee_rate: float, slippage: float, impact_coef: float, sigma: float,
                       bar_volume: float) -> float:
     """Most shares (a multiple of `step`) whose buy value plus buy costs fits in `budget` currency.
 
     With step 0 (continuous) and no minimum commission or impact this is budget / (price * (1 + rates)),
-    the same sizing vectorbt uses for an all-in order.
+    the same sizing vectorbt uses for an all-in order. Otherwise a bisection over whole steps.
     """
     if budget <= 0.0 or price <= 0.0:
         return 0.0
     linear = commission_rate + transfer_fee_rate + slippage
-    shares = round_down(budget / (price * (1.0 + linear)), step)
-    for _ in range(200):
-        if shares <= 0.0:
-            return 0.0
-        cost = total_fill_cost(shares, price, False, commission_rate, min_commission, 0.0, transfer_fee_rate, 0.0,
-                               slippage, impact_coef, sigma, bar_volume)
-        excess = shares * price + cost - budget
-        if excess <= 1e-9 * budget:
-            return shares
-        # shrink by at least one step, proportionally when far off
-        less = excess / (price * (1.0 + linear))
-        if step > 0.0:
-            shares = round_down(shares - max(less, step), step)
+    guess = budget / (price * (1.0 + linear))
+    args = (budget, price, commission_rate, min_commission, transfer_fee_rate, slippage, impact_coef, sigma, bar_volume)
+    if step <= 0.0:
+        if _fits(guess, *args):
+            return guess
+        lo, hi = 0.0, guess
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            if _fits(mid, *args):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+    n = math.floor(guess / step + 1e-9)
+    if _fits(n * step, *args):
+        if not _fits((n + 1) * step, *args):
+            return n * step
+        lo, hi = n + 1, math.floor(budget / price / step) + 1  # hi: the value alone exceeds the budget
+    else:
+        lo, hi = 0, n
+    while hi - lo > 1:  # invariant: lo fits (or is 0), hi does not
+        mid = (lo + hi) // 2
+        if _fits(mid * step, *args):
+            lo = mid
         else:
-            shares = shares - max(less, shares * 1e-12)
-    return 0.0
-
-
+            hi = mid
+    return lo * step if lo > 0 and _fits(lo * step, *args) else 0.0

@@ -191,9 +191,12 @@ def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestCon
             vwap = amount / vol
         fill = np.where(np.isfinite(vwap) & (vwap > 0), vwap, (o + h + lo + c) / 4.0)
     mark = _ffill(c)
-    prev_close = _shift(mark)
+    # limit reference: the last close of the previous date (the previous bar for daily data)
+    days_all = all_sessions.normalize()
+    prev_i = days_all.searchsorted(days_all, side="left") - 1
+    prev_close = np.where((prev_i >= 0)[:, None], mark[np.maximum(prev_i, 0)], np.nan)
     adj = _ffill(dense("adj_factor"))
-    ratio = _shift(adj) / adj  # ex-rights reference price = prev close * adj_prev / adj_today
+    ratio = np.where((prev_i >= 0)[:, None], adj[np.maximum(prev_i, 0)], np.nan) / adj  # ex-rights reference
     prev_ref = np.where(np.isfinite(ratio), prev_close * ratio, prev_close)
     rules, costs = config.market_rules(), config.cost_model_used()
     if rules.price_limits:
@@ -201,7 +204,7 @@ def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestCon
     else:
         up = down = np.full((n_all, n), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
-        logret = np.where(has_bar, np.log(mark / prev_close), np.nan)
+        logret = np.where(has_bar, np.log(mark / _shift(mark)), np.nan)
     sigma = pd.DataFrame(logret).rolling(SIGMA_WINDOW, min_periods=5).std().shift(1).to_numpy()
     sigma = np.where(np.isfinite(sigma), sigma, costs.default_sigma)
 
@@ -261,6 +264,36 @@ def run_backtest(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfi
     else:
         raise BacktestConfigError(f"unknown engine '{engine}' (expected numba or python)")
     return _result(a, config, *out, benchmark=_benchmark(config, a.sessions, bars, benchmark_bars))
+
+
+def run_signal_grid(signals: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
+    """Equity curves [session x variant] of many score variants for ONE symbol (parameter grids).
+
+    `signals` is wide: index = ts, one column of scores per variant; `bars` holds that symbol's bars.
+    Each column is exactly `run_backtest` of that column (checked in tests), sharing the prepared arrays.
+    """
+    config.validate()
+    symbols = pd.unique(bars["symbol"].astype(str))
+    if len(symbols) != 1:
+        raise BacktestConfigError(f"run_signal_grid needs bars of exactly one symbol, got {len(symbols)}")
+    long = pd.DataFrame({"symbol": symbols[0], "ts": pd.DatetimeIndex(signals.index), "score": 0.0})
+    a = prepare_arrays(long, bars, config)
+    fp, ip = _params(config, 1)
+    all_ts = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(bars["ts"]).to_numpy()))
+    pos = all_ts.searchsorted(pd.DatetimeIndex(signals.index), side="right") - 1
+    in_window = pos - all_ts.searchsorted(a.sessions[0])
+    keep = (in_window >= 0) & (in_window < len(a.sessions))
+    values = signals.to_numpy(dtype="float64")
+    out = np.empty((len(a.sessions), values.shape[1]))
+    score = np.full((len(a.sessions), 1), np.nan)
+    for k in range(values.shape[1]):
+        score[:] = np.nan
+        score[in_window[keep], 0] = values[keep, k]
+        eq, *_ = K.run_kernel(a.fill_price, a.close, a.volume, a.limit_up, a.limit_down, a.sigma, score,
+                              np.isfinite(score[:, 0]), a.new_date, a.stamp_rate, a.sec_rate, a.borrow_years, fp, ip,
+                              2 * len(a.sessions) + 2)
+        out[:, k] = eq
+    return pd.DataFrame(out, index=pd.DatetimeIndex(a.sessions, name="ts"), columns=signals.columns)
 
 
 def _run_numba(a: _Arrays, config: BacktestConfig):
@@ -403,7 +436,7 @@ def read_signals(path: str | Path) -> pd.DataFrame:
     if len(df) == 0:
         raise DataValidationError("no rows", file=name)
     sym = df["symbol"].astype("string").str.strip()
-    bad = (sym.isna() | (sym == "")).to_numpy(dtype=bool)
+    bad = (sym.fillna("") == "").to_numpy(dtype=bool)
     if bad.any():
         raise DataValidationError("empty symbol", file=name, row=int(np.flatnonzero(bad)[0]) + 1, column="symbol")
     ts = pd.to_datetime(df["ts"], errors="coerce", format="mixed")
@@ -417,7 +450,8 @@ def read_signals(path: str | Path) -> pd.DataFrame:
     for col in values:
         v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64")
         raw = df[col].to_numpy()
-        bad = (np.isnan(v) & pd.notna(raw) & (pd.Series(raw).astype("string").str.strip() != "").to_numpy(dtype=bool))
+        text = pd.Series(raw).astype("string").str.strip().fillna("")
+        bad = np.isnan(v) & (text != "").to_numpy(dtype=bool)
         bad |= np.isinf(v)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -432,8 +466,9 @@ def read_signals(path: str | Path) -> pd.DataFrame:
     return out.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
 
 
-def backtest_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> BacktestResult:
-    """`run_backtest` with bars, instruments, flags and the benchmark read from `store`."""
+def load_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> dict:
+    """Bars (with 60 days of history before `config.start`), instruments, flags and benchmark bars for
+    `scores`, read from `store`; fills `config.benchmark` from the store meta when unset."""
     symbols = sorted(pd.unique(scores["symbol"].astype(str)))
     start = None if config.start is None else pd.Timestamp(config.start) - pd.Timedelta(days=60)
     bars = store.bars(symbols, start=start, end=config.end)
@@ -446,7 +481,11 @@ def backtest_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> 
         bench = store.bars([config.benchmark], start=start, end=config.end)
         if len(bench) == 0:
             raise BacktestConfigError(f"benchmark '{config.benchmark}' has no bars in the store at {store.root}")
-    instruments = store.instruments()
-    flags = store.flags()
-    return run_backtest(scores, bars, config, instruments if len(instruments) else None,
-                        flags if len(flags) else None, bench)
+    instruments, flags = store.instruments(), store.flags()
+    return {"bars": bars, "instruments": instruments if len(instruments) else None,
+            "flags": flags if len(flags) else None, "benchmark_bars": bench}
+
+
+def backtest_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> BacktestResult:
+    """`run_backtest` with bars, instruments, flags and the benchmark read from `store`."""
+    return run_backtest(scores, config=config, **load_from_store(scores, store, config))

@@ -83,7 +83,10 @@ class Exchange:
         sigma = float(bar["sigma"]) if bar is not None else c.default_sigma
         ref = price if np.isfinite(price) else portfolio.last_price.get(symbol, np.nan)
         step = r.lot_size if side == "buy" else r.sell_step
-        if side in ("buy", "short"):
+        if side == "buy":  # the value covers the shares and their costs
+            req = affordable_shares(float(order.value), ref, step, c.commission_rate, c.min_commission,
+                                    c.transfer_fee_rate, c.slippage, c.impact_coef, sigma, volume) if np.isfinite(ref) else 0.0
+        elif side == "short":
             req = round_down(order.value / ref, step) if np.isfinite(ref) and ref > 0 else 0.0
         else:
             req = float(order.shares)

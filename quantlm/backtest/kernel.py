@@ -234,7 +234,10 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                 ref = price if price == price else last_price[j]
                 value_req = o_value[i]
                 step = lot if side == BUY else sell_step
-                if side == BUY or side == SHORT:
+                if side == BUY:  # the value covers the shares and their costs
+                    req = affordable_shares(value_req, ref, step, fp[P_COMM_RATE], fp[P_MIN_COMM], fp[P_TRANSFER],
+                                            fp[P_SLIP], fp[P_IMPACT], sigma[t, j], vol) if ref == ref else 0.0
+                elif side == SHORT:
                     req = round_down(value_req / ref, step) if ref == ref and ref > 0 else 0.0
                 else:
                     req = o_shares[i]

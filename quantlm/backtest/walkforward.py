@@ -36,6 +36,12 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+class WalkForwardError(ValueError):
+    """Folds or settings that cannot work (shown to CLI users as a plain message)."""
+
+    user_facing = True
+
+
 ModelFn = Callable[[pd.DataFrame, int], Callable[[pd.DataFrame], pd.DataFrame]]
 
 
@@ -65,14 +71,14 @@ class WalkForwardConfig:
 def make_folds(calendar: Sequence | pd.DatetimeIndex, config: WalkForwardConfig) -> list[Fold]:
     """Folds over `calendar` (sorted unique sessions). Raises ValueError if none fits."""
     if config.mode not in ("rolling", "expanding"):
-        raise ValueError(f"mode must be 'rolling' or 'expanding', got '{config.mode}'")
+        raise WalkForwardError(f"mode must be 'rolling' or 'expanding', got '{config.mode}'")
     if config.train_years <= 0 or config.test_months < 1:
-        raise ValueError("train_years must be > 0 and test_months >= 1")
+        raise WalkForwardError("train_years must be > 0 and test_months >= 1")
     if config.embargo_sessions < 0:
-        raise ValueError("embargo_sessions must be >= 0")
+        raise WalkForwardError("embargo_sessions must be >= 0")
     cal = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(calendar)))
     if len(cal) == 0:
-        raise ValueError("empty calendar: no sessions to split")
+        raise WalkForwardError("empty calendar: no sessions to split")
     train_span = pd.DateOffset(months=max(1, round(config.train_years * 12)))
     step = pd.DateOffset(months=config.step_months or config.test_months)
     test_span = pd.DateOffset(months=config.test_months)
@@ -95,7 +101,7 @@ def make_folds(calendar: Sequence | pd.DatetimeIndex, config: WalkForwardConfig)
             folds.append(Fold(len(folds), train_start, cal[i_train_end], test_start, test_end))
         boundary = boundary + step
     if not folds:
-        raise ValueError(
+        raise WalkForwardError(
             f"no walk-forward fold fits {cal[0]:%Y-%m-%d}..{cal[-1]:%Y-%m-%d} with {config.train_years} training "
             f"years and {config.test_months} test months; shorten them or use more data"
         )
@@ -197,10 +203,10 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
     from quantlm.features.labels import forward_returns
 
     if n_jobs < 1:
-        raise ValueError(f"n_jobs must be >= 1, got {n_jobs}")
+        raise WalkForwardError(f"n_jobs must be >= 1, got {n_jobs}")
     seeds = [int(s) for s in seeds]
     if not seeds:
-        raise ValueError("seeds must hold at least one seed")
+        raise WalkForwardError("seeds must hold at least one seed")
     calendar = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(bars["ts"])))
     fold_list = make_folds(calendar, folds) if isinstance(folds, WalkForwardConfig) else list(folds)
     config = config if config is not None else BacktestConfig()
@@ -233,4 +239,4 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
     return WalkForwardResult(folds=fold_list, seeds=seeds, runs=runs)
 
 
-__all__ = ["Fold", "WalkForwardConfig", "WalkForwardResult", "FoldRun", "make_folds", "walk_forward"]
+__all__ = ["WalkForwardError", "Fold", "WalkForwardConfig", "WalkForwardResult", "FoldRun", "make_folds", "walk_forward"]

@@ -25,6 +25,12 @@ from typing import Any
 import pandas as pd
 
 
+class EvaluationError(ValueError):
+    """A bad evaluate input (shown to CLI users as a plain message)."""
+
+    user_facing = True
+
+
 @dataclass
 class EvaluateOptions:
     """Options of `quantlm evaluate` (see the CLI help for meanings and units)."""
@@ -79,7 +85,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
 
         signals = read_signals(Path(signals_path))
         if "score" not in signals.columns:
-            raise ValueError(f"{signals_path}: evaluate needs a 'score' column (weights files go to 'quantlm backtest')")
+            raise EvaluationError(f"{signals_path}: evaluate needs a 'score' column (weights files go to 'quantlm backtest')")
     all_bars = store.bars(freq="1d", market=market)
     if len(all_bars) == 0:
         raise FileNotFoundError(f"store {store.root} holds no daily bars for market '{market}'")
@@ -107,7 +113,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     if signals is not None:
         s = in_period(signals)
         if len(s) == 0:
-            raise ValueError(f"{signals_path}: no scores between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
+            raise EvaluationError(f"{signals_path}: no scores between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
         runs["signals"] = (backtest(s), s)
     if "lightgbm" in options.baselines:
         model_fn = functools.partial(lightgbm_model, num_boost_round=options.num_boost_round, num_threads=1)
@@ -129,7 +135,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     if "benchmark" in options.baselines and bench_bars is not None:
         runs["benchmark"] = (benchmark_run(bench_bars, cash=options.cash, market=market, start=start, end=end), None)
     if not runs:
-        raise ValueError("nothing to evaluate: give --signals or at least one baseline")
+        raise EvaluationError("nothing to evaluate: give --signals or at least one baseline")
     primary = next(iter(runs))
     result, scores = runs[primary]
     others = {k: v for k, v in runs.items() if k != primary}

@@ -75,7 +75,7 @@ def benchmark(benchmark_bars: pd.DataFrame, cash: float = 1_000_000.0, market: s
         raise ValueError("no benchmark bars in the requested period")
     idx = pd.DatetimeIndex(bars["ts"], name="ts")
     close = pd.Series(bars["close"].to_numpy(dtype="float64"), index=idx)
-    equity = cash * close / close.iloc[0]
+    equity = cash * (close / close.iloc[0])
     zeros = pd.Series(0.0, index=idx)
     positions = pd.DataFrame({"ts": idx, "symbol": symbols[0], "shares": cash / close.iloc[0],
                               "value": equity.to_numpy(), "weight": 1.0})

@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
 
         The score at session t is traded on session t+1 (at its open by default).
         """
-        from quantlm.backtest.engine import BacktestConfig, backtest_from_store, read_signals
+        from quantlm.backtest.engine import BacktestConfig, load_from_store, read_signals, run_backtest
 
         st = store_from(store)
         if not st.exists():
@@ -53,10 +53,11 @@ def register(app: typer.Typer) -> None:
             allow_short=allow_short, leverage=leverage)
         config.validate()
         scores = read_signals(signals)
-        result = backtest_from_store(scores, st, config)
+        inputs = load_from_store(scores, st, config)
+        result = run_backtest(scores, config=config, **inputs)
         for w in result.warnings:
             console.print(f"[yellow]warning:[/] {w}", highlight=False)
-        metrics = _write(result, out, scores)
+        metrics = _write(result, out, scores, inputs["bars"])
         trades = result.trades
         n_rej = int((trades["status"] == "rejected").sum()) if len(trades) else 0
         console.print(f"backtest {config.market}/{config.strategy}: {len(result.equity)} sessions, "
@@ -67,9 +68,9 @@ def register(app: typer.Typer) -> None:
         console.print(f"wrote {out}")
 
 
-def _write(result, out: Path, scores) -> dict:
+def _write(result, out: Path, scores, bars) -> dict:
     """Write metrics.json, equity.csv, trades.csv and report.html via quantlm.backtest.outputs."""
     from quantlm.backtest.outputs import write_outputs
 
-    written = write_outputs(result, out, scores=scores)
+    written = write_outputs(result, out, scores=scores, bars=bars)
     return written.get("metrics", written) if isinstance(written, dict) else {}

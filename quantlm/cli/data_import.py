@@ -25,7 +25,7 @@ def _print_report(report, root: Path) -> None:
     table.add_row("formats", ", ".join(f"{k} ({v})" for k, v in sorted(report.formats.items())))
     shown = ", ".join(report.symbols[:8]) + (f", ... ({len(report.symbols):,} in all)" if len(report.symbols) > 8 else "")
     table.add_row("symbols", shown)
-    table.add_row("rows", f"{report.rows:,}")
+    table.add_row("rows", f"{report.rows:,} ({report.new_rows:,} new)")
     if report.universes:
         table.add_row("universes", ", ".join(report.universes))
     console.print(table)

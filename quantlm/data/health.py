@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -38,6 +39,7 @@ from quantlm.data.store import Store
 
 KINDS = ("gap", "suspension", "non_session_bar", "price_jump", "volume_jump", "stale_price", "zero_volume_run")
 WARNING_COLUMNS = ("symbol", "ts", "kind", "detail")
+_DAY_NS = 86_400 * 10**9
 
 
 @dataclass(frozen=True)
@@ -105,19 +107,47 @@ def check_store(store: Store, freq: str = "1d", market: str | None = None,
 
 
 def check_bars(bars: pd.DataFrame, market: str, thresholds: Thresholds = Thresholds()) -> pd.DataFrame:
-    """All checks on one market's bars (symbol, ts, close, volume[, adj_factor]); sorted by symbol, ts."""
+    """All checks on one market's bars (symbol, ts, close, volume[, adj_factor]), in any order."""
     if len(bars) == 0:
         return _empty_warnings()
-    bars = bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
-    parts = [
-        _session_checks(bars, market),
-        _jump_checks(bars, thresholds),
-        _run_checks(bars, thresholds),
-    ]
-    out = pd.concat([p for p in parts if len(p)], ignore_index=True) if any(len(p) for p in parts) else _empty_warnings()
+    b = _columns(bars)
+    parts = [p for p in (_session_checks(b, market), _jump_checks(b, thresholds), _run_checks(b, thresholds)) if len(p)]
+    if not parts:
+        return _empty_warnings()
+    out = pd.concat(parts, ignore_index=True)
     order = pd.Categorical(out["kind"], categories=list(KINDS))
     out = out.assign(_k=order).sort_values(["_k", "symbol", "ts"], kind="stable").drop(columns="_k")
     return out.reset_index(drop=True)[list(WARNING_COLUMNS)]
+
+
+class _Bars(NamedTuple):
+    """One market's bars as arrays sorted by (symbol, ts); symbols as integer codes into `names`."""
+
+    code: np.ndarray  # int64
+    names: np.ndarray  # object (str), sorted
+    ts: np.ndarray  # int64 nanoseconds, tz-naive local
+    close: np.ndarray
+    volume: np.ndarray
+    adj: np.ndarray  # NaN where unknown
+
+    def symbol(self, i: np.ndarray) -> np.ndarray:
+        return self.names[self.code[i]]
+
+    def new_symbol(self) -> np.ndarray:
+        """True where a row starts a symbol's series."""
+        return np.r_[True, self.code[1:] != self.code[:-1]]
+
+
+def _columns(bars: pd.DataFrame) -> _Bars:
+    code, names = pd.factorize(bars["symbol"], sort=True)
+    ts = bars["ts"].to_numpy(dtype="datetime64[ns]").astype("int64")
+    cols = [code.astype("int64"), ts] + [bars[c].to_numpy(dtype="float64") if c in bars else np.full(len(bars), np.nan)
+                                         for c in ("close", "volume", "adj_factor")]
+    ordered = np.all((code[1:] > code[:-1]) | ((code[1:] == code[:-1]) & (ts[1:] >= ts[:-1])))
+    if not ordered:  # Store.bars is already sorted; other callers may not be
+        order = np.lexsort((ts, code))
+        cols = [c[order] for c in cols]
+    return _Bars(cols[0], np.asarray(names, dtype=object), *cols[1:])
 
 
 def _empty_warnings() -> pd.DataFrame:
@@ -128,87 +158,76 @@ def _empty_warnings() -> pd.DataFrame:
 def _frame(symbol, ts, kind: str, detail) -> pd.DataFrame:
     n = len(ts)
     return pd.DataFrame({"symbol": np.asarray(symbol, dtype=object) if n else np.array([], dtype=object),
-                         "ts": pd.to_datetime(np.asarray(ts, dtype="datetime64[ns]")),
+                         "ts": pd.to_datetime(np.asarray(ts).astype("datetime64[ns]")),
                          "kind": [kind] * n, "detail": list(detail)})
 
 
-def _session_checks(bars: pd.DataFrame, market: str) -> pd.DataFrame:
+def _session_checks(b: _Bars, market: str) -> pd.DataFrame:
     """gap / suspension / non_session_bar, on dates (intraday bars are reduced to their days)."""
-    day = pd.DatetimeIndex(bars["ts"]).normalize()
+    day = b.ts - b.ts % _DAY_NS
     first_cal, last_cal = calendars.calendar_range(market)
-    sym = bars["symbol"].to_numpy()
-    vol = bars["volume"].to_numpy()
-    on_session = calendars.is_session(market, day)
-    inside = (day >= first_cal) & (day <= last_cal)
+    inside = (day >= first_cal.value) & (day <= last_cal.value)
+    on_session = calendars.is_session(market, day.astype("datetime64[ns]"))
     out = []
     off = inside & ~on_session
     if off.any():
         # one warning per (symbol, day), even for many intraday bars on that day
-        offd = pd.DataFrame({"symbol": sym[off], "ts": day[off]}).drop_duplicates()
-        out.append(_frame(offd["symbol"], offd["ts"], "non_session_bar",
-                          [f"bar on {d.date()} ({d.day_name()}), not a {market} session" for d in offd["ts"]]))
+        pairs = np.unique(np.stack([b.code[off], day[off]], axis=1), axis=0)
+        days = pd.DatetimeIndex(pairs[:, 1].astype("datetime64[ns]"))
+        out.append(_frame(b.names[pairs[:, 0]], days, "non_session_bar",
+                          [f"bar on {d.date()} ({d.day_name()}), not a {market} session" for d in days]))
     keep = inside & on_session
     if not keep.any():
         return pd.concat(out, ignore_index=True) if out else _empty_warnings()
-    day_k, sym_k, vol_k = day[keep], sym[keep], vol[keep]
-    cal = calendars.sessions(market, day_k.min(), day_k.max())
-    s_idx = np.searchsorted(cal.as_unit("ns").asi8, day_k.as_unit("ns").asi8)
-    codes, names = pd.factorize(sym_k)
-    has_bar = np.zeros((len(cal), len(names)), dtype=bool)
+    day_k, code_k, traded_k = day[keep], b.code[keep], b.volume[keep] > 0
+    cal = calendars.sessions(market, pd.Timestamp(day_k.min()), pd.Timestamp(day_k.max()))
+    s_idx = np.searchsorted(cal.as_unit("ns").asi8, day_k)
+    n_sym = len(b.names)
+    has_bar = np.zeros((len(cal), n_sym), dtype=bool)
     traded = np.zeros_like(has_bar)
-    has_bar[s_idx, codes] = True
-    np.logical_or.at(traded, (s_idx, codes), vol_k > 0)
+    has_bar[s_idx, code_k] = True
+    traded[s_idx[traded_k], code_k[traded_k]] = True
     any_bar = has_bar.any(axis=1)
     gaps = np.flatnonzero(~any_bar)
     if len(gaps):
         out.append(_frame([""] * len(gaps), cal[gaps], "gap",
                           [f"no {market} symbol has a bar on this session" for _ in gaps]))
-    first = np.full(len(names), len(cal))
-    last = np.full(len(names), -1)
-    np.minimum.at(first, codes, s_idx)
-    np.maximum.at(last, codes, s_idx)
+    first = np.full(n_sym, len(cal))
+    last = np.full(n_sym, -1)
+    np.minimum.at(first, code_k, s_idx)
+    np.maximum.at(last, code_k, s_idx)
     rows = np.arange(len(cal))[:, None]
     missing = ~traded & any_bar[:, None] & (rows >= first[None, :]) & (rows <= last[None, :])
     si, yi = np.nonzero(missing)
     if len(si):
         detail = np.where(has_bar[si, yi], "zero-volume bar", "no bar")
-        out.append(_frame(names[yi], cal[si], "suspension",
+        out.append(_frame(b.names[yi], cal[si], "suspension",
                           [f"{d}; other {market} symbols traded" for d in detail]))
     return pd.concat(out, ignore_index=True) if out else _empty_warnings()
 
 
-def _same_symbol_as_prev(sym: np.ndarray) -> np.ndarray:
-    same = np.zeros(len(sym), dtype=bool)
-    same[1:] = sym[1:] == sym[:-1]
-    return same
-
-
-def _jump_checks(bars: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
-    sym = bars["symbol"].to_numpy()
-    ts = bars["ts"].to_numpy()
-    close = bars["close"].to_numpy(dtype="float64")
-    vol = bars["volume"].to_numpy(dtype="float64")
-    adj = bars["adj_factor"].to_numpy(dtype="float64") if "adj_factor" in bars else np.full(len(bars), np.nan)
-    same = _same_symbol_as_prev(sym)
-    prev_close, prev_vol, prev_adj = (np.r_[np.nan, a[:-1]] for a in (close, vol, adj))
-    both_adj = ~np.isnan(adj) & ~np.isnan(prev_adj)
-    cur = np.where(both_adj, close * adj, close)
+def _jump_checks(b: _Bars, th: Thresholds) -> pd.DataFrame:
+    same = ~b.new_symbol()
+    prev_close, prev_vol, prev_adj = (np.r_[np.nan, a[:-1]] for a in (b.close, b.volume, b.adj))
+    both_adj = ~np.isnan(b.adj) & ~np.isnan(prev_adj)
+    cur = np.where(both_adj, b.close * b.adj, b.close)
     prv = np.where(both_adj, prev_close * prev_adj, prev_close)
     out = []
     with np.errstate(divide="ignore", invalid="ignore"):
         change = cur / prv - 1.0
-        vchange = vol / prev_vol - 1.0
+        vchange = b.volume / prev_vol - 1.0
     jump = same & (np.abs(change) > th.price_jump)
     if jump.any():
         i = np.flatnonzero(jump)
-        out.append(_frame(sym[i], ts[i], "price_jump",
+        out.append(_frame(b.symbol(i), b.ts[i], "price_jump",
                           [f"close {'adjusted ' if a else ''}{p:.6g} -> {c:.6g} ({x:+.1%})"
                            for a, p, c, x in zip(both_adj[i], prv[i], cur[i], change[i], strict=True)]))
     vjump = same & (prev_vol > 0) & (vchange > th.volume_jump)
     if vjump.any():
         i = np.flatnonzero(vjump)
-        out.append(_frame(sym[i], ts[i], "volume_jump",
-                          [f"volume {p:,.0f} -> {c:,.0f} (x{c / p:.1f})" for p, c in zip(prev_vol[i], vol[i], strict=True)]))
+        out.append(_frame(b.symbol(i), b.ts[i], "volume_jump",
+                          [f"volume {p:,.0f} -> {c:,.0f} (x{c / p:.1f})"
+                           for p, c in zip(prev_vol[i], b.volume[i], strict=True)]))
     return pd.concat(out, ignore_index=True) if out else _empty_warnings()
 
 
@@ -221,25 +240,22 @@ def _runs(eligible: np.ndarray, breaks: np.ndarray, min_len: int) -> tuple[np.nd
     return starts[good], lengths[good]
 
 
-def _run_checks(bars: pd.DataFrame, th: Thresholds) -> pd.DataFrame:
-    sym = bars["symbol"].to_numpy()
-    ts = bars["ts"].to_numpy()
-    close = bars["close"].to_numpy(dtype="float64")
-    vol = bars["volume"].to_numpy(dtype="float64")
-    new_symbol = ~_same_symbol_as_prev(sym)
+def _run_checks(b: _Bars, th: Thresholds) -> pd.DataFrame:
+    new_symbol = b.new_symbol()
     out = []
-    changed = np.r_[True, close[1:] != close[:-1]]
-    s, n = _runs(vol > 0, new_symbol | changed, th.stale_bars)
+    changed = np.r_[True, b.close[1:] != b.close[:-1]]
+    s, n = _runs(b.volume > 0, new_symbol | changed, th.stale_bars)
     if len(s):
-        end = ts[s + n - 1]
-        out.append(_frame(sym[s], ts[s], "stale_price",
+        end = b.ts[s + n - 1]
+        out.append(_frame(b.symbol(s), b.ts[s], "stale_price",
                           [f"close {c:.6g} unchanged for {k} bars with volume, to {pd.Timestamp(e)}"
-                           for c, k, e in zip(close[s], n, end, strict=True)]))
-    s, n = _runs(vol == 0, new_symbol, th.zero_volume_bars)
+                           for c, k, e in zip(b.close[s], n, end, strict=True)]))
+    s, n = _runs(b.volume == 0, new_symbol, th.zero_volume_bars)
     if len(s):
-        end = ts[s + n - 1]
-        out.append(_frame(sym[s], ts[s], "zero_volume_run",
-                          [f"{k} consecutive zero-volume bars, to {pd.Timestamp(e)}" for k, e in zip(n, end, strict=True)]))
+        end = b.ts[s + n - 1]
+        out.append(_frame(b.symbol(s), b.ts[s], "zero_volume_run",
+                          [f"{k} consecutive zero-volume bars, to {pd.Timestamp(e)}"
+                           for k, e in zip(n, end, strict=True)]))
     return pd.concat(out, ignore_index=True) if out else _empty_warnings()
 
 

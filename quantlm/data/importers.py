@@ -74,6 +74,8 @@ _QLIB_CSV_ALIASES = {
 }
 _YAHOO_ALIASES = {k: v for k, v in _GENERIC_ALIASES.items() if k != "adj_factor"}
 _REQUIRED = ("ts", "open", "high", "low", "close", "volume")
+# Columns read from CSV as text: every spelling of a symbol or a time stamp in any format.
+_TEXT_COLUMNS = {n for a in (_GENERIC_ALIASES, _TUSHARE_ALIASES) for k in ("symbol", "ts") for n in a[k]}
 # How each format spells a required column, for "missing column" messages.
 _SPELLED = {"generic": {}, "yahoo": {"ts": "Date", **{c: c.title() for c in _REQUIRED[1:]}},
             "tushare": {"ts": "trade_date", "volume": "vol"}, "qlib-csv": {"ts": "date"}}
@@ -87,14 +89,15 @@ class ImportReport:
     freq: str
     files: int
     symbols: list[str]
-    rows: int
+    rows: int  # validated input rows
+    new_rows: int = 0  # (symbol, ts) bars that were not in the store before
     formats: dict[str, int] = field(default_factory=dict)  # format -> number of files read with it
     universes: list[str] = field(default_factory=list)
 
     def __str__(self) -> str:
         fmts = ", ".join(f"{k} x{v}" for k, v in sorted(self.formats.items()))
-        text = (f"imported {self.rows:,} rows of {len(self.symbols):,} symbol(s) ({self.freq}, market {self.market}) "
-                f"from {self.files:,} file(s) [{fmts}]")
+        text = (f"imported {self.rows:,} rows ({self.new_rows:,} new) of {len(self.symbols):,} symbol(s) "
+                f"({self.freq}, market {self.market}) from {self.files:,} file(s) [{fmts}]")
         if self.universes:
             text += f"; universes: {', '.join(self.universes)}"
         return text
@@ -167,7 +170,12 @@ def _parse_ts(raw: pd.Series, market: str, file: str, rows: np.ndarray, column: 
         text = raw.astype("str").str.strip().where(raw.notna())
         try:
             ts = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce")
-        except ValueError:  # mixed UTC offsets: put them on one clock first
+        except ValueError:  # mixed UTC offsets: put them on one clock first, unless some have none
+            has_tz = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).to_numpy(dtype=bool)
+            if not has_tz.all():
+                i = int(np.flatnonzero(has_tz != has_tz[0])[0])
+                raise DataValidationError(f"timestamp {raw.iloc[i]!r} {'has' if has_tz[i] else 'lacks'} a UTC offset "
+                                          f"unlike row {int(rows[0])}", file=file, row=int(rows[i]), column=column)
             ts = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
         if fmt == "%Y%m%d":  # strptime would also take 7-digit '2023014'; Tushare dates are exactly 8 digits
             ts = ts.where(text.str.fullmatch(r"\d{8}").fillna(False).astype(bool))
@@ -272,12 +280,19 @@ def _validate(src: _Source, freq: str | None) -> tuple[pd.DataFrame, str]:
 
 
 def _read_file(path: Path) -> pd.DataFrame:
-    """A CSV (optionally gzipped) or Parquet file as a DataFrame; CSV cells are kept as text."""
+    """A CSV (optionally gzipped) or Parquet file as a DataFrame.
+
+    CSV symbol and time columns are read as text (codes keep leading zeros, dates keep their
+    spelling); other columns are parsed by pandas' C parser (fast), and any column that is not
+    numeric stays text so that `_to_float` can name the bad cell.
+    """
     name = str(path)
     try:
         if name.lower().endswith(".parquet"):
             return pd.read_parquet(path)
-        return pd.read_csv(path, dtype="str", skipinitialspace=True)
+        header = pd.read_csv(path, nrows=0, skipinitialspace=True).columns
+        text = {c: "str" for c in header if _norm(c) in _TEXT_COLUMNS}
+        return pd.read_csv(path, dtype=text, skipinitialspace=True)
     except pd.errors.EmptyDataError:
         raise DataValidationError("empty file (no header, no rows)", file=name) from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
@@ -343,10 +358,12 @@ def import_paths(paths: Sequence[str | Path], store: Store, market: str, freq: s
 def import_frame(df: pd.DataFrame, store: Store, market: str, freq: str | None = None, format: str = "generic",
                  replace: bool = False, source: str = "<DataFrame>", symbol: str | None = None,
                  instruments: pd.DataFrame | None = None) -> ImportReport:
-    """Import a DataFrame in one of the file formats (its index is used as a column when named)."""
+    """Import a DataFrame in one of the file formats (a named index, or a DatetimeIndex, is used as a column)."""
     _check_args(market, freq, format)
     if format == "qlib-bin":
         raise DataValidationError("format qlib-bin reads folders; use import_paths", file=source)
+    if isinstance(df.index, pd.DatetimeIndex) and df.index.name is None:
+        df = df.rename_axis("ts")
     if df.index.name is not None or isinstance(df.index, pd.MultiIndex):
         df = df.reset_index()
     src = _convert(df, format, source, market, symbol)
@@ -368,9 +385,11 @@ def _import_sources(sources: list[_Source], store: Store, market: str, freq: str
         first = first or (f, src.name)
         checked.append((src, bars))
     assert first is not None
+    new, n_new = _combine(checked, store, market, first[0], replace)
     with store.transaction() as tx:
-        for src, bars in checked:
-            tx.put_bars(bars, market=market, freq=first[0], replace=replace, file=src.name)
+        if len(new):  # one put_bars for everything: validation and merging run once, vectorised
+            tx.put_bars(new, market=market, freq=first[0], replace=replace, file=checked[0][0].name if
+                        len(checked) == 1 else None)
         if universes is not None and len(universes):
             tx.put("universes", "", _upsert(store.read_table("universes"), universes, "universe"))
         if instruments is not None and len(instruments):
@@ -380,8 +399,56 @@ def _import_sources(sources: list[_Source], store: Store, market: str, freq: str
     for src, _ in checked:
         formats[src.format] = formats.get(src.format, 0) + 1
     return ImportReport(market=market, freq=first[0], files=len(checked), symbols=symbols,
-                        rows=sum(len(b) for _, b in checked), formats=formats,
+                        rows=sum(len(b) for _, b in checked), new_rows=n_new, formats=formats,
                         universes=sorted(universes["universe"].unique()) if universes is not None else [])
+
+
+def _combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: str, freq: str,
+             replace: bool) -> tuple[pd.DataFrame, int]:
+    """(rows to write, number of (symbol, ts) not yet stored): all sources as one frame, checked against
+    each other and the store before anything is written.
+
+    A (symbol, ts) present twice (in two files, or in a file and the store) must agree on prices and
+    volume within a relative 1e-9 (the store's rule) unless `replace`, where the later file wins.
+    """
+    listing = store.listing() if store.exists() else pd.DataFrame(columns=["symbol", "freq", "market"])
+    listing = listing[listing["freq"] == freq]
+    frames = [bars.assign(_src=i) for i, (_, bars) in enumerate(checked)]
+    allb = pd.concat(frames, ignore_index=True)
+    other = listing[listing["symbol"].isin(allb["symbol"].unique()) & (listing["market"] != market)]
+    if len(other):
+        sym, where = other["symbol"].iloc[0], other["market"].iloc[0]
+        i = int(allb.loc[allb["symbol"] == sym, "_src"].iloc[0])
+        raise DataValidationError(f"symbol {sym} is stored under market '{where}', not '{market}'",
+                                  file=checked[i][0].name, column=checked[i][0].columns.get("symbol", "symbol"))
+    stored_syms = sorted(set(allb["symbol"].unique()) & set(listing["symbol"]))
+    if stored_syms:
+        stored = store.bars(stored_syms, start=allb["ts"].min(), end=allb["ts"].max(), freq=freq)
+        allb = pd.concat([stored.assign(_src=-1), allb], ignore_index=True)
+    allb = allb.sort_values(["symbol", "ts", "_src"], kind="stable").reset_index(drop=True)
+    dup = allb.duplicated(["symbol", "ts"], keep=False).to_numpy()
+    if dup.any() and not replace:
+        d = allb[dup]
+        cols = ["open", "high", "low", "close", "volume"]
+        ref = d.groupby(["symbol", "ts"], sort=False)[cols].transform("first")
+        bad = ~np.isclose(d[cols].to_numpy(), ref.to_numpy(), rtol=1e-9, atol=0.0)
+        if bad.any():
+            r, c = (int(x[0]) for x in np.nonzero(bad))
+            row = d.iloc[r]
+            src, col = checked[int(row["_src"])][0], cols[c]
+            first = d[(d["symbol"] == row["symbol"]) & (d["ts"] == row["ts"])].iloc[0]
+            where = "the stored bar" if first["_src"] < 0 else f"the bar in {checked[int(first['_src'])][0].name}"
+            hit = src.frame[(src.frame["symbol"].astype("str").str.strip() == row["symbol"])
+                            & (src.frame["ts"] == row["ts"])]["_row"]
+            raise DataValidationError(
+                f"{row['symbol']} at {row['ts']}: {col}={float(row[col])!r} disagrees with {where} "
+                f"({col}={float(ref.iloc[r, c])!r}); use --replace to overwrite",
+                file=src.name, row=int(hit.iloc[0]) if len(hit) else None, column=src.columns.get(col, col))
+    stored_key = allb.groupby(["symbol", "ts"], sort=False)["_src"].transform("min").to_numpy() < 0
+    keep = ~allb.duplicated(["symbol", "ts"], keep="last" if replace else "first").to_numpy()
+    n_new = int((keep & ~stored_key).sum())
+    allb = allb[keep & (allb["_src"] >= 0).to_numpy()]
+    return allb.drop(columns="_src").reset_index(drop=True), n_new
 
 
 def _upsert(old: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -66,6 +66,7 @@ class Store:
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_path()
         self._cleaned = False  # orphan files are removed once, before this object's first write
+        self._catalog_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
 
     # ------------------------------------------------------------------ catalog plumbing
     @property
@@ -99,14 +100,24 @@ class Store:
                     f.unlink()
 
     def _catalog(self, tbl_prefix: str | None = None) -> pd.DataFrame:
+        """Catalog rows for table `tbl_prefix` and its sub-tables (all rows if None).
+
+        The whole catalog is small (one row per file) and opening DuckDB costs ~20 ms, so the frame
+        is cached and reused while the catalog file's (mtime, size) is unchanged.
+        """
         if not self.exists():
             return pd.DataFrame(columns=["tbl", "key", "path", "rows", "min_ts", "max_ts", "market"])
-        with self._connect(write=False) as con:
-            if tbl_prefix is None:
-                return con.execute("SELECT * FROM files ORDER BY tbl, key").df()
-            return con.execute(
-                "SELECT * FROM files WHERE tbl = ? OR tbl LIKE ? ORDER BY tbl, key", [tbl_prefix, tbl_prefix + "/%"]
-            ).df()
+        st = self.catalog_path.stat()
+        stamp = (st.st_mtime_ns, st.st_size)
+        if self._catalog_cache is None or self._catalog_cache[0] != stamp:
+            with self._connect(write=False) as con:
+                full = con.execute("SELECT * FROM files ORDER BY tbl, key").df()
+            self._catalog_cache = (stamp, full)
+        full = self._catalog_cache[1]
+        if tbl_prefix is None:
+            return full.copy()
+        mask = (full["tbl"] == tbl_prefix) | full["tbl"].str.startswith(tbl_prefix + "/")
+        return full[mask].reset_index(drop=True)
 
     def meta(self) -> dict[str, str]:
         """Free-form store metadata (e.g. how a synthetic market was generated)."""
@@ -283,6 +294,7 @@ class _Transaction:
         self.meta: dict[str, str] = {}
         self._bars_cache: dict[tuple[str, str], pd.DataFrame] = {}
         self._n_staged = 0
+        self._catalog_cache: dict[str, pd.DataFrame] = {}
 
     def put(self, tbl: str, key: str, df: pd.DataFrame | pa.Table, market: str | None = None) -> None:
         """Stage `df` (a DataFrame, or an Arrow table kept as is) as the new content of (tbl, key)."""
@@ -312,7 +324,9 @@ class _Transaction:
         new = validate_bars(bars, file=file, freq=freq)
         counts: dict[str, int] = {}
         tbl = f"bars/{freq}"
-        cat = self.store._catalog(tbl)
+        if tbl not in self._catalog_cache:  # one catalog read per table and transaction (importers call per file)
+            self._catalog_cache[tbl] = self.store._catalog(tbl)
+        cat = self._catalog_cache[tbl]
         current = dict(zip(cat["key"], cat["path"]))
         markets = dict(zip(cat["key"], cat["market"]))
         bounds = np.flatnonzero(np.r_[True, new["symbol"].to_numpy()[1:] != new["symbol"].to_numpy()[:-1], True])
@@ -373,6 +387,7 @@ class _Transaction:
                 (root / rel).unlink(missing_ok=True)
             self.abort()
             raise
+        self.store._catalog_cache = None
         for p in old_paths:
             (root / p).unlink(missing_ok=True)
         self.abort()

@@ -25,7 +25,7 @@ from quantlm.data.synth_prices import Effects, PriceArrays, round_price, simulat
 from quantlm.data.synth_text import NewsEvents, draw_events, news_signals, render_texts
 from quantlm.data.synth_universe import INDUSTRIES, Universe, draw_universe
 
-COMPONENTS = ("reversal", "pattern", "news", "market")
+COMPONENTS = ("reversal", "pattern", "news", "market", "limit_carry")
 TEXT_TABLE_COLUMNS = ["text_id", "symbol", "published_at", "source", "title", "body"]
 
 
@@ -203,18 +203,27 @@ def oracle_rank_ic(market: SynthMarket, column: str = "expected_return") -> floa
 
 
 def effect_report(market: SynthMarket) -> dict[str, dict[str, float]]:
-    """Per component: share of the mean cross-sectional variance of expected_return, and RankIC alone."""
-    o = market.oracle
+    """Per component: its RankIC alone and its share of the planted drift's cross-sectional variance.
+
+    The planted drift is reversal + pattern + news + market; shares are mean-over-sessions variance
+    ratios (the components are nearly uncorrelated, so they sum to about 1). `limit_carry` is not
+    planted drift but the spill-over of locked limit moves: it is reported by the share of rows where
+    it is non-zero and its mean absolute value there.
+    """
+    o = market.oracle.assign(planted=lambda d: d[["reversal", "pattern", "news", "market"]].sum(axis=1))
     g = o.groupby("ts")
-    total = float(g["expected_return"].var().mean())
-    lab = labels(_stock_bars_only(market))
-    df = o.merge(lab, on=["symbol", "ts"], how="inner")
+    total = float(g["planted"].var().mean())
+    df = o.merge(labels(_stock_bars_only(market)), on=["symbol", "ts"], how="inner")
     report = {}
-    for k in ("expected_return", *COMPONENTS):
+    for k in ("expected_return", "planted", *COMPONENTS):
         ic = rank_ic_by_session(df, k)
-        report[k] = {"variance_share": float(g[k].var().mean()) / total,
-                     "rank_ic": float(ic.mean()) if len(ic) else 0.0,
-                     "cs_std": float(g[k].std().mean())}
+        report[k] = {"rank_ic": float(ic.mean()) if len(ic) else 0.0, "cs_std": float(g[k].std().mean())}
+        if k == "limit_carry":
+            nonzero = o[k] != 0
+            report[k]["rows_share"] = float(nonzero.mean())
+            report[k]["mean_abs_nonzero"] = float(o.loc[nonzero, k].abs().mean()) if nonzero.any() else 0.0
+        else:
+            report[k]["variance_share"] = float(g[k].var().mean()) / total
     return report
 
 

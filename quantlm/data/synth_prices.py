@@ -30,7 +30,7 @@ DRIFT_OVERNIGHT_SHARE = 0.3  # phi: share of mu_t realised in the gap of t+2 (th
 WARMUP_BARS = 20  # reversal and pattern are 0 until a stock has this many bars
 # Normalising constants of the two pattern terms (their standard deviations, measured on the
 # default market) so that the pattern signal has unit variance.
-PATTERN_TERM_STD = (0.62, 0.38)
+PATTERN_TERM_STD = (0.64, 0.35)
 
 
 @dataclass
@@ -118,6 +118,21 @@ class _Market:
         return float(gap), float(intra), mult
 
 
+def _expected_carry_in_label(carry, up_band, down_band, d, capped_ipo, age) -> np.ndarray:
+    """Expected part of the label of t = d that comes from carried limit moves (not planted drift).
+
+    A carry beyond the next session's limit locks that session and spills (in part) into the gap of
+    t+2, which the label open(t+2)/open(t+1) contains. Such a label is rarely tradeable (t+1 opens at
+    the limit), but the oracle should still know it.
+    """
+    nxt = min(d + 1, up_band.shape[0] - 1)
+    lu = np.log1p(up_band[nxt])
+    ld = np.where(np.isfinite(down_band[nxt]), np.log1p(-np.minimum(down_band[nxt], 0.99)), -np.inf)
+    keep = np.where(capped_ipo & (age + 1 < 30), 1.0, 0.5)
+    excess = np.maximum(carry - lu, 0.0) + np.minimum(carry - ld, 0.0)
+    return np.clip(keep * excess, ld, lu)
+
+
 def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macro_signal: np.ndarray,
                     rng: np.random.Generator) -> PriceArrays:
     """Generate bars for every (session, stock) with `u.has_bar`; NaN elsewhere.
@@ -135,7 +150,7 @@ def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macr
     mu_m = 0.0001  # market drift per session (log; simple returns add about half the variance)
 
     out = {k: np.full((t_len, n), np.nan) for k in ("open", "high", "low", "close", "volume", "amount")}
-    comps = {k: np.zeros((t_len, n)) for k in ("reversal", "pattern", "news", "market")}
+    comps = {k: np.zeros((t_len, n)) for k in ("reversal", "pattern", "news", "market", "limit_carry")}
     mu = np.zeros((t_len, n))
     hits = {k: np.zeros((t_len, n), dtype=bool) for k in ("limit_up", "limit_down", "locked")}
 
@@ -239,6 +254,7 @@ def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macr
         comps["news"][d] = np.where(trade, effects.news * vol_hat * news_signal[d], 0.0)
         comps["market"][d] = np.where(trade, st.beta * mu_m + effects.macro * 0.011 * macro_signal[d], 0.0)
         mu[d] = comps["reversal"][d] + comps["pattern"][d] + comps["news"][d] + comps["market"][d]
+        comps["limit_carry"][d] = np.where(trade, _expected_carry_in_label(carry, up_band, down_band, d, capped_ipo, age), 0.0)
         prev_close = np.where(trade, c, prev_close)
 
     return PriceArrays(shares=st.shares, components=comps, **hits, **out)

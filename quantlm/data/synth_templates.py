@@ -56,6 +56,10 @@ COMPANY = {
         ("announcement", "{name} completes bond issuance", "{name} completed the issuance of CNY {amt}00 million of corporate bonds at a coupon of {coupon}%, to refinance existing debt."),
         ("announcement", "{name} changes securities representative", "{name} ({code}) appointed a new securities affairs representative; the change does not affect operations."),
         ("research", "{broker} maintains Neutral on {name}", "{broker} kept its Neutral rating on {name}, saying the {product} is developing as expected and valuation is fair."),
+        ("announcement", "{name} to hold {q} results briefing on the {n}th", "{name} ({code}) will hold an online briefing on its {q} results; management will answer investor questions."),
+        ("announcement", "{name} releases {q} report", "{name} ({code}) published its {q} report; revenue and profit were little changed from a year earlier."),
+        ("news", "{name} signs cooperation memorandum in {region}", "{name} signed a non-binding memorandum with the {region} government on its {product}; no amounts were disclosed."),
+        ("announcement", "{name} {n} million restricted shares become tradable", "About {n} million restricted shares of {name} ({code}) will become tradable, as scheduled at the IPO."),
     ),
     -0.5: (
         ("announcement", "{name} {q} profit {down} {pct2}%", "{name} ({code}) said net profit fell {pct2}% in {q} as raw material costs rose and demand in {sector} stayed soft."),
@@ -102,3 +106,7 @@ OUTLOOK = {
     -1: ("Analysts cut their forecasts after the news.", "The company did not rule out further provisions.",
          "Some institutional holders reduced positions, filings show.", "Management declined to give guidance."),
 }
+
+# Ways outlets dress a headline ({t} is the headline itself).
+TITLE_STYLES = ("{t}", "{t}", "{t}", "{t}", "Flash | {t}", "Update: {t}", "{t} ({code})", "{sector} | {t}",
+                "{t} - filing", "Market watch: {t}")

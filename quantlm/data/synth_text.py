@@ -155,6 +155,9 @@ def render_texts(ev: NewsEvents, u: Universe, rng: np.random.Generator) -> tuple
         outlook = tpl.OUTLOOK[int(np.sign(level))]
         extra = outlook[int(rng.integers(len(outlook)))]
         title = title.format(**values)
+        style = tpl.TITLE_STYLES[int(rng.integers(len(tpl.TITLE_STYLES)))]
+        if s >= 0 or "{code}" not in style:
+            title = style.format(t=title, code=values["code"], sector=values["sector"].capitalize())
         rows.append((sym, published[i], source, title[0].upper() + title[1:], f"{body.format(**values)} {extra}".strip(),
                      level))
     df = pd.DataFrame(rows, columns=["symbol", "published_at", "source", "title", "body", "sentiment"])

@@ -201,13 +201,16 @@ def session_text_features(
     n texts arrive with nothing before). Market-wide texts (symbol "") are mixed into every symbol's
     feature when `include_market_wide`; for them as a separate channel, ask for symbols=[""] with
     include_market_wide=False.
+
+    Memory: the features take n_sessions * n_symbols * dim * 4 bytes (2,500 x 300 x 384: 1.15 GB);
+    symbols are independent, so calling on chunks of symbols gives the same numbers.
     """
     if half_life_sessions <= 0:
         raise ValueError(f"half_life_sessions must be > 0, got {half_life_sessions}")
     texts, vectors = _texts_with_vectors(source, embeddings, model_name)
     sessions = pd.DatetimeIndex(sessions)
-    if len(sessions) and not sessions.is_monotonic_increasing:
-        raise ValueError("sessions must be sorted")
+    if not (sessions.is_monotonic_increasing and sessions.is_unique):
+        raise ValueError("sessions must be sorted and unique")
     if len(sessions) and not calendars.is_session(market, sessions).all():
         bad = sessions[~calendars.is_session(market, sessions)][0]
         raise ValueError(f"{bad.date()} is not a {market} session")
@@ -258,6 +261,10 @@ def _texts_with_vectors(source: Store | pd.DataFrame, embeddings: pd.DataFrame |
         texts = source
     if len(texts) == 0:
         return texts, np.zeros((0, 0), dtype=np.float32)
+    if texts["published_at"].isna().any():
+        bad = texts.loc[texts["published_at"].isna(), "text_id"].iloc[0]
+        raise ValueError(f"{int(texts['published_at'].isna().sum())} texts have no published_at (e.g. text_id "
+                         f"{bad!r}): they cannot be placed in time")
     texts = texts.sort_values(["published_at", "text_id"], kind="stable").reset_index(drop=True)
     if embeddings is None:
         if "embedding" not in texts.columns:

@@ -20,6 +20,7 @@ N_FEATURES = 7
 S_CLOSE, S_ADJ, S_VAR, S_LVOL, S_LAMT, S_COUNT = range(6)
 N_STATE = 6
 _PARKINSON = 1.0 / (4.0 * math.log(2.0))
+_BLOCK = 1024  # rows per bin-lookup block
 
 
 @numba.njit(cache=True, nogil=True)
@@ -43,6 +44,26 @@ def pad_edges(edges: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return out, top
 
 
+def id_tables(shape: tuple[int, ...], coarse_offset: int, fine_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """Additive id tables: coarse = ct[0, ret] + ct[1, vol]; fine = sum_a ft[a, bin_a] over (ret, vol, gap, up, lo).
+
+    shape = (n_ret_c, n_vol_c, n_ret_f, n_vol_f, n_gap, n_up, n_lo); ret / vol bins are global
+    (ret = ret_c * n_ret_f + ret_f). int64 [2, m] and [5, m], m = the largest axis.
+    """
+    rc, vc, rf, vf, ng, nu, nl = shape
+    m = max(rc * rf, vc * vf, ng, nu, nl)
+    ct, ft = np.zeros((2, m), dtype=np.int64), np.zeros((5, m), dtype=np.int64)
+    r, v = np.arange(rc * rf), np.arange(vc * vf)
+    ct[0, : len(r)] = coarse_offset + (r // rf) * vc
+    ct[1, : len(v)] = v // vf
+    ft[0, : len(r)] = fine_offset + (r % rf) * vf * ng * nu * nl
+    ft[1, : len(v)] = (v % vf) * ng * nu * nl
+    ft[2, :ng] = np.arange(ng) * nu * nl
+    ft[3, :nu] = np.arange(nu) * nl
+    ft[4, :nl] = np.arange(nl)
+    return ct, ft
+
+
 @numba.njit(cache=True, nogil=True, inline="always")
 def _search(edges, a, step, x):
     """Number of edges of axis a strictly below x (= np.searchsorted side='left'); NaN -> 0.
@@ -56,24 +77,38 @@ def _search(edges, a, step, x):
     return pos
 
 
+@numba.njit(cache=True, nogil=True)
+def _bin_block(buf, m, start, edges, top, coarse_tab, fine_tab, ids):
+    """Token ids of rows start..start+m-1 from their buffered features buf[:m] = (ret, vol, gap, up, lo)."""
+    for j in range(m):
+        rq = _search(edges, 0, top[0], buf[j, 0])
+        vq = _search(edges, 1, top[1], buf[j, 1])
+        gq = _search(edges, 2, top[2], buf[j, 2])
+        uq = _search(edges, 3, top[3], buf[j, 3])
+        lq = _search(edges, 4, top[4], buf[j, 4])
+        ids[start + j, 0] = coarse_tab[0, rq] + coarse_tab[1, vq]
+        ids[start + j, 1] = fine_tab[0, rq] + fine_tab[1, vq] + fine_tab[2, gq] + fine_tab[3, uq] + fine_tab[4, lq]
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_floor, want_feat, want_ids,
-                feat, ids, state, edges, top, shape, coarse_offset, fine_offset):
+                feat, ids, state, edges, top, coarse_tab, fine_tab):
     """One causal pass over the rows of many symbols: features, token ids and end states.
 
     o, h, lo, c, v, amt, adj: float64 [n] bar columns (amt / adj may be NaN: unknown / no adjustment).
     new: bool [n], True on the first row of each symbol. alpha_*: EWMA weights of the newest bar.
     want_feat: fill feat float64 [n, 7]; want_ids: fill ids int64 [n, 2] using edges / top (pad_edges
-    of the axes ret, vol, gap, upper, lower) and shape (n_ret_c, n_vol_c, n_ret_f, n_vol_f, n_gap,
-    n_up, n_lo). state float64 [n_groups, 6] always receives each symbol's state after its last bar.
+    of the axes ret, vol, gap, upper, lower) and the id tables of `id_tables` (no integer division in
+    the loop). state float64 [n_groups, 6] always receives each symbol's state after its last bar.
 
     Bar t is normalised by sigma_t, the EWMA volatility of returns strictly before t; the first bar
     of a symbol (no previous close) uses its own Parkinson range variance and has gap 0 and return
     log(close / open). Volume (amount) levels are EWMAs of log1p(volume) (log1p(amount)) of bars
     strictly before t; the first bar's relative volume is 0.
     """
-    n_vol_c, n_ret_f, n_vol_f = shape[1], shape[2], shape[3]
-    n_gap, n_up, n_lo = shape[4], shape[5], shape[6]
+    n = o.shape[0]
+    buf = np.empty((_BLOCK if want_ids else 0, 5))
+    j = 0
     g = -1
     prev_c = 1.0
     prev_lc = 0.0
@@ -82,7 +117,7 @@ def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_fl
     lvol = 0.0
     lamt = np.nan
     count = 0
-    for i in range(o.shape[0]):
+    for i in range(n):
         l_o, l_h, l_l, l_c = math.log(o[i]), math.log(h[i]), math.log(lo[i]), math.log(c[i])
         la_i = math.log(adj[i]) if adj[i] > 0.0 else np.nan  # NaN, 0 or negative: unknown
         if new[i]:
@@ -113,15 +148,12 @@ def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_fl
             feat[i, F_AMOUNT] = la - lamt if (math.isfinite(la) and math.isfinite(lamt)) else 0.0
             if math.isfinite(la):
                 lamt = la if not math.isfinite(lamt) else (1.0 - alpha_vol) * lamt + alpha_vol * la
-        if want_ids:
-            rq = _search(edges, 0, top[0], z_r)
-            vq = _search(edges, 1, top[1], z_v)
-            gq = _search(edges, 2, top[2], z_g)
-            uq = _search(edges, 3, top[3], z_u)
-            lq = _search(edges, 4, top[4], z_l)
-            ids[i, 0] = coarse_offset + (rq // n_ret_f) * n_vol_c + vq // n_vol_f
-            sub = (rq % n_ret_f) * n_vol_f + vq % n_vol_f
-            ids[i, 1] = fine_offset + ((sub * n_gap + gq) * n_up + uq) * n_lo + lq
+        if want_ids:  # buffered: the searches of a block of rows overlap far better than one row's
+            buf[j, 0], buf[j, 1], buf[j, 2], buf[j, 3], buf[j, 4] = z_r, z_v, z_g, z_u, z_l
+            j += 1
+            if j == _BLOCK or i == n - 1:
+                _bin_block(buf, j, i + 1 - j, edges, top, coarse_tab, fine_tab, ids)
+                j = 0
         # state after bar i (used by bar i + 1)
         var = update_var(var, r, alpha_var, cap, var_floor)
         lvol = (1.0 - alpha_vol) * lvol + alpha_vol * lv

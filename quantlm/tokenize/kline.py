@@ -116,6 +116,7 @@ class KlineTokenizer:
         self.coarse_offset = N_SPECIAL
         self.fine_offset = N_SPECIAL + self.n_coarse
         self.vocab_size = N_SPECIAL + self.n_coarse + self.n_fine
+        self._id_tables = K.id_tables(self.shape, self.coarse_offset, self.fine_offset)
         self.freq: str | None = None
         self.step_minutes = 0  # bar length for intraday data, 0 for daily
         self.n_slots = 1
@@ -190,11 +191,11 @@ class KlineTokenizer:
             edges, top = self._padded
         else:
             edges, top = np.zeros((5, 1)), np.zeros(5, dtype=np.int64)
+        ct, ft = self._id_tables
         c = rows.cols
         K.encode_rows(c["open"], c["high"], c["low"], c["close"], c["volume"], c["amount"], c["adj_factor"], rows.new,
                       self.alpha_var, self.alpha_volume, _WINSOR, self.min_vol**2, want_feat, want_ids,
-                      feat, ids, state, edges, top, np.asarray(self.shape, dtype=np.int64),
-                      self.coarse_offset, self.fine_offset)
+                      feat, ids, state, edges, top, ct, ft)
         return feat, ids, state
 
     @staticmethod

@@ -102,15 +102,45 @@ def test_unknown_market_and_format_name_the_problem(store, tmp_path):
         import_paths([tmp_path / "missing.csv"], store, market="cn")
 
 
+def test_import_frame_uses_a_datetime_index(store):
+    df = RAW[RAW.symbol == "600000.SH"].drop(columns="symbol").set_index("ts")
+    df.index.name = None
+    report = import_frame(df, store, market="cn", symbol="600000.SH", source="mine")
+    assert report.rows == 20 and store.bars()["ts"].tolist() == RAW["ts"].iloc[:20].tolist()
+
+
 def test_import_frame_replace_and_report(store):
     report = import_frame(RAW, store, market="cn")
-    assert isinstance(report, ImportReport) and "40 rows of 2 symbol(s) (1d, market cn)" in str(report)
+    assert isinstance(report, ImportReport) and "40 rows (40 new) of 2 symbol(s) (1d, market cn)" in str(report)
     changed = RAW.copy()
     changed.loc[0, ["open", "high"]] = (99.0, 100.0)
-    with pytest.raises(DataValidationError, match="overlaps stored data"):
+    with pytest.raises(DataValidationError, match="open=99.0 disagrees with the stored bar") as e:
         import_frame(changed, store, market="cn")
+    assert (e.value.row, e.value.column) == (1, "open")
     import_frame(changed, store, market="cn", replace=True)
     assert store.bars("600000.SH")["open"].iloc[0] == 99.0
+
+
+def test_files_overlapping_each_other(store, tmp_path):
+    """Two files with the same bars: disagreeing names both; agreeing is fine; --replace: the later file wins."""
+    a = RAW[RAW.symbol == "600000.SH"]
+    write_generic(a, tmp_path / "1.csv")
+    b = a.iloc[5:].copy()
+    b["volume"] = b["volume"] + 1
+    write_generic(b, tmp_path / "2.csv")
+    with pytest.raises(DataValidationError, match=r"disagrees with the bar in .*1\.csv") as e:
+        import_paths([tmp_path], store, market="cn")
+    assert e.value.file.endswith("2.csv") and (e.value.row, e.value.column) == (1, "volume")
+    assert not store.exists()
+    report = import_paths([tmp_path], store, market="cn", replace=True)
+    assert (report.rows, report.new_rows) == (35, 20)
+    assert store.bars()["volume"].tolist() == a["volume"].iloc[:5].tolist() + b["volume"].tolist()
+    write_generic(a.iloc[5:], tmp_path / "2.csv")
+    report = import_paths([tmp_path / "2.csv", tmp_path / "2.csv"], store, market="cn", replace=True)
+    assert (report.rows, report.new_rows) == (30, 0)  # the same file twice agrees with itself
+    assert store.bars()["volume"].tolist() == a["volume"].tolist()
+    with pytest.raises(DataValidationError, match="stored under market 'cn', not 'us'"):
+        import_paths([tmp_path / "1.csv"], store, market="us")
 
 
 # ---------------------------------------------------------------- vendor formats
@@ -262,6 +292,7 @@ def test_sp500_sample_through_the_cli(tmp_path):
     assert "5,031" in result.output and "^GSPC" in result.output
     result = runner.invoke(app, ["data", "sample", "sp500", "--store", str(root)])  # idempotent
     assert result.exit_code == 0, result.output
+    assert "(0 new)" in result.output
 
     from quantlm.data.store import Store
 

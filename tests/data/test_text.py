@@ -149,6 +149,8 @@ def test_session_features_decay_and_market_wide_mixing():
     assert np.isclose(ws[1, 0], 0.5) and np.allclose(fs[1, 0], f[a + 2, 0])
     with pytest.raises(ValueError, match="not a cn session"):
         session_text_features(texts, ["A"], pd.DatetimeIndex(["2024-01-06"]), "cn")
+    with pytest.raises(ValueError, match="no published_at"):
+        session_text_features(texts.assign(published_at=[pd.NaT, T("2024-01-03")]), ["A"], days, "cn")
 
 
 def test_session_features_from_store(store):
@@ -160,6 +162,8 @@ def test_session_features_from_store(store):
     f_store, w_store = session_text_features(store, ["A", "B"], DAYS, "cn", model_name="counting")
     f_frame, w_frame = session_text_features(with_vectors(texts), ["A", "B"], DAYS, "cn")
     assert np.array_equal(f_store, f_frame) and np.array_equal(w_store, w_frame)
+    f_b, _ = session_text_features(with_vectors(texts), ["B"], DAYS, "cn")  # symbols are independent
+    assert np.array_equal(f_b, f_frame[:, 1:])
 
 
 def test_unknown_model_and_missing_extra(monkeypatch):

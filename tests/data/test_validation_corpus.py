@@ -109,9 +109,18 @@ def test_conflict_in_last_file_leaves_store_unchanged(seeded_store, tmp_path):
     result = CliRunner().invoke(app, ["data", "import", str(tmp_path), "--store", str(seeded_store), "--market", "cn"])
     assert result.exit_code == 2
     err = flat(result.stderr)
-    assert "b_conflict.csv" in err and "overlapsstoreddatafor600000.SH" in err and "--replace" in err
+    assert "b_conflict.csv,row3,column'close'" in err and "disagreeswiththestoredbar" in err and "--replace" in err
     files_after, listing_after = snapshot(seeded_store)
     assert listing_after == listing_before
     parquet = {k: v for k, v in files_before.items() if k.endswith(".parquet")}
     assert {k: v for k, v in files_after.items() if k.endswith(".parquet")} == parquet
     assert Store(seeded_store).symbols() == ["600000.SH"]
+
+
+@pytest.mark.xfail(strict=True, reason="quantlm.cli.common.fail prints the message as rich markup; it must escape it "
+                                       "(rich.markup.escape). Remove this marker once fixed.")
+def test_cell_that_looks_like_markup_is_shown_verbatim(seeded_store):
+    result = CliRunner().invoke(app, ["data", "import", str(CORPUS / "markup_in_cell.csv"), "--store",
+                                      str(seeded_store), "--market", "cn"])
+    assert result.exit_code == 2
+    assert "notanumber:'[/b]oops'" in flat(result.stderr)
