@@ -84,11 +84,11 @@ def timed(fn, repeat: int = 3) -> tuple[float, object]:
 
 def cold_first_call(n_symbols: int, years: int, fresh_cache: bool) -> float:
     """Seconds of the first run_backtest in a new process (fresh numba cache = JIT compile included)."""
-    code = ("import sys, time; sys.path.insert(0, %r); from benchmarks.bench_backtest import a_share_market;"
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from benchmarks.bench_backtest import a_share_market;"
             "from quantlm.backtest.engine import run_backtest, BacktestConfig;"
-            "b, s, i, f = a_share_market(%d, %d); t = time.perf_counter();"
+            f"b, s, i, f = a_share_market({n_symbols}, {years}); t = time.perf_counter();"
             "run_backtest(s, b, BacktestConfig(topk=50, n_drop=5), instruments=i, flags=f);"
-            "print(time.perf_counter() - t)") % (str(ROOT), n_symbols, years)
+            "print(time.perf_counter() - t)")
     env = dict(os.environ, OMP_NUM_THREADS="1")
     with tempfile.TemporaryDirectory() as tmp:
         if fresh_cache:
@@ -160,8 +160,8 @@ def bench_signals(grid: int, years: int) -> None:
     print(f"\n== 2. one symbol, {len(sessions):,} daily bars, MA(w) long/flat, fee {fee}, next-open fills")
     for label, cols in (("single signal", [20]), (f"{grid}-variant grid", list(windows))):
         vbt_run(cols), ours(cols)  # JIT warm-up for both
-        t_vbt, v = timed(lambda: vbt_run(cols), repeat=5)
-        t_us, q = timed(lambda: ours(cols), repeat=5)
+        t_vbt, v = timed(lambda cols=cols: vbt_run(cols), repeat=5)
+        t_us, q = timed(lambda cols=cols: ours(cols), repeat=5)
         diff = float(np.nanmax(np.abs(q.to_numpy() / v.to_numpy() - 1)))
         n_bars = len(sessions) * len(cols)
         print(f"{label:>18}: ours {t_us * 1e3:8.2f} ms | vectorbt from_signals {t_vbt * 1e3:8.2f} ms | "

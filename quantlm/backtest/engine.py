@@ -94,12 +94,23 @@ class BacktestConfig:
 
 @dataclass
 class BacktestResult:
+    """What a backtest did, per session (index: session ts) and per order.
+
+    trades columns: ts (fill session), symbol, side (buy/sell/short/cover), shares_requested,
+    shares_filled, price (fill price; NaN if the symbol had no bar), value = shares_filled * price, the
+    costs commission, stamp_duty, transfer_fee, sec_fee, slippage, impact and their total_cost
+    (currency), status (filled/partial/rejected), reason ('' or suspended, limit_up, limit_down, t+1,
+    lot, cash, volume, short_not_allowed, leverage) and value_requested (currency, for buys/shorts).
+    Borrow fees are charged daily on open shorts, not per order: they are in `costs` and `borrow_fees`;
+    trades.borrow_fee is kept for the schema and is 0.
+    """
+
     config: BacktestConfig
     equity: pd.Series  # index: session ts; cash + positions at close, currency
     cash: pd.Series
     benchmark: pd.Series | None  # benchmark closes aligned to equity.index
     positions: pd.DataFrame  # ts, symbol, shares, value, weight
-    trades: pd.DataFrame  # TRADE_COLUMNS, one row per order (fills, partials, rejections)
+    trades: pd.DataFrame  # TRADE_COLUMNS, one row per order (fills, partials, rejections); see below
     turnover: pd.Series  # traded value / previous equity (fraction)
     costs: pd.Series  # trade costs + borrow fees per session (currency)
     exposure: pd.Series  # gross exposure / equity (fraction)
@@ -157,20 +168,24 @@ def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestCon
         if col not in bars.columns:
             raise BacktestConfigError(f"bars: missing column '{col}'")
     warnings: list[str] = []
-    score_syms = pd.Index(pd.unique(scores["symbol"].astype(str)))
-    bar_syms = pd.Index(pd.unique(bars["symbol"].astype(str)))
+    s_codes, s_uniques = pd.factorize(scores["symbol"])
+    b_codes, b_uniques = pd.factorize(bars["symbol"])
+    score_syms, bar_syms = pd.Index(np.asarray(s_uniques, dtype=str)), pd.Index(np.asarray(b_uniques, dtype=str))
     symbols = sorted(score_syms.intersection(bar_syms))
     if not symbols:
         raise BacktestConfigError("no symbol of the signals has bars")
     missing = score_syms.difference(bar_syms)
     if len(missing):
         warnings.append(f"{len(missing)} signal symbol(s) have no bars and are ignored, e.g. {missing[0]}")
-    b = bars[bars["symbol"].isin(symbols)]
+    sym_index = pd.Index(symbols)
+    bj = np.where(b_codes >= 0, sym_index.get_indexer(bar_syms)[b_codes], -1)  # symbol column of each bar
+    in_universe = bj >= 0
+    b = bars[in_universe]
+    ji = bj[in_universe]
     ts = pd.DatetimeIndex(b["ts"])
     all_sessions = pd.DatetimeIndex(np.unique(ts.to_numpy()))
     n_all, n = len(all_sessions), len(symbols)
     ti = all_sessions.searchsorted(ts)
-    ji = pd.Index(symbols).get_indexer(b["symbol"].astype(str))
 
     def dense(col: str, fill=np.nan) -> np.ndarray:
         a = np.full((n_all, n), fill)
@@ -205,16 +220,14 @@ def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestCon
         up = down = np.full((n_all, n), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         logret = np.where(has_bar, np.log(mark / _shift(mark)), np.nan)
-    sigma = pd.DataFrame(logret).rolling(SIGMA_WINDOW, min_periods=5).std().shift(1).to_numpy()
+    sigma = _shift(K.rolling_std(logret, SIGMA_WINDOW, 5))  # known at the previous close
     sigma = np.where(np.isfinite(sigma), sigma, costs.default_sigma)
 
-    sc = scores[["symbol", "ts", value_col]]
-    sc = sc[sc["symbol"].astype(str).isin(symbols)]
-    sts = all_sessions.searchsorted(pd.DatetimeIndex(sc["ts"]), side="right") - 1  # last session <= ts
-    keep = sts >= 0
+    sj = np.where(s_codes >= 0, sym_index.get_indexer(score_syms)[s_codes], -1)
+    sts = all_sessions.searchsorted(pd.DatetimeIndex(scores["ts"]), side="right") - 1  # last session <= ts
+    keep = (sts >= 0) & (sj >= 0)
     score = np.full((n_all, n), np.nan)
-    score[sts[keep], pd.Index(symbols).get_indexer(sc["symbol"].astype(str))[keep]] = (
-        pd.to_numeric(sc[value_col], errors="coerce").to_numpy(dtype="float64")[keep])
+    score[sts[keep], sj[keep]] = pd.to_numeric(scores[value_col], errors="coerce").to_numpy(dtype="float64")[keep]
 
     lo_i = 0 if config.start is None else all_sessions.searchsorted(pd.Timestamp(config.start))
     hi_i = n_all if config.end is None else all_sessions.searchsorted(pd.Timestamp(config.end), side="right")
@@ -291,7 +304,7 @@ def run_signal_grid(signals: pd.DataFrame, bars: pd.DataFrame, config: BacktestC
         score[in_window[keep], 0] = values[keep, k]
         eq, *_ = K.run_kernel(a.fill_price, a.close, a.volume, a.limit_up, a.limit_down, a.sigma, score,
                               np.isfinite(score[:, 0]), a.new_date, a.stamp_rate, a.sec_rate, a.borrow_years, fp, ip,
-                              2 * len(a.sessions) + 2)
+                              1)  # trades are only counted, not recorded
         out[:, k] = eq
     return pd.DataFrame(out, index=pd.DatetimeIndex(a.sessions, name="ts"), columns=signals.columns)
 
@@ -389,6 +402,10 @@ def _result(a: _Arrays, config: BacktestConfig, eq, cash, cost, traded, gross, p
     with np.errstate(invalid="ignore", divide="ignore"):
         turnover = traded / prev_equity
         exposure = gross / eq
+    stale = np.flatnonzero((pos[-1] != 0) & ~np.isfinite(a.close[-20:]).any(axis=0))
+    if len(stale):
+        a.warnings.append(f"{len(stale)} position(s) end in symbols without a bar in the last 20 sessions (delisted or "
+                          f"long suspended, e.g. {a.symbols[stale[0]]}); they stay marked at their last close")
     ti, ji = np.nonzero(pos)
     shares = pos[ti, ji]
     value = shares * a.mark[ti, ji]

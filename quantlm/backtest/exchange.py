@@ -11,6 +11,11 @@ open for open fills: no look-ahead at the day's close) -> T+1 (only settled shar
 position may be sold as an odd lot) -> participation cap (at most `participation` x the bar's volume,
 'volume') -> cash (buys never take cash below zero unless leverage > 1, 'cash') and gross exposure
 (at most leverage x equity, 'leverage'). A cut quantity gives status 'partial', nothing 'rejected'.
+
+Sizing: sells and covers carry shares; buys carry a currency value that pays for the shares and their
+costs, converted to whole lots at the fill price; shorts carry a value converted at the fill price.
+The participation cap uses the whole bar's volume, also for open fills (opening-auction volume is
+not in daily bars).
 """
 
 from __future__ import annotations
@@ -107,7 +112,7 @@ class Exchange:
                 whole = portfolio.position(symbol)
                 if q > portfolio.sellable.get(symbol, 0.0):
                     q, reason = portfolio.sellable.get(symbol, 0.0), "t+1"
-                if q < whole:
+                if q < whole or not r.odd_lot_sell:
                     rounded = round_down(q, r.sell_step)
                     if rounded < q and not reason:
                         reason = "lot"

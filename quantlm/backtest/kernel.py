@@ -33,6 +33,33 @@ I_STRATEGY, I_TOPK, I_NDROP, I_HOLD, I_ALLOW_SHORT, I_T_PLUS, I_ODD_LOT = range(
 
 
 @njit(cache=True)
+def rolling_std(x, window, min_periods):
+    """Sample standard deviation over the last `window` rows of each column, skipping NaN."""
+    n_t, n = x.shape
+    out = np.full((n_t, n), np.nan)
+    for j in range(n):
+        s = 0.0
+        ss = 0.0
+        k = 0
+        for t in range(n_t):
+            v = x[t, j]
+            if v == v:
+                s += v
+                ss += v * v
+                k += 1
+            if t >= window:
+                old = x[t - window, j]
+                if old == old:
+                    s -= old
+                    ss -= old * old
+                    k -= 1
+            if k >= min_periods and k > 1:
+                mean = s / k
+                out[t, j] = math.sqrt(max((ss - k * mean * mean) / (k - 1), 0.0))
+    return out
+
+
+@njit(cache=True)
 def _neg_key(x):
     return -x if x == x else math.inf
 
@@ -204,6 +231,7 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
     o_value = np.zeros(2 * n + 1)
     n_orders = 0
     w = np.full(n, np.nan)
+    mark = np.full(n, np.nan)
     seq = np.zeros(n, dtype=np.int64)
     lot, sell_step, tick = fp[P_LOT], fp[P_SELL_STEP], fp[P_TICK]
     leverage, participation = fp[P_LEVERAGE], fp[P_PARTICIPATION]
@@ -221,7 +249,8 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                     cash -= fee
                     day_cost += fee
         # execute yesterday's orders: sells, covers, shorts, buys
-        mark = last_price.copy()
+        if n_orders > 0:
+            mark[:] = last_price  # prices for exposure checks: last closes, then today's fills
         for side_pass in (SELL, COVER, SHORT, BUY):
             for i in range(n_orders):
                 if o_side[i] != side_pass:
@@ -259,7 +288,7 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                         if q > sellable[j]:
                             q = sellable[j]
                             reason = R_T1
-                        if q < whole:
+                        if q < whole or ip[I_ODD_LOT] == 0:
                             q2 = round_down(q, sell_step)
                             if q2 < q and reason == R_NONE:
                                 reason = R_LOT

@@ -136,6 +136,9 @@ def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = Non
             page = render_report(result, metrics, table, report_baselines or None, ics, title=title, name=name)
             (staging / "report.html").write_text(page, encoding="utf-8")
         files = sorted(p.name for p in staging.iterdir())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes 0700; the folder should look like any other
         if not out_dir.exists():
             os.rename(staging, out_dir)
         else:

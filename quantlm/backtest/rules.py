@@ -203,11 +203,12 @@ def limit_fractions(symbols: list[str], sessions: pd.DatetimeIndex, has_bar: np.
             up[a:b, j] = np.where(st[a:b, j], st_limit, normal)
     down = up.copy()
     list_dates = _list_dates(instruments)
+    days = sessions.normalize()
     for j, sym in enumerate(symbols):
         ld = list_dates.get(sym)
         if ld is None or ld > sessions[-1]:
             continue
-        day_index = _trading_day_index(sessions, has_bar[:, j], ld)
+        day_index = _trading_day_index(days, has_bar[:, j], ld)
         near = np.flatnonzero((day_index >= 0) & (day_index < IPO_FREE_DAYS))
         for t in near:
             if ipo_limit_free(boards[j], sessions[t], int(day_index[t])):
@@ -231,10 +232,11 @@ def limit_price_arrays(symbols: list[str], sessions: pd.DatetimeIndex, has_bar: 
     issue = _issue_prices(instruments)
     list_dates = _list_dates(instruments)
     boards = symbol_boards(symbols, instruments)
+    days = sessions.normalize()
     for j, sym in enumerate(symbols):
         if sym not in issue or sym not in list_dates or boards[j] not in ("main", "chinext"):
             continue
-        day_index = _trading_day_index(sessions, has_bar[:, j], list_dates[sym])
+        day_index = _trading_day_index(days, has_bar[:, j], list_dates[sym])
         for t in np.flatnonzero(day_index == 0):
             if not ipo_limit_free(boards[j], sessions[t], 0):
                 up[t, j], down[t, j] = day1_bounds(issue[sym], tick)
@@ -257,16 +259,14 @@ def _issue_prices(instruments: pd.DataFrame | None) -> dict[str, float]:
     return {str(s): float(p) for s, p in zip(instruments["symbol"], instruments["issue_price"]) if pd.notna(p) and p > 0}
 
 
-def _trading_day_index(sessions: pd.DatetimeIndex, has_bar: np.ndarray, list_date: pd.Timestamp) -> np.ndarray:
-    """0-based count of the symbol's trading sessions since `list_date` (-1 before listing).
-
-    When the listing predates the data, the count is continued with business days from the listing.
+def _trading_day_index(days: pd.DatetimeIndex, has_bar: np.ndarray, list_date: pd.Timestamp) -> np.ndarray:
+    """0-based count of the symbol's trading sessions since `list_date` (-1 before listing); `days` are
+    the sessions' dates. When the listing predates the data, business days from the listing are added.
     """
-    days = sessions.normalize()
     counted = has_bar & (days >= list_date)
     idx = np.cumsum(counted) - 1
     idx = np.where(days >= list_date, idx, -1)
-    if len(sessions) and list_date < days[0]:
+    if len(days) and list_date < days[0]:
         offset = int(np.busday_count(list_date.date(), days[0].date()))
         idx = np.where(idx >= 0, idx + offset, idx)
     return idx

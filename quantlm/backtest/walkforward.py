@@ -17,7 +17,7 @@ scorer gets bars from `lookback_sessions` before test_start up to test_end (the 
 features need); scores are kept for the test sessions only and backtested with
 `quantlm.backtest.engine.run_backtest` on [test_start, test_end].
 
-Parallelism: each (fold, seed) is an independent task. n_jobs=1 runs them inline; n_jobs > 1 uses
+Parallelism: each fold (with all its seeds) is an independent task. n_jobs=1 runs them inline; n_jobs > 1 uses
 a ProcessPoolExecutor with the "spawn" start method (safe with threaded libraries such as
 LightGBM and numba), so model_fn must be picklable: a module-level function or a
 functools.partial of one. Results do not depend on n_jobs.
@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+
 
 class WalkForwardError(ValueError):
     """Folds or settings that cannot work (shown to CLI users as a plain message)."""
@@ -159,7 +160,7 @@ class WalkForwardResult:
 @dataclass(frozen=True)
 class _Task:
     fold: Fold
-    seed: int
+    seeds: tuple[int, ...]
     model_fn: ModelFn
     train_bars: pd.DataFrame
     score_bars: pd.DataFrame
@@ -170,21 +171,28 @@ class _Task:
     benchmark_bars: pd.DataFrame | None
 
 
-def _run_task(task: _Task) -> FoldRun:
-    """Train, score the test sessions, backtest them and compute metrics (runs in a worker)."""
+def _run_task(task: _Task) -> list[FoldRun]:
+    """For each seed: train, score the test sessions, backtest them, compute metrics (runs in a worker).
+
+    One task per fold keeps a fold's seeds in one process, so a model_fn may cache work that does
+    not depend on the seed (e.g. factors of the same training bars).
+    """
     from quantlm.backtest.engine import run_backtest
     from quantlm.backtest.metrics import compute_metrics
 
     fold = task.fold
-    scorer = task.model_fn(task.train_bars, task.seed)
-    scores = scorer(task.score_bars)
-    ts = pd.DatetimeIndex(scores["ts"])
-    scores = scores[(ts >= fold.test_start) & (ts <= fold.test_end)].reset_index(drop=True)
     config = dataclasses.replace(task.config, start=fold.test_start, end=fold.test_end)
-    result = run_backtest(scores, task.score_bars, config, instruments=task.instruments, flags=task.flags,
-                          benchmark_bars=task.benchmark_bars)
-    metrics = compute_metrics(result, scores, task.labels, market=config.market)
-    return FoldRun(fold, task.seed, scores, result, metrics)
+    runs = []
+    for seed in task.seeds:
+        scorer = task.model_fn(task.train_bars, seed)
+        scores = scorer(task.score_bars)
+        ts = pd.DatetimeIndex(scores["ts"])
+        scores = scores[(ts >= fold.test_start) & (ts <= fold.test_end)].reset_index(drop=True)
+        result = run_backtest(scores, task.score_bars, config, instruments=task.instruments, flags=task.flags,
+                              benchmark_bars=task.benchmark_bars)
+        metrics = compute_metrics(result, scores, task.labels, market=config.market)
+        runs.append(FoldRun(fold, seed, scores, result, metrics))
+    return runs
 
 
 def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | WalkForwardConfig,
@@ -223,11 +231,10 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
         if benchmark_bars is not None:
             bt = pd.DatetimeIndex(benchmark_bars["ts"])
             bench = benchmark_bars[(bt >= lookback_start) & (bt <= fold.test_end)].reset_index(drop=True)
-        for seed in seeds:
-            tasks.append(_Task(fold, seed, model_fn, train_bars, score_bars, fold_labels, config, instruments, flags,
-                               bench))
+        tasks.append(_Task(fold, tuple(seeds), model_fn, train_bars, score_bars, fold_labels, config, instruments,
+                           flags, bench))
     if n_jobs == 1 or len(tasks) == 1:
-        runs = [_run_task(t) for t in tasks]
+        per_fold = [_run_task(t) for t in tasks]
     else:
         try:
             pickle.dumps(model_fn)
@@ -235,8 +242,8 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
             raise ValueError(f"model_fn must be picklable for n_jobs > 1 (a module-level function): {e}") from e
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=min(n_jobs, len(tasks)), mp_context=context) as pool:
-            runs = list(pool.map(_run_task, tasks))
-    return WalkForwardResult(folds=fold_list, seeds=seeds, runs=runs)
+            per_fold = list(pool.map(_run_task, tasks))
+    return WalkForwardResult(folds=fold_list, seeds=seeds, runs=[run for runs in per_fold for run in runs])
 
 
 __all__ = ["WalkForwardError", "Fold", "WalkForwardConfig", "WalkForwardResult", "FoldRun", "make_folds", "walk_forward"]

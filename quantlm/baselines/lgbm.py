@@ -18,6 +18,24 @@ import pandas as pd
 from quantlm.features.factors import alpha158
 from quantlm.features.labels import forward_returns
 
+_FEATURE_CACHE: dict[tuple, pd.DataFrame] = {}
+_FEATURE_CACHE_SIZE = 2
+
+
+def cached_alpha158(bars: pd.DataFrame) -> pd.DataFrame:
+    """alpha158(bars), remembered for the last few distinct bars frames (keyed by a content hash).
+
+    Walk-forward calls a model_fn once per seed on the same fold's bars; the factors do not depend
+    on the seed, so they are computed once per fold and process.
+    """
+    key = (len(bars), tuple(bars.columns), int(pd.util.hash_pandas_object(bars, index=False).sum()))
+    if key not in _FEATURE_CACHE:
+        if len(_FEATURE_CACHE) >= _FEATURE_CACHE_SIZE:
+            _FEATURE_CACHE.pop(next(iter(_FEATURE_CACHE)))
+        _FEATURE_CACHE[key] = alpha158(bars)
+    return _FEATURE_CACHE[key]
+
+
 DEFAULT_PARAMS: dict[str, Any] = {
     "objective": "regression",
     "learning_rate": 0.05,
@@ -47,7 +65,7 @@ def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None 
     std = g.transform("std")
     labels = labels.assign(label=(labels["label"] - g.transform("mean")) / std.where(std > 0))
     labels = labels[np.isfinite(labels["label"])]
-    feats = features if features is not None else alpha158(known)
+    feats = features if features is not None else cached_alpha158(known)
     idx = pd.MultiIndex.from_frame(labels[["symbol", "ts"]])
     X = feats.reindex(idx)
     return X, pd.Series(labels["label"].to_numpy(), index=idx, name="label")
@@ -73,7 +91,7 @@ class LightGBMScorer:
         self.booster, self.columns, self.num_threads = booster, columns, num_threads
 
     def __call__(self, bars: pd.DataFrame, features: pd.DataFrame | None = None) -> pd.DataFrame:
-        feats = features if features is not None else alpha158(bars)
+        feats = features if features is not None else cached_alpha158(bars)
         pred = self.booster.predict(feats[self.columns].to_numpy(dtype=np.float32), num_threads=self.num_threads)
         index = feats.index
         return pd.DataFrame({"symbol": index.get_level_values("symbol").to_numpy(),

@@ -79,10 +79,12 @@ def _print_summary(summary: dict) -> None:
     from quantlm.backtest.report import fmt
 
     table = Table(title=f"evaluation {summary['period']} (primary: {summary['primary']})")
-    keys = ["annual_return", "annual_excess_return", "sharpe", "max_drawdown", "rank_ic", "directional_accuracy"]
-    table.add_column("run")
+    columns = {"annual_return": "ann. ret", "annual_excess_return": "excess", "sharpe": "Sharpe",
+               "max_drawdown": "max DD", "rank_ic": "rank IC", "directional_accuracy": "dir. acc"}
+    keys = list(columns)
+    table.add_column("run", no_wrap=True)
     for k in keys:
-        table.add_column(k, justify="right")
+        table.add_column(columns[k], justify="right", no_wrap=True)
     table.add_column("gates", justify="right")
     for name, run in summary["runs"].items():
         passed = sum(g["passed"] for g in run["gates"].values())

@@ -175,7 +175,7 @@ def _parse_ts(raw: pd.Series, market: str, file: str, rows: np.ndarray, column: 
             if not has_tz.all():
                 i = int(np.flatnonzero(has_tz != has_tz[0])[0])
                 raise DataValidationError(f"timestamp {raw.iloc[i]!r} {'has' if has_tz[i] else 'lacks'} a UTC offset "
-                                          f"unlike row {int(rows[0])}", file=file, row=int(rows[i]), column=column)
+                                          f"unlike row {int(rows[0])}", file=file, row=int(rows[i]), column=column) from None
             ts = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
         if fmt == "%Y%m%d":  # strptime would also take 7-digit '2023014'; Tushare dates are exactly 8 digits
             ts = ts.where(text.str.fullmatch(r"\d{8}").fillna(False).astype(bool))
@@ -197,7 +197,7 @@ def _convert(df: pd.DataFrame, fmt: str, file: str, market: str, symbol: str | N
     """A raw table in format `fmt` -> canonical bars with `_row`, in currency units and shares."""
     if fmt == "auto":
         sym_col = next((c for c in df.columns if _norm(c) in ("symbol", "code", "instrument")), None)
-        sample = df[sym_col].dropna().astype("str").head(5).tolist() if sym_col is not None else [symbol or ""]
+        sample = df[sym_col].dropna().astype("str").head(5).tolist() if sym_col is not None else [symbol or _stem(file)]
         fmt = detect_format(list(df.columns), sample)
     aliases = {"generic": _GENERIC_ALIASES, "yahoo": _YAHOO_ALIASES, "tushare": _TUSHARE_ALIASES,
                "qlib-csv": _QLIB_CSV_ALIASES}[fmt]
@@ -338,6 +338,8 @@ def import_paths(paths: Sequence[str | Path], store: Store, market: str, freq: s
     `instruments` (optional rows of the instruments table) are upserted in the same transaction.
     """
     _check_args(market, freq, format)
+    if isinstance(paths, str | Path):
+        paths = [paths]
     if not paths:
         raise DataValidationError("no input paths given")
     sources: list[_Source] = []

@@ -152,6 +152,10 @@ def read_symbol(folder: Path, symbol: str, qfreq: str, calendar: pd.DatetimeInde
     factor = cols["factor"][keep]
     has_factor = "factor" in parts
     scale = factor if has_factor else np.ones(len(idx))
+    bad = ~(scale > 0) | np.isinf(scale)
+    if bad.any():
+        raise DataValidationError(f"factor must be a positive number, got {float(scale[bad][0])!r}",
+                                  file=str(present["factor"]), row=int(idx[bad][0]) + 1, column="factor")
     out = pd.DataFrame({"_row": idx + 1, "symbol": symbol, "ts": calendar[idx]})
     for f in PRICE_FIELDS:
         out[f] = cols[f][keep] / scale  # raw = adjusted / factor

@@ -245,9 +245,10 @@ def _check_frequency(out: pd.DataFrame, rows: np.ndarray, file: str | None, freq
         return
     # Intraday: within each symbol and day, the spacing between consecutive bars must be a
     # multiple of the bar length (gaps such as a lunch break are allowed), and never shorter.
-    order = np.lexsort((ts.asi8, out["symbol"].to_numpy()))
+    codes = pd.factorize(out["symbol"])[0]  # integer codes: sorting object strings is ~10x slower
+    order = np.lexsort((ts.asi8, codes))
     t = ts.asi8[order]
-    sym = out["symbol"].to_numpy()[order]
+    sym = codes[order]
     day = ts.normalize().asi8[order]
     same = (sym[1:] == sym[:-1]) & (day[1:] == day[:-1])
     gaps = (t[1:] - t[:-1])[same]

@@ -270,10 +270,13 @@ def alpha158(bars: pd.DataFrame, windows: Iterable[int] = WINDOWS) -> pd.DataFra
     for op in ROLLING_OPERATORS:
         for d in ws:
             columns[f"{op}{d}"] = per_window[d][op]
-    matrix = np.column_stack([columns[name] for name in alpha158_columns(ws)]).astype(np.float32)
+    names = alpha158_columns(ws)
+    matrix = np.empty((len(adj), len(names)), dtype=np.float32, order="F")  # column-major: one copy per column
+    for j, name in enumerate(names):
+        matrix[:, j] = columns[name]
     matrix[~np.isfinite(matrix)] = np.nan
     index = pd.MultiIndex.from_arrays([adj["symbol"].to_numpy(), pd.DatetimeIndex(adj["ts"])], names=["symbol", "ts"])
-    return pd.DataFrame(matrix, index=index, columns=alpha158_columns(ws))
+    return pd.DataFrame(matrix, index=index, columns=names, copy=False)
 
 
 __all__ = ["alpha158", "alpha158_columns", "WINDOWS", "ROLLING_OPERATORS", "KBAR_FEATURES", "PRICE_FEATURES"]

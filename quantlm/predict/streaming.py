@@ -1,7 +1,9 @@
 """Streaming forecasts: one bar per symbol arrives, the KV cache is extended by its 2 tokens.
 
-All symbols share one batched DynamicCache (rows left-padded to the longest history, with an
-attention mask and per-row position ids), so an update is one forward pass of [S, 2] tokens.
+All symbols share one batched, preallocated transformers StaticCache [S, heads, 1 + 2 max_bars,
+head_dim] written in place (a DynamicCache would copy the whole cache on every update), with rows
+left-padded to the longest history, per-row position ids and an explicit 4-D boolean mask (key is
+real and not in the future), so an update is one forward pass of [S, 2] tokens.
 
 Context limit: a row's sequence may hold at most 1 + 2 * max_bars tokens (the trained context).
 When the next update would pass that length, every row is re-encoded from scratch from its last
@@ -48,6 +50,7 @@ class StreamingForecaster:
         self.f = forecaster if isinstance(forecaster, Forecaster) else Forecaster(forecaster)
         self.model, self.tok, self.device = self.f.model, self.f.tok, self.f.device
         self.max_bars = self.model.max_bars
+        self.max_tokens = 1 + 2 * self.max_bars
         self.W = int(reencode_bars) if reencode_bars is not None else max(1, self.max_bars // 2)
         if not 1 <= self.W < self.max_bars:
             raise ValueError(f"reencode_bars must be in 1..{self.max_bars - 1}, got {self.W}")
@@ -60,17 +63,27 @@ class StreamingForecaster:
         self.n_reencodes = 0
 
     # ------------------------------------------------------------------ state
+    def _mask(self, n_new: int) -> torch.Tensor:
+        """[S, 1, n_new, max_tokens] bool: query i (the i-th of the newest n_new tokens) may see real keys up to itself."""
+        k = torch.arange(self.max_tokens, device=self.device)
+        q = torch.arange(self.cur - n_new, self.cur, device=self.device)
+        return self.key_real[:, None, None, :] & (k[None, :] <= q[:, None])[None, None]
+
     def _prefill(self) -> torch.Tensor:
         """Fresh cache over each row's kept bars; returns next-token logits [S, V]."""
-        from transformers import DynamicCache
+        from transformers import StaticCache
 
         seqs = [bar_sequence(i, c, self.tok.bos_id) for i, c in zip(self.ids, self.cals, strict=True)]
         t, c, m = left_pad([s[0] for s in seqs], [s[1] for s in seqs], self.tok.pad_id)
-        self.mask = torch.as_tensor(m, device=self.device)
-        self.pos = positions(self.mask)[:, -1]  # [S]: position of each row's last token
-        self.cache = DynamicCache()
+        m = torch.as_tensor(m, device=self.device)
+        self.cur = m.shape[1]
+        self.key_real = torch.zeros(len(seqs), self.max_tokens, dtype=torch.bool, device=self.device)
+        self.key_real[:, :self.cur] = m.bool()
+        pos = positions(m)
+        self.pos = pos[:, -1]  # [S]: position of each row's last token
+        self.cache = StaticCache(config=self.model.lm.config, max_cache_len=self.max_tokens)
         out = self.model(torch.as_tensor(t, device=self.device), torch.as_tensor(c, device=self.device),
-                         attention_mask=self.mask, position_ids=positions(self.mask), past_key_values=self.cache,
+                         attention_mask=self._mask(self.cur), position_ids=pos, past_key_values=self.cache,
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 
@@ -98,17 +111,18 @@ class StreamingForecaster:
             self.cals[k] = np.concatenate([self.cals[k], cal[k:k + 1]])[-self.max_bars:]
         if ts is not None:
             self.last_ts = np.asarray(ts, "datetime64[ns]")
-        if self.cache.get_seq_length() + 2 > 1 + 2 * self.max_bars:
+        if self.cur + 2 > self.max_tokens:
             self.ids = [a[-self.W:] for a in self.ids]
             self.cals = [c[-self.W:] for c in self.cals]
             self.n_reencodes += 1
             return self._next(self._prefill(), sigma)
         dev = self.device
-        self.mask = torch.cat([self.mask, torch.ones(len(self.symbols), 2, dtype=self.mask.dtype, device=dev)], 1)
+        self.key_real[:, self.cur:self.cur + 2] = True
+        self.cur += 2
         pos = self.pos[:, None] + torch.arange(1, 3, device=dev)  # [S, 2]
         self.pos = pos[:, -1]
         cal_t = torch.as_tensor(cal, device=dev)[:, None].expand(-1, 2, -1)  # [S, 2, 2]
-        out = self.model(torch.as_tensor(ids, device=dev), cal_t, attention_mask=self.mask, position_ids=pos,
+        out = self.model(torch.as_tensor(ids, device=dev), cal_t, attention_mask=self._mask(2), position_ids=pos,
                          past_key_values=self.cache, use_cache=True, logits_to_keep=1)
         return self._next(out.logits[:, -1], sigma)
 

@@ -98,3 +98,17 @@ def test_equity_matches_backtesting_py(market, fee, trade_on_close):
     np.testing.assert_allclose(mine[check], theirs[check], rtol=1e-9)
     # an order placed on the last bar is never filled by backtesting.py
     assert 0 <= (r.trades["side"] == "buy").sum() - int(stats["# Trades"]) <= 1
+
+
+def test_signal_grid_equals_single_runs(market):
+    from quantlm.backtest.engine import run_signal_grid
+
+    bars, sig, _ = market
+    close = bars.set_index("ts")["close"]
+    wide = pd.DataFrame({w: close / close.rolling(w).mean() - 1 for w in (3, 10, 30)})
+    rules = MarketRules("plain", lot_size=1, sell_step=1, price_limits=False, allow_short=False)
+    cfg = BacktestConfig(market="us", strategy="threshold", rules=rules, cash=CASH, participation=0.0)
+    grid = run_signal_grid(wide, bars, cfg)
+    for w in wide.columns:
+        one = run_backtest(pd.DataFrame({"symbol": "SPY", "ts": wide.index, "score": wide[w].to_numpy()}), bars, cfg)
+        np.testing.assert_array_equal(grid[w].to_numpy(), one.equity.to_numpy())

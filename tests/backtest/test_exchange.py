@@ -209,3 +209,15 @@ def test_cash_never_negative_without_leverage(seed):
         r = run_backtest(sig, bars, cfg)
         assert r.cash.min() >= -1e-6
         assert (r.trades["status"] != "rejected").any()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_fill_prices_open_close_vwap(engine):
+    bars = make({"AAPL": [(10, 10), (10, 12), (11, 11)]})
+    bars["amount"] = [np.nan, 1e7 * 11.5, np.nan]
+    sig = signals(bars, {"AAPL": [1, None, None]})
+    prices = {fill: trades_of(run(bars, sig, engine, market="us", fill=fill)).loc[0, "price"]
+              for fill in ("open", "close", "vwap")}
+    assert prices == {"open": 10.0, "close": 12.0, "vwap": 11.5}
+    bars["amount"] = np.nan  # no amount: (open + high + low + close) / 4
+    assert trades_of(run(bars, sig, engine, market="us", fill="vwap")).loc[0, "price"] == pytest.approx(11.0)

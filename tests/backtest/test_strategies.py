@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from quantlm.backtest.portfolio import Portfolio
-from quantlm.backtest.strategies import Threshold, TargetWeights, TopkDropout, orders_from_targets
+from quantlm.backtest.strategies import TargetWeights, Threshold, TopkDropout, orders_from_targets
 
 
 def book(cash=1000.0, **held):

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
 from typer.testing import CliRunner
 
 from quantlm.cli import app
 from quantlm.data.importers import ImportReport, detect_format, import_frame, import_paths
 from quantlm.data.qlib_bin import qlib_symbol
-from quantlm.data.schema import DataValidationError
+from quantlm.data.schema import DataValidationError, validate_bars
+from quantlm.data.store import Store
 from tests.conftest import make_bars
+from tests.data.test_store import valid_bars
 
 RAW = make_bars(symbols=("600000.SH", "000001.SZ"), periods=20, seed=3)
 
@@ -143,6 +147,18 @@ def test_files_overlapping_each_other(store, tmp_path):
         import_paths([tmp_path / "1.csv"], store, market="us")
 
 
+@settings(max_examples=8, deadline=None, derandomize=True)
+@given(bars=valid_bars())
+def test_property_csv_export_imports_back_exactly(bars):
+    """Any valid bars written to a long CSV (pandas' shortest round-trip floats) import back bit for bit."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bars.to_csv(Path(tmp) / "all.csv", index=False)
+        store = Store(Path(tmp) / "store")
+        report = import_paths([Path(tmp) / "all.csv"], store, market="crypto", freq="1d")
+        assert report.rows == report.new_rows == len(bars)
+        pd.testing.assert_frame_equal(store.bars(), validate_bars(bars), check_exact=True)
+
+
 # ---------------------------------------------------------------- vendor formats
 def test_yahoo_adj_factor_and_missing_adj_close(store, tmp_path):
     df = pd.DataFrame({"Date": ["2024-01-02", "2024-01-03"], "Open": [100.0, 101.0], "High": [102.0, 103.0],
@@ -190,6 +206,9 @@ def test_qlib_csv_prices_are_unadjusted_with_factor(store, tmp_path):
     assert got["close"].tolist() == pytest.approx([11.0, 11.5], rel=1e-12)
     assert got["volume"].tolist() == pytest.approx([500.0, 400.0], rel=1e-12)
     assert got["adj_factor"].tolist() == [0.1, 0.1]
+    df.drop(columns="change").to_csv(tmp_path / "sz000001.csv", index=False)  # detected by its Qlib-style name
+    assert import_paths([tmp_path / "sz000001.csv"], store, market="cn").formats == {"qlib-csv": 1}
+    assert store.bars("000001.SZ")["close"].tolist() == pytest.approx([11.0, 11.5], rel=1e-12)
 
 
 @pytest.mark.parametrize(("code", "symbol"), [("SH600000", "600000.SH"), ("sz000001", "000001.SZ"),
@@ -259,7 +278,11 @@ def test_qlib_bin_minute_folder_and_errors(store, tmp_path):
     bars = pd.DataFrame({"code": "SH600000", "ts": calendar, "open": 10.0, "high": 10.5, "low": 9.5, "close": 10.0,
                          "volume": 100.0, "factor": 1.0})
     write_qlib(tmp_path / "q1", bars, calendar, qfreq="1min")
-    assert import_paths([tmp_path / "q1"], store, market="cn", format="qlib-bin").freq == "1min"
+    result = CliRunner().invoke(app, ["data", "import", str(tmp_path / "q1"), "--store", str(store.root),
+                                      "--market", "cn", "--format", "qlib-bin"])
+    assert result.exit_code == 0, result.output
+    assert "1min" in result.output and "600000.SH" in result.output and "all" in result.output
+    assert store.listing()[["symbol", "freq", "rows"]].values.tolist() == [["600000.SH", "1min", 10]]
     with pytest.raises(DataValidationError, match="no 1d calendar"):
         import_paths([tmp_path / "q1"], store, market="cn", freq="1d")
     (tmp_path / "q1" / "features" / "sh600000" / "low.1min.bin").unlink()
@@ -279,6 +302,15 @@ def test_qlib_bin_partly_nan_row_names_calendar_line(store, tmp_path):
         import_paths([tmp_path / "qlib"], store, market="cn")
     assert (e.value.row, e.value.column) == (4, "high") and e.value.file.endswith("sh600000")
     assert not store.exists()
+    bars.loc[2, "high"] = bars.loc[2, "close"] + 1
+    write_qlib(tmp_path / "qlib2", bars, calendar)
+    factor_bin = tmp_path / "qlib2" / "features" / "sh600000" / "factor.day.bin"
+    data = np.fromfile(factor_bin, dtype="<f4")
+    data[2] = np.nan  # [start index = 1, line 2, line 3, ...]: the factor of calendar line 3 is missing
+    data.tofile(factor_bin)
+    with pytest.raises(DataValidationError, match="factor must be a positive number") as e:
+        import_paths([tmp_path / "qlib2"], store, market="cn")
+    assert e.value.row == 3 and e.value.file.endswith("factor.day.bin")
 
 
 # ---------------------------------------------------------------- sample and CLI
