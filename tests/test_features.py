@@ -154,3 +154,17 @@ def test_alpha158_errors():
         alpha158(make_bars().drop(columns="volume"))
     with pytest.raises(ValueError, match="windows"):
         alpha158(make_bars(), windows=(1,))
+
+
+@settings(max_examples=30, deadline=None)
+@given(opens=st.lists(st.floats(1.0, 100.0), min_size=4, max_size=30), horizon=st.integers(1, 3))
+def test_forward_returns_property(opens, horizon):
+    n = len(opens)
+    bars = pd.DataFrame({"symbol": "A", "ts": pd.bdate_range("2024-01-01", periods=n), "open": opens,
+                         "high": [x * 1.01 for x in opens], "low": [x * 0.99 for x in opens], "close": opens,
+                         "volume": 1.0})
+    label = forward_returns(bars, horizon=horizon)["label"].to_numpy()
+    o = np.asarray(opens)
+    expected = np.full(n, np.nan)
+    expected[: max(0, n - 1 - horizon)] = o[1 + horizon :] / o[1 : n - horizon] - 1
+    np.testing.assert_allclose(label, expected, rtol=1e-12, equal_nan=True)

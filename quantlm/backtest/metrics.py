@@ -29,7 +29,7 @@ Definitions table (keys of `compute_metrics`)
 | ic, rank_ic | mean over sessions of the cross-sectional Pearson / Spearman correlation of score and label |
 | icir, rank_icir | mean / std (ddof=1) of those per-session series (not annualised, as Qlib) |
 | directional_accuracy | share of (symbol, session) pairs whose predicted direction matches the label's (see `directional_accuracy`) |
-| turnover | mean over sessions of traded value / previous equity (one-way: buys + sells both count) |
+| turnover | mean over sessions of traded value (buys + sells) / previous session's equity |
 | total_costs | sum of all transaction costs, currency |
 | n_trades, n_rejected | orders with status filled/partial, and with status rejected |
 | n_sessions | sessions in the backtest |

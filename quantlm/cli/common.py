@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from quantlm.data.schema import DataValidationError
 
@@ -31,7 +32,7 @@ def store_from(path: Path | None):
 
 def fail(message: str, code: int = 2) -> None:
     """Print an error to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     raise typer.Exit(code)
 
 

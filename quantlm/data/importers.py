@@ -415,22 +415,39 @@ def _combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: 
     """
     listing = store.listing() if store.exists() else pd.DataFrame(columns=["symbol", "freq", "market"])
     listing = listing[listing["freq"] == freq]
-    frames = [bars.assign(_src=i) for i, (_, bars) in enumerate(checked)]
-    allb = pd.concat(frames, ignore_index=True)
-    other = listing[listing["symbol"].isin(allb["symbol"].unique()) & (listing["market"] != market)]
+    sources_of: dict[str, list[int]] = {}
+    for i, (_, bars) in enumerate(checked):
+        for sym in bars["symbol"].unique():
+            sources_of.setdefault(sym, []).append(i)
+    other = listing[listing["symbol"].isin(list(sources_of)) & (listing["market"] != market)]
     if len(other):
         sym, where = other["symbol"].iloc[0], other["market"].iloc[0]
-        i = int(allb.loc[allb["symbol"] == sym, "_src"].iloc[0])
+        src = checked[sources_of[sym][0]][0]
         raise DataValidationError(f"symbol {sym} is stored under market '{where}', not '{market}'",
-                                  file=checked[i][0].name, column=checked[i][0].columns.get("symbol", "symbol"))
-    stored_syms = sorted(set(allb["symbol"].unique()) & set(listing["symbol"]))
+                                  file=src.name, column=src.columns.get("symbol", "symbol"))
+    allb = pd.concat([bars.assign(_src=i) for i, (_, bars) in enumerate(checked)], ignore_index=True)
+    # Only symbols in two sources, or already stored, can overlap: the (costly) check runs on them alone.
+    stored_syms = sorted(set(sources_of) & set(listing["symbol"]))
+    shared = set(stored_syms) | {s for s, owners in sources_of.items() if len(owners) > 1}
+    if not shared:
+        return allb.drop(columns="_src"), len(allb)
+    in_shared = allb["symbol"].isin(shared).to_numpy()
+    part = allb[in_shared]
     if stored_syms:
-        stored = store.bars(stored_syms, start=allb["ts"].min(), end=allb["ts"].max(), freq=freq)
-        allb = pd.concat([stored.assign(_src=-1), allb], ignore_index=True)
-    allb = allb.sort_values(["symbol", "ts", "_src"], kind="stable").reset_index(drop=True)
-    dup = allb.duplicated(["symbol", "ts"], keep=False).to_numpy()
+        stored = store.bars(stored_syms, start=part["ts"].min(), end=part["ts"].max(), freq=freq)
+        part = pd.concat([stored.assign(_src=-1), part], ignore_index=True)
+    part, n_new = _resolve_overlaps(part, checked, replace)
+    out = pd.concat([allb[~in_shared], part], ignore_index=True).drop(columns="_src")
+    return out, int((~in_shared).sum()) + n_new
+
+
+def _resolve_overlaps(part: pd.DataFrame, checked: list[tuple[_Source, pd.DataFrame]],
+                      replace: bool) -> tuple[pd.DataFrame, int]:
+    """Rows of `part` (`_src` = source index, -1 = stored) to write, one per (symbol, ts), and how many are new."""
+    part = part.sort_values(["symbol", "ts", "_src"], kind="stable").reset_index(drop=True)
+    dup = part.duplicated(["symbol", "ts"], keep=False).to_numpy()
     if dup.any() and not replace:
-        d = allb[dup]
+        d = part[dup]
         cols = ["open", "high", "low", "close", "volume"]
         ref = d.groupby(["symbol", "ts"], sort=False)[cols].transform("first")
         bad = ~np.isclose(d[cols].to_numpy(), ref.to_numpy(), rtol=1e-9, atol=0.0)
@@ -446,11 +463,10 @@ def _combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: 
                 f"{row['symbol']} at {row['ts']}: {col}={float(row[col])!r} disagrees with {where} "
                 f"({col}={float(ref.iloc[r, c])!r}); use --replace to overwrite",
                 file=src.name, row=int(hit.iloc[0]) if len(hit) else None, column=src.columns.get(col, col))
-    stored_key = allb.groupby(["symbol", "ts"], sort=False)["_src"].transform("min").to_numpy() < 0
-    keep = ~allb.duplicated(["symbol", "ts"], keep="last" if replace else "first").to_numpy()
+    stored_key = part.groupby(["symbol", "ts"], sort=False)["_src"].transform("min").to_numpy() < 0
+    keep = ~part.duplicated(["symbol", "ts"], keep="last" if replace else "first").to_numpy()
     n_new = int((keep & ~stored_key).sum())
-    allb = allb[keep & (allb["_src"] >= 0).to_numpy()]
-    return allb.drop(columns="_src").reset_index(drop=True), n_new
+    return part[keep & (part["_src"] >= 0).to_numpy()], n_new
 
 
 def _upsert(old: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:

@@ -144,7 +144,8 @@ class StreamingForecaster:
         cals = [self.tok.calendar_ids(pd.DatetimeIndex(self.bars[s]["ts"])) for s in syms]
         ids = [enc[s][-len(c):] for s, c in zip(syms, cals, strict=True)]
         nb = self.start_ids(syms, ids, cals, np.array([self.bars[s]["ts"].iloc[-1] for s in syms], "datetime64[ns]"))
-        sig = np.array([self.tok.states(hist)[s].sigma for s in syms])
+        states = self.tok.states(hist)
+        sig = np.array([states[s].sigma for s in syms])
         nb.expected_return = nb.expected_z * sig
         return nb
 

@@ -161,6 +161,9 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
 
     accelerator = Accelerator(mixed_precision=tc.mixed_precision, step_scheduler_with_optimizer=False)
     main = accelerator.is_main_process
+    if accelerator.distributed_type.value == "DEEPSPEED" and tc.grad_accum > 1:
+        # DeepSpeed steps its engine inside backward(); quantlm's micro-batch loop would step every micro-batch.
+        raise ConfigError("with DeepSpeed set train.grad_accum: 1 (raise train.batch_size or add GPUs instead)")
     ckpts = _checkpoints(run_dir)
     if resume and not ckpts:
         raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")

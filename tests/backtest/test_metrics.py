@@ -135,3 +135,14 @@ def test_compute_metrics_keys_and_counts():
     assert m["ic"] > 0.2
     no_bench = M.compute_metrics(synthetic_result(r))
     assert np.isnan(no_bench["annual_excess_return"]) and np.isnan(no_bench["ic"])
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), power=st.sampled_from([1, 3]), shift=st.floats(-5, 5))
+def test_rank_ic_invariant_to_monotone_transforms(seed, power, shift):
+    scores, labels = _scores_labels(seed=seed, n_sessions=4, n_symbols=12)
+    transformed = scores.assign(score=scores["score"] ** power + shift)
+    a, b = M.ic_series(scores, labels), M.ic_series(transformed, labels)
+    np.testing.assert_allclose(a["rank_ic"], b["rank_ic"], atol=1e-12)
+    assert M.directional_accuracy(scores, labels) == M.directional_accuracy(transformed, labels)
+    assert ((a["ic"].abs() <= 1 + 1e-12) & (a["rank_ic"].abs() <= 1 + 1e-12)).all()

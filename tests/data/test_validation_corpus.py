@@ -117,8 +117,6 @@ def test_conflict_in_last_file_leaves_store_unchanged(seeded_store, tmp_path):
     assert Store(seeded_store).symbols() == ["600000.SH"]
 
 
-@pytest.mark.xfail(strict=True, reason="quantlm.cli.common.fail prints the message as rich markup; it must escape it "
-                                       "(rich.markup.escape). Remove this marker once fixed.")
 def test_cell_that_looks_like_markup_is_shown_verbatim(seeded_store):
     result = CliRunner().invoke(app, ["data", "import", str(CORPUS / "markup_in_cell.csv"), "--store",
                                       str(seeded_store), "--market", "cn"])
