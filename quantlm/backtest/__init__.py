@@ -12,7 +12,7 @@ import importlib
 
 _EXPORTS = {
     "BacktestConfig": "engine", "BacktestResult": "engine", "run_backtest": "engine",
-    "backtest_from_store": "engine", "read_signals": "engine", "BacktestConfigError": "engine",
+    "backtest_from_store": "engine", "read_signals": "signals", "BacktestConfigError": "engine",
     "MarketRules": "rules", "market_rules": "rules", "board_from_code": "rules",
     "CostModel": "costs", "cost_model": "costs",
     "Exchange": "exchange", "Portfolio": "portfolio",

@@ -13,18 +13,14 @@ loop over the same objects live trading uses (`engine="python"`); the two give t
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from quantlm.backtest import kernel as K
 from quantlm.backtest.costs import CostModel, cost_model
-from quantlm.backtest.exchange import TRADE_COLUMNS, Exchange
-from quantlm.backtest.portfolio import Portfolio
+from quantlm.backtest.reference import run_reference
 from quantlm.backtest.rules import MarketRules, limit_price_arrays, market_rules
-from quantlm.backtest.strategies import TargetWeights, Threshold, TopkDropout, orders_from_targets
-from quantlm.data.schema import DataValidationError
 
 STRATEGIES = ("topk", "threshold", "weights")
 FILLS = ("open", "close", "vwap")
@@ -273,7 +269,7 @@ def run_backtest(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfi
     if engine == "numba":
         out = _run_numba(a, config)
     elif engine == "python":
-        out = _run_python(a, config)
+        out = run_reference(a, config)
     else:
         raise BacktestConfigError(f"unknown engine '{engine}' (expected numba or python)")
     return _result(a, config, *out, benchmark=_benchmark(config, a.sessions, bars, benchmark_bars))
@@ -337,50 +333,6 @@ def _run_numba(a: _Arrays, config: BacktestConfig):
     return eq, cash, cost, traded, gross, pos, trades
 
 
-def _run_python(a: _Arrays, config: BacktestConfig):
-    """The reference loop: Strategy.targets -> orders_from_targets -> Exchange.execute -> Portfolio."""
-    rules = config.market_rules()
-    n_t, n = a.close.shape
-    strategy = {"topk": lambda: TopkDropout(config.topk, config.n_drop, config.hold_thresh, config.risk_degree),
-                "threshold": lambda: Threshold(config.long_threshold, config.short_threshold, config.shorting(),
-                                               config.leverage / n),
-                "weights": TargetWeights}[config.strategy]()
-    exchange = Exchange(rules, config.cost_model_used(), config.participation, config.leverage, config.allow_short)
-    pf = Portfolio(config.cash, t_plus=rules.t_plus)
-    borrow_rate = rules.borrow_fee_rate if config.costs else 0.0
-    symbols = np.asarray(a.symbols, dtype=object)
-    out = np.zeros((5, n_t))
-    pos = np.zeros((n_t, n))
-    records: list[dict] = []
-    orders = pd.DataFrame(columns=["symbol", "side", "shares", "value"])
-    for t, ts in enumerate(a.sessions):
-        if rules.t_plus == 0 or a.new_date[t]:
-            pf.settle()
-        day_cost = pf.charge_borrow(borrow_rate, a.borrow_years[t]) if t > 0 else 0.0
-        day_traded = 0.0
-        if len(orders):
-            j = pd.Index(a.symbols).get_indexer(orders["symbol"])
-            bars = pd.DataFrame({"price": a.fill_price[t, j], "volume": a.volume[t, j], "limit_up": a.limit_up[t, j],
-                                 "limit_down": a.limit_down[t, j], "sigma": a.sigma[t, j]}, index=orders["symbol"])
-            bars = bars[~bars.index.duplicated()]
-            for rec in exchange.execute_records(orders, bars, pf, ts):
-                day_cost += rec["total_cost"]
-                day_traded += rec["value"]
-                records.append(rec)
-        live = np.isfinite(a.close[t])
-        pf.mark(dict(zip(symbols[live], a.close[t, live])))
-        for s, q in pf.shares.items():
-            pos[t, a.symbols.index(s)] = q
-        gross, equity = pf.gross_and_equity()
-        out[:, t] = equity, pf.cash, day_cost, day_traded, gross
-        orders = orders.iloc[:0]
-        if t + 1 < n_t and a.has_score[t]:
-            targets = strategy.targets(pd.Series(a.score[t], index=a.symbols), pf)
-            orders = orders_from_targets(targets, pf, rules.sell_step)
-    trades = pd.DataFrame(records, columns=list(TRADE_COLUMNS))
-    return (*out, pos, trades)
-
-
 def _benchmark(config: BacktestConfig, sessions: pd.DatetimeIndex, bars: pd.DataFrame,
                benchmark_bars: pd.DataFrame | None) -> pd.Series | None:
     if config.benchmark is None and benchmark_bars is None:
@@ -417,70 +369,6 @@ def _result(a: _Arrays, config: BacktestConfig, eq, cash, cost, traded, gross, p
         positions=positions, trades=trades.reset_index(drop=True), turnover=pd.Series(turnover, index=idx, name="turnover"),
         costs=pd.Series(cost, index=idx, name="costs"), exposure=pd.Series(exposure, index=idx, name="exposure"),
         borrow_fees=pd.Series(np.maximum(borrow, 0.0), index=idx, name="borrow_fees"), warnings=a.warnings)
-
-
-def read_signals(path: str | Path) -> pd.DataFrame:
-    """Read a signals file: CSV or Parquet with symbol, ts and score and/or weight.
-
-    Qlib prediction columns (instrument, datetime) are accepted as symbol, ts. Empty scores mean "no
-    signal" and are dropped. Raises DataValidationError naming file, 1-based data row and column for
-    a missing column, an empty symbol, an unparseable timestamp or number, an infinite value, or a
-    duplicate (symbol, ts). Returns symbol (str), ts (datetime64[ns]) and the value column(s).
-    """
-    path = Path(path)
-    name = str(path)
-    if not path.exists():
-        raise FileNotFoundError(f"signals file not found: {path}")
-    suffix = "".join(path.suffixes[-2:]).lower()
-    if suffix.endswith((".parquet", ".pq")):
-        df = pd.read_parquet(path)
-    elif suffix.endswith((".csv", ".csv.gz", ".txt")):
-        try:
-            df = pd.read_csv(path, dtype={"symbol": str, "instrument": str})
-        except pd.errors.EmptyDataError:
-            raise DataValidationError("empty file", file=name) from None
-    else:
-        raise DataValidationError(f"unsupported signals file type '{path.suffix}' (expected .csv or .parquet)", file=name)
-    df = df.rename(columns=lambda c: str(c).strip().lower())
-    df = df.rename(columns={k: v for k, v in {"instrument": "symbol", "datetime": "ts", "date": "ts"}.items()
-                            if k in df.columns and v not in df.columns})
-    for col in ("symbol", "ts"):
-        if col not in df.columns:
-            raise DataValidationError(f"missing column '{col}'; found {', '.join(map(str, df.columns))}", file=name, column=col)
-    values = [c for c in ("score", "weight") if c in df.columns]
-    if not values:
-        raise DataValidationError("missing column 'score' (or 'weight')", file=name, column="score")
-    if len(df) == 0:
-        raise DataValidationError("no rows", file=name)
-    sym = df["symbol"].astype("string").str.strip()
-    bad = (sym.fillna("") == "").to_numpy(dtype=bool)
-    if bad.any():
-        raise DataValidationError("empty symbol", file=name, row=int(np.flatnonzero(bad)[0]) + 1, column="symbol")
-    ts = pd.to_datetime(df["ts"], errors="coerce", format="mixed")
-    if getattr(ts.dt, "tz", None) is not None:
-        ts = ts.dt.tz_localize(None)
-    bad = ts.isna().to_numpy()
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise DataValidationError(f"unparseable timestamp {df['ts'].iloc[i]!r}", file=name, row=i + 1, column="ts")
-    out = pd.DataFrame({"symbol": sym.to_numpy(dtype=object).astype(str), "ts": ts.to_numpy().astype("datetime64[ns]")})
-    for col in values:
-        v = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype="float64")
-        raw = df[col].to_numpy()
-        text = pd.Series(raw).astype("string").str.strip().fillna("")
-        bad = np.isnan(v) & (text != "").to_numpy(dtype=bool)
-        bad |= np.isinf(v)
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataValidationError(f"not a finite number: {raw[i]!r}", file=name, row=i + 1, column=col)
-        out[col] = v
-    dup = out.duplicated(["symbol", "ts"]).to_numpy()
-    if dup.any():
-        i = int(np.flatnonzero(dup)[0])
-        raise DataValidationError(f"duplicate (symbol, ts) = ({out['symbol'].iloc[i]}, {out['ts'].iloc[i]})",
-                                  file=name, row=i + 1, column="ts")
-    out = out[out[values].notna().any(axis=1)]
-    return out.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
 
 
 def load_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> dict:

@@ -81,7 +81,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     gates = Gates.from_yaml(options.gates_file) if options.gates_file is not None else Gates()
     signals = None
     if signals_path is not None:
-        from quantlm.backtest.engine import read_signals
+        from quantlm.backtest.signals import read_signals
 
         signals = read_signals(Path(signals_path))
         if "score" not in signals.columns:

@@ -40,7 +40,8 @@ def register(app: typer.Typer) -> None:
 
         The score at session t is traded on session t+1 (at its open by default).
         """
-        from quantlm.backtest.engine import BacktestConfig, load_from_store, read_signals, run_backtest
+        from quantlm.backtest.engine import BacktestConfig, load_from_store, run_backtest
+        from quantlm.backtest.signals import read_signals
 
         st = store_from(store)
         if not st.exists():

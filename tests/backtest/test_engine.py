@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from quantlm.backtest.engine import BacktestConfig, BacktestConfigError, read_signals, run_backtest
+from quantlm.backtest.engine import BacktestConfig, BacktestConfigError, run_backtest
+from quantlm.backtest.signals import read_signals
 from quantlm.data.schema import DataValidationError
 from tests.conftest import make_bars
 
