@@ -155,3 +155,13 @@ def test_evaluate_cli_errors(tmp_path):
     res = _run(*common, "--train-years", 5)
     assert res.exit_code == 2 and "no walk-forward fold" in res.output
     assert not (tmp_path / "out").exists()
+
+
+def test_lightgbm_seeds_share_one_dataset_but_differ():
+    bars = make_bars(symbols=SYMBOLS, periods=140, seed=8)
+    train = bars[bars["ts"] <= bars["ts"].unique()[99]]
+    a0 = lightgbm_model(train, seed=0, num_boost_round=10)(bars)
+    a1 = lightgbm_model(train, seed=1, num_boost_round=10)(bars)
+    again = lightgbm_model(train.copy(), seed=0, num_boost_round=10)(bars)
+    pd.testing.assert_frame_equal(a0, again)
+    assert not np.array_equal(a0["score"].to_numpy(), a1["score"].to_numpy())

@@ -7,8 +7,15 @@
 `momentum_model`, `reversal_model`, `lightgbm_model` are the walk-forward `model_fn` versions.
 """
 
-from quantlm.baselines.lgbm import LightGBMScorer, fit_lightgbm, lightgbm_model, lightgbm_scores, training_frame
+from quantlm.baselines.lgbm import (
+    LightGBMScorer,
+    fit_lightgbm,
+    lightgbm_model,
+    lightgbm_scores,
+    make_dataset,
+    training_frame,
+)
 from quantlm.baselines.simple import benchmark, momentum, momentum_model, oracle, reversal, reversal_model
 
 __all__ = ["benchmark", "momentum", "reversal", "oracle", "lightgbm_scores", "lightgbm_model", "fit_lightgbm",
-           "training_frame", "LightGBMScorer", "momentum_model", "reversal_model"]
+           "training_frame", "make_dataset", "LightGBMScorer", "momentum_model", "reversal_model"]

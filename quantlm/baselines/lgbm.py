@@ -5,7 +5,9 @@ Training rows are (symbol, t) with factors at t and the evaluation label of t
 `train_end`: labels are built from bars truncated at `train_end`, so any label that needs a later
 bar is NaN and dropped. The label is z-scored across symbols per session before training (as
 Qlib's CSZScoreNorm); the model predicts that relative label, which is what top-k trading uses.
-Deterministic for a given seed (LightGBM `deterministic=True`, fixed thread count).
+Deterministic for a given seed (LightGBM `deterministic=True`, fixed thread count). Within a
+process, the factors and the binned Dataset of the same training bars are built once and shared by
+all seeds (walk-forward runs a fold's seeds in one process).
 """
 
 from __future__ import annotations
@@ -71,17 +73,54 @@ def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None 
     return X, pd.Series(labels["label"].to_numpy(), index=idx, name="label")
 
 
-def fit_lightgbm(X: pd.DataFrame, y: pd.Series, seed: int = 0, num_boost_round: int = 200,
-                 params: dict[str, Any] | None = None, num_threads: int = 1):
-    """Train a LightGBM regressor (deterministic for a given seed and thread count)."""
+def _dataset_params(params: dict[str, Any] | None) -> dict[str, Any]:
+    """The parameters that shape a Dataset's binning (kept seed-independent: data_random_seed 0)."""
+    p = {**DEFAULT_PARAMS, **(params or {})}
+    return {"max_bin": p.get("max_bin", 255), "data_random_seed": 0, "verbosity": -1,
+            "min_data_in_bin": p.get("min_data_in_bin", 3)}
+
+
+def make_dataset(X: pd.DataFrame, y: pd.Series, params: dict[str, Any] | None = None):
+    """A constructed lightgbm.Dataset for (X, y); reusable across seeds (binning is seed-independent)."""
     import lightgbm as lgb
 
     if len(X) == 0:
         raise ValueError("no training rows: the training period holds no bars with a known label")
-    p = {**DEFAULT_PARAMS, **(params or {}), "seed": seed, "num_threads": num_threads}
     data = lgb.Dataset(X.to_numpy(dtype=np.float32), label=y.to_numpy(dtype=np.float64),
-                       feature_name=[str(c) for c in X.columns], free_raw_data=True)
+                       feature_name=[str(c) for c in X.columns], params=_dataset_params(params), free_raw_data=True)
+    return data.construct()
+
+
+def fit_lightgbm(X: pd.DataFrame | None, y: pd.Series | None, seed: int = 0, num_boost_round: int = 200,
+                 params: dict[str, Any] | None = None, num_threads: int = 1, dataset=None):
+    """Train a LightGBM regressor; deterministic for a given seed and thread count.
+
+    The seed drives bagging, feature sampling and tie-breaking (bagging_seed, feature_fraction_seed,
+    extra_seed, drop_seed); the Dataset's binning uses data_random_seed 0 so one Dataset (`dataset`,
+    from `make_dataset`) can serve every seed.
+    """
+    import lightgbm as lgb
+
+    data = dataset if dataset is not None else make_dataset(X, y, params)
+    p = {**DEFAULT_PARAMS, **(params or {}), **_dataset_params(params), "num_threads": num_threads,
+         "bagging_seed": seed, "feature_fraction_seed": seed, "extra_seed": seed, "drop_seed": seed}
+    p.pop("seed", None)
     return lgb.train(p, data, num_boost_round=num_boost_round)
+
+
+_DATASET_CACHE: dict[tuple, tuple[list[str], Any]] = {}
+
+
+def _cached_dataset(train_bars: pd.DataFrame, horizon: int, params: dict[str, Any] | None) -> tuple[list[str], Any]:
+    """(feature columns, constructed Dataset) of the training bars, remembered for the last bars seen."""
+    key = (len(train_bars), int(pd.util.hash_pandas_object(train_bars, index=False).sum()), horizon,
+           tuple(sorted(_dataset_params(params).items())))
+    if key not in _DATASET_CACHE:
+        _DATASET_CACHE.clear()
+        train_end = pd.Timestamp(train_bars["ts"].max())
+        X, y = training_frame(train_bars, train_end, horizon=horizon)
+        _DATASET_CACHE[key] = (list(X.columns), make_dataset(X, y, params))
+    return _DATASET_CACHE[key]
 
 
 class LightGBMScorer:
@@ -101,10 +140,10 @@ class LightGBMScorer:
 def lightgbm_model(train_bars: pd.DataFrame, seed: int = 0, num_boost_round: int = 200,
                    params: dict[str, Any] | None = None, num_threads: int = 1, horizon: int = 1) -> LightGBMScorer:
     """Walk-forward model_fn: train on `train_bars` (labels known within them) and return a scorer."""
-    train_end = pd.Timestamp(train_bars["ts"].max())
-    X, y = training_frame(train_bars, train_end, horizon=horizon)
-    booster = fit_lightgbm(X, y, seed=seed, num_boost_round=num_boost_round, params=params, num_threads=num_threads)
-    return LightGBMScorer(booster, list(X.columns), num_threads=num_threads)
+    columns, dataset = _cached_dataset(train_bars, horizon, params)
+    booster = fit_lightgbm(None, None, seed=seed, num_boost_round=num_boost_round, params=params,
+                           num_threads=num_threads, dataset=dataset)
+    return LightGBMScorer(booster, columns, num_threads=num_threads)
 
 
 def lightgbm_scores(bars: pd.DataFrame, train_end, test_start=None, test_end=None, seed: int = 0,

@@ -79,8 +79,8 @@ def _print_summary(summary: dict) -> None:
     from quantlm.backtest.report import fmt
 
     table = Table(title=f"evaluation {summary['period']} (primary: {summary['primary']})")
-    columns = {"annual_return": "ann. ret", "annual_excess_return": "excess", "sharpe": "Sharpe",
-               "max_drawdown": "max DD", "rank_ic": "rank IC", "directional_accuracy": "dir. acc"}
+    columns = {"annual_return": "ann.ret", "annual_excess_return": "excess", "sharpe": "Sharpe",
+               "max_drawdown": "maxDD", "rank_ic": "rankIC"}
     keys = list(columns)
     table.add_column("run", no_wrap=True)
     for k in keys:

@@ -1,9 +1,9 @@
 """Forecasting with a trained MarketGPT: sampled future paths, quantiles and a Scores table.
 
 For each symbol the last bars of its history (at most max_bars - horizon) are tokenized, the
-symbols x samples rows are left-padded into one batch (attention mask + position ids that start at
-0 on each row's first real token), and H bars (2H tokens: coarse then fine) are sampled
-autoregressively with a KV cache (transformers DynamicCache). Coarse positions sample only from
+symbols are left-padded into one batch (attention mask + position ids that start at 0 on each
+row's first real token) and encoded once; the KV cache (transformers DynamicCache) is then
+repeated for the K samples and H bars (2H tokens: coarse then fine) are sampled autoregressively. Coarse positions sample only from
 coarse ids and fine positions only from fine ids. The sampled ids are turned into close-to-close
 log returns by `KlineTokenizer.decode_returns`, continuing from each symbol's causal state.
 """
@@ -140,33 +140,39 @@ class Forecaster:
     # ------------------------------------------------------------------ generation
     @torch.no_grad()
     def generate(self, tokens: np.ndarray, cal: np.ndarray, mask: np.ndarray, future_cal: np.ndarray,
-                 temperature: float = 1.0, top_p: float = 0.9, generator: torch.Generator | None = None,
-                 use_cache: bool = True) -> np.ndarray:
-        """Sample H bars after left-padded prompts: tokens/mask [B, L], cal [B, L, 2], future_cal [B, H, 2] -> ids [B, H, 2].
+                 n_samples: int = 1, temperature: float = 1.0, top_p: float = 0.9,
+                 generator: torch.Generator | None = None, use_cache: bool = True) -> np.ndarray:
+        """Sample H bars after left-padded prompts, n_samples paths each.
 
-        use_cache=False recomputes the whole sequence for every token (reference / benchmark path).
+        tokens/mask [B, L], cal [B, L, 2], future_cal [B, H, 2] -> ids [B, n_samples, H, 2]. The
+        prompt is encoded once per row and its cache repeated n_samples times. use_cache=False
+        recomputes the whole sequence for every token (reference / benchmark path).
         """
         from transformers import DynamicCache
 
-        dev, tk = self.device, self.tok
+        dev, tk, k = self.device, self.tok, n_samples
         t = torch.as_tensor(tokens, device=dev)
         c = torch.as_tensor(cal, device=dev)
         m = torch.as_tensor(mask, device=dev)
-        fc = torch.as_tensor(future_cal, device=dev)
+        fc = torch.as_tensor(future_cal, device=dev).repeat_interleave(k, 0)  # [B*K, H, 2]
         blocks = ((tk.coarse_offset, tk.coarse_offset + tk.n_coarse), (tk.fine_offset, tk.fine_offset + tk.n_fine))
         horizon = fc.shape[1]
-        out = torch.empty(t.shape[0], horizon, 2, dtype=torch.long, device=dev)
         pos = positions(m)
         cache = DynamicCache() if use_cache else None
         logits = self.model(t, c, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=use_cache,
                             logits_to_keep=1).logits[:, -1]  # [B, V]
+        # Rows (b, k) in order: every sample of prompt b shares its prefill.
+        logits, m, pos, t, c = (x.repeat_interleave(k, 0) for x in (logits, m, pos, t, c))
+        if use_cache:
+            cache.batch_repeat_interleave(k)
+        out = torch.empty(t.shape[0], horizon, 2, dtype=torch.long, device=dev)
         for h in range(horizon):
             for j, (lo, hi) in enumerate(blocks):
-                nxt = sample_token(logits, lo, hi, temperature, top_p, generator)  # [B]
+                nxt = sample_token(logits, lo, hi, temperature, top_p, generator)  # [B*K]
                 out[:, h, j] = nxt
                 if h == horizon - 1 and j == 1:
                     break
-                step_cal = fc[:, h][:, None]  # [B, 1, 2]: the bar's calendar ids on both its tokens
+                step_cal = fc[:, h][:, None]  # [B*K, 1, 2]: the bar's calendar ids on both its tokens
                 m = torch.cat([m, torch.ones_like(m[:, :1])], dim=1)
                 pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
                 if use_cache:
@@ -176,7 +182,7 @@ class Forecaster:
                     t, c = torch.cat([t, nxt[:, None]], 1), torch.cat([c, step_cal], 1)
                     o = self.model(t, c, attention_mask=m, position_ids=pos, logits_to_keep=1)
                 logits = o.logits[:, -1]
-        return out.cpu().numpy()
+        return out.reshape(-1, k, horizon, 2).cpu().numpy()
 
     def forecast(self, bars: pd.DataFrame, horizon: int, n_samples: int = 16, temperature: float = 1.0,
                  top_p: float = 0.9, seed: int = 0, use_cache: bool = True) -> Forecast:
@@ -192,15 +198,13 @@ class Forecaster:
         fut_ts = [future_timestamps(hist[s]["ts"], horizon) for s in symbols]
         fut_cal = np.stack([self.tok.calendar_ids(f) for f in fut_ts])  # [S, H, 2]
         gen = torch.Generator(device=self.device).manual_seed(seed)
-        rows = [(i, k) for i in range(len(symbols)) for k in range(n_samples)]  # B = S * K rows
         ids = np.empty((len(symbols), n_samples, horizon, 2), np.int64)
-        for a in range(0, len(rows), self.max_batch):
-            chunk = rows[a:a + self.max_batch]
-            t, c, m = left_pad([hist[symbols[i]]["tokens"] for i, _ in chunk],
-                               [hist[symbols[i]]["cal"] for i, _ in chunk], self.tok.pad_id)
-            out = self.generate(t, c, m, fut_cal[[i for i, _ in chunk]], temperature, top_p, gen, use_cache)
-            for r, (i, k) in enumerate(chunk):
-                ids[i, k] = out[r]
+        step = max(1, self.max_batch // n_samples)  # symbols per chunk: chunk rows = step * K <= max_batch
+        for a in range(0, len(symbols), step):
+            chunk = symbols[a:a + step]
+            t, c, m = left_pad([hist[s]["tokens"] for s in chunk], [hist[s]["cal"] for s in chunk], self.tok.pad_id)
+            ids[a:a + len(chunk)] = self.generate(t, c, m, fut_cal[a:a + len(chunk)], n_samples, temperature, top_p,
+                                                  gen, use_cache)
         samples = np.stack([self.tok.decode_returns(ids[i], hist[s]["state"]) for i, s in enumerate(symbols)])
         origin = np.array([hist[s]["ts"][-1] for s in symbols], dtype="datetime64[ns]")
         return Forecast(symbols, origin, samples, QUANTILES, np.stack([f.to_numpy() for f in fut_ts]))

@@ -116,3 +116,23 @@ def test_fpa_and_accum_run(train_store, tmp_path):
     run = pretrain(cfg, progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert any("fpa_penalty" in r for r in rows)
+
+
+def test_sources_mixed_by_weight(tmp_path):
+    from quantlm.data.store import Store
+    from quantlm.train.config import parse_config
+    from quantlm.train.datasets import build_data
+
+    st = Store(tmp_path / "store")
+    st.write_bars(make_bars(symbols=["A1", "A2"], periods=80, seed=3), market="cn", freq="1d")
+    st.write_bars(make_bars(symbols=["U1"], periods=80, seed=4), market="us", freq="1d")
+    cfg = parse_config({"model": TINY_MODEL, "data": {"window_bars": 8, "valid_fraction": 0.25, "sources": [
+        {"market": "cn", "weight": 3.0}, {"market": "us", "weight": 1.0}]}})
+    _, sampler, _ = build_data(st, cfg.data, {"n_coarse": 64, "n_fine": 64}, seed=0)
+    assert [s.name for s in sampler.sources] == ["cn/1d", "us/1d"]
+    np.testing.assert_allclose(sampler.weights, [0.75, 0.25])
+    b = sampler.train_batch(0, 64)
+    assert b["input_ids"].shape == (64, 17)
+    cfg_bad = parse_config({"model": TINY_MODEL, "data": {"window_bars": 8, "sources": [{"market": "crypto"}]}})
+    with pytest.raises(ConfigError, match="no bars"):
+        build_data(st, cfg_bad.data, {}, seed=0)
