@@ -135,7 +135,7 @@ def test_evaluate_cli_end_to_end(tmp_path):
     assert data["runs"]["oracle"]["metrics"]["rank_ic"] > data["runs"]["momentum-20"]["metrics"]["rank_ic"]
     assert data["runs"]["benchmark"]["metrics"]["annual_excess_return"] == pytest.approx(0.0, abs=1e-12)
     page = (out / "report.html").read_text()
-    assert "Against the baselines" in page and "lightgbm" in page
+    assert "Against the baselines" in page and "lightgbm" in page and "Walk-forward spread" in page
     assert {"equity.csv", "trades.csv"} <= {p.name for p in out.iterdir()}
     assert "evaluation" in res.output
 

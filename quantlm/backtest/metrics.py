@@ -98,12 +98,12 @@ def annual_volatility(returns: pd.Series | np.ndarray, days: int) -> float:
 
 
 def sharpe_ratio(returns: pd.Series | np.ndarray, days: int) -> float:
-    """mean(r) / std(r, ddof=1) * sqrt(days), risk-free rate 0; NaN if std is 0 or n < 2."""
+    """mean(r) / std(r, ddof=1) * sqrt(days), risk-free rate 0; NaN if std <= 1e-12 (no dispersion) or n < 2."""
     r = _clean(returns)
     if len(r) < 2:
         return float("nan")
     std = np.std(r, ddof=1)
-    return float(np.mean(r) / std * np.sqrt(days)) if std > 0 else float("nan")
+    return float(np.mean(r) / std * np.sqrt(days)) if std > 1e-12 else float("nan")  # 0 or rounding noise
 
 
 def drawdown_series(returns: pd.Series) -> pd.Series:

@@ -92,14 +92,16 @@ def _gates_of(gates: Gates | Mapping | None) -> Gates:
 def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = None, bars: pd.DataFrame | None = None,
                   gates: Gates | Mapping | None = None, baselines: Mapping[str, BaselineArg] | None = None,
                   labels: pd.DataFrame | None = None, name: str = "strategy", title: str = "quantlm backtest report",
-                  extra: Mapping[str, Any] | None = None, report: bool = True) -> dict[str, Any]:
+                  extra: Mapping[str, Any] | None = None, report: bool = True,
+                  walk_forward: tuple[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """Compute metrics and gates and write metrics.json, equity.csv, trades.csv and report.html.
 
     result: the BacktestResult; scores: the Scores table that drove it (for IC and accuracy);
     bars: the bars, to build the evaluation labels when `labels` is not given;
     gates: a Gates object or a mapping of thresholds (None = the default gates);
     baselines: {name: BacktestResult or (BacktestResult, Scores)} compared in the report and json;
-    extra: more top-level entries for metrics.json (e.g. walk-forward summaries).
+    extra: more top-level entries for metrics.json (e.g. walk-forward summaries);
+    walk_forward: (caption, WalkForwardResult.summary) for the report's walk-forward table.
     Returns {"metrics", "gates", "gates_passed", "runs", "paths"}.
     """
     from quantlm.backtest.report import render_report
@@ -133,7 +135,8 @@ def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = Non
         trades = getattr(result, "trades", None)
         (trades if trades is not None else pd.DataFrame()).to_csv(staging / "trades.csv", index=False)
         if report:
-            page = render_report(result, metrics, table, report_baselines or None, ics, title=title, name=name)
+            page = render_report(result, metrics, table, report_baselines or None, ics, title=title, name=name,
+                                 walk_forward=walk_forward)
             (staging / "report.html").write_text(page, encoding="utf-8")
         files = sorted(p.name for p in staging.iterdir())
         umask = os.umask(0)

@@ -238,14 +238,28 @@ def comparison_html(runs: dict[str, dict[str, float]]) -> str:
     return f"<table><tr><th>run</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def walk_forward_html(summary: pd.DataFrame, label: str = "") -> str:
+    """Mean, std, min and max across folds and seeds of the key metrics (a `WalkForwardResult.summary`)."""
+    rows = []
+    for key, text in COMPARE:
+        if key in summary.index:
+            row = summary.loc[key]
+            rows.append(f"<tr><td>{text}</td>" + "".join(f"<td>{fmt(key, row.get(c))}</td>"
+                                                           for c in ("mean", "std", "min", "max")) + "</tr>")
+    caption = f"<div class='verdict'>{html.escape(label)}</div>" if label else ""
+    return f"{caption}<table><tr><th>metric</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>{''.join(rows)}</table>"
+
+
 def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict[str, Any]] | None = None,
                   baselines: dict[str, tuple[Any, dict[str, float]]] | None = None, ic_series: pd.DataFrame | None = None,
-                  title: str = "quantlm backtest report", name: str = "strategy") -> str:
+                  title: str = "quantlm backtest report", name: str = "strategy",
+                  walk_forward: tuple[str, pd.DataFrame] | None = None) -> str:
     """The full report as one self-contained HTML string (plotly.js inlined; no network needed).
 
     result: a BacktestResult; metrics: its `compute_metrics` dict; gates_table: `evaluate_gates`
     output; baselines: {name: (BacktestResult, metrics)} shown side by side with the strategy;
-    ic_series: `metrics.ic_series(scores, labels)` for the IC charts; name: the strategy's label.
+    ic_series: `metrics.ic_series(scores, labels)` for the IC charts; name: the strategy's label;
+    walk_forward: (caption, `WalkForwardResult.summary`) shown as a spread-across-folds-and-seeds table.
     """
     from plotly.offline import get_plotlyjs
 
@@ -275,6 +289,8 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
         curves = {name: result} | {k: r for k, (r, _) in baselines.items()}
         parts.append(f"<h2>Against the baselines</h2><div class='panel'>{comparison_html(runs)}</div>"
                      f"<div class='panel'>{_figure_html(baselines_figure(curves), 'fig-baselines')}</div>")
+    if walk_forward is not None and len(walk_forward[1]):
+        parts.append(f"<h2>Walk-forward spread</h2><div class='panel'>{walk_forward_html(walk_forward[1], walk_forward[0])}</div>")
     parts.append("<div class='foot'>Returns are simple daily returns; annual figures compound (CAGR); "
                  "max drawdown is a negative fraction of the running peak. Definitions: quantlm.backtest.metrics.</div>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
@@ -283,4 +299,4 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
             f"<body><main>{''.join(parts)}</main></body></html>")
 
 
-__all__ = ["render_report", "monthly_returns", "gates_html", "comparison_html", "fmt"]
+__all__ = ["render_report", "monthly_returns", "gates_html", "comparison_html", "walk_forward_html", "fmt"]

@@ -109,6 +109,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
         return run_backtest(scores, bars, config, instruments=instruments, flags=flags, benchmark_bars=bench_bars)
 
     runs: dict[str, tuple[Any, pd.DataFrame | None]] = {}
+    spread = None
     extra: dict[str, Any] = {"period": {"start": start, "end": end}, "market": market}
     if signals is not None:
         s = in_period(signals)
@@ -123,6 +124,8 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
         runs["lightgbm"] = (backtest(s), s)
         extra["walk_forward"] = {"mode": options.mode, "train_years": options.train_years,
                                  "test_months": options.test_months, **wf.to_dict()}
+        spread = (f"LightGBM, {len(wf.folds)} {options.mode} folds x {len(wf.seeds)} seed(s), each fold's "
+                  f"test period backtested on its own", wf.summary)
     if "momentum" in options.baselines:
         s = in_period(momentum(bars, 20))
         runs["momentum-20"] = (backtest(s), s)
@@ -141,6 +144,6 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     others = {k: v for k, v in runs.items() if k != primary}
     written = write_outputs(result, out_dir, scores=scores, labels=labels, gates=gates, baselines=others,
                             name=primary, title=f"quantlm evaluation: {primary} vs baselines",
-                            extra={"primary": primary, **extra})
+                            extra={"primary": primary, **extra}, walk_forward=spread)
     return {"primary": primary, "runs": written["runs"], "out": Path(out_dir),
             "period": f"{start:%Y-%m-%d}..{end:%Y-%m-%d}"}

@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
         signals: Annotated[Path | None, typer.Option("--signals", help="Your Scores table (CSV/Parquet: symbol, ts, score).")] = None,
         market: Annotated[str | None, typer.Option("--market", help="cn, us or crypto (default: the store's).")] = None,
-        strategy: Annotated[str, typer.Option("--strategy", help="topk, threshold or weights.")] = "topk",
+        strategy: Annotated[str, typer.Option("--strategy", help="topk or threshold.")] = "topk",
         topk: Annotated[int, typer.Option("--topk", help="Stocks held by topk.")] = 50,
         n_drop: Annotated[int, typer.Option("--n-drop", help="Stocks swapped per session by topk.")] = 5,
         fill: Annotated[str, typer.Option("--fill", help="Fill price: open, close or vwap.")] = "open",
@@ -63,6 +63,8 @@ def register(app: typer.Typer) -> None:
         unknown = [b for b in wanted if b not in BASELINE_NAMES]
         if unknown:
             fail(f"unknown baseline(s) {', '.join(unknown)} (choose from {', '.join(BASELINE_NAMES)})")
+        if strategy == "weights":
+            fail("evaluate compares Scores tables: use --strategy topk or threshold ('quantlm backtest' runs weights)")
         if walk_forward_mode not in ("rolling", "expanding"):
             fail(f"--walk-forward must be rolling or expanding, got '{walk_forward_mode}'")
         opts = EvaluateOptions(market=market, strategy=strategy, topk=topk, n_drop=n_drop, fill=fill, costs=costs,

@@ -171,10 +171,11 @@ class MarketGPT(nn.Module):
         model = cls(get_size(meta["size"]), meta["vocab_size"], meta["n_weekdays"], meta["n_slots"],
                     meta["d_prefix"], meta["max_prefix"], meta["dropout"], meta["special_ids"])
         model.lm = LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa")
-        model.load_state_dict(load_file(str(d / QUANTLM_WEIGHTS)), strict=False)
-        missing = {k for k in model.state_dict() if not k.startswith("lm.")} - set(load_file(str(d / QUANTLM_WEIGHTS)))
+        extras = load_file(str(d / QUANTLM_WEIGHTS))
+        missing = {k for k in model.state_dict() if not k.startswith("lm.")} - set(extras)
         if missing:
             raise ValueError(f"{d / QUANTLM_WEIGHTS} lacks {sorted(missing)}")
+        model.load_state_dict(extras, strict=False)
         return model.to(device)
 
 
