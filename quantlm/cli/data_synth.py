@@ -49,7 +49,8 @@ def register(app: typer.Typer) -> None:
             ("ST symbols", str(s["st_symbols"])),
             ("IPOs / delistings", f"{s['ipos']} / {s['delistings']}"),
             ("texts", f"{s['texts']:,}"),
-            ("oracle RankIC (mean daily)", f"{s['oracle_rank_ic']:.4f}"),
+            ("oracle RankIC (mean daily)", "n/a (< 10 stocks a day)" if s["oracle_rank_ic"] != s["oracle_rank_ic"]
+                                           else f"{s['oracle_rank_ic']:.4f}"),
         ]
         for what, value in rows:
             table.add_row(what, value)

@@ -70,5 +70,8 @@ def forecast_cmd(
     res = evaluate_model(model, store_from(store), out, start=start, end=end, horizon=horizon, n_samples=samples,
                          n_origins=origins, freq=freq, temperature=temperature, top_p=top_p, seed=seed)
     console.print(metrics_table(res))
+    if res["in_training_period"]:
+        console.print(f"[yellow]warning:[/] origins start on or before the training split ({res['fit_end']}): "
+                      "these forecasts are in-sample", highlight=False)
     console.print(f"wrote {Path(out) / 'forecast_metrics.json'} ({res['n_forecasts']} forecasts, "
                   f"{res['n_origins']} origins)", highlight=False)

@@ -217,7 +217,8 @@ def effect_report(market: SynthMarket) -> dict[str, dict[str, float]]:
     report = {}
     for k in ("expected_return", "planted", *COMPONENTS):
         ic = rank_ic_by_session(df, k)
-        report[k] = {"rank_ic": float(ic.mean()) if len(ic) else 0.0, "cs_std": float(g[k].std().mean())}
+        rank_ic = float(ic.mean()) if len(ic) else float("nan")  # nan: no session with >= 10 names
+        report[k] = {"rank_ic": rank_ic, "cs_std": float(g[k].std().mean())}
         if k == "limit_carry":
             nonzero = o[k] != 0
             report[k]["rows_share"] = float(nonzero.mean())

@@ -88,6 +88,7 @@ def _draw_stocks(u: Universe, rng: np.random.Generator) -> _Stocks:
     sigma = 0.016 * board_vol * size_vol * np.exp(rng.normal(0.0, 0.2, n))
     price = np.clip(np.exp(rng.normal(np.log(12.0), 0.65, n)), 2.5, 300.0)
     offer = np.clip(np.exp(rng.normal(np.log(16.0), 0.5, n)), 4.0, 80.0)
+    price = np.where(u.boards == "main", price, np.maximum(price, 6.0))  # growth boards: no penny stocks
     price = np.where(u.ipo_session >= 0, offer, price)
     shares = np.round(cap / price / 1e4) * 1e4
     turnover = 0.012 * (cap / 12e9) ** -0.3 * np.exp(rng.normal(0.0, 0.35, n))
@@ -216,7 +217,7 @@ def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macr
 
         r_cc = np.log(c / prev_close)
         vol_score = 0.45 * np.minimum(np.abs(r_cc) / np.sqrt(ew_var), 6.0) - 0.36
-        ipo_boost = np.where(age >= 0, 1.0 + np.where(capped_ipo, 0.0, 40.0) * np.exp(-np.maximum(age, 0) / 3.0), 1.0)
+        ipo_boost = np.where(age >= 0, 1.0 + np.where(capped_ipo, 0.0, 12.0) * np.exp(-np.maximum(age, 0) / 3.0), 1.0)
         locked = lock_up | lock_down
         shares_traded = (st.shares * st.turnover * ipo_boost * (1.3 if mult > 1 else 1.0)
                          * np.exp(turnover_trend + 0.3 * z_vol + vol_score)

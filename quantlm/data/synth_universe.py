@@ -121,11 +121,11 @@ def _names(industry: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def _draw_boards(n: int, start: pd.Timestamp, end: pd.Timestamp, rng: np.random.Generator) -> np.ndarray:
-    """Boards by BOARD_SHARES; boards that open after `end` (minus two months) fall back to main/chinext."""
+    """Boards by BOARD_SHARES; boards that open after `end` (minus two months) fall back to main."""
     names = list(BOARD_SHARES)
     p = np.array([BOARD_SHARES[b] for b in names])
     boards = np.array([names[i] for i in rng.choice(len(names), size=n, p=p)], dtype=object)
-    for board in ("star", "bse"):
+    for board in ("chinext", "star", "bse"):
         if pd.Timestamp(BOARD_OPEN[board]) > end - pd.Timedelta(days=60):
             boards[boards == board] = "main"
     return boards

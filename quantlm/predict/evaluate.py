@@ -77,6 +77,8 @@ def evaluate_model(model_dir: str | Path, store, out: str | Path, start=None, en
         "temperature": temperature, "top_p": top_p, "seed": seed,
         "origins": [str(pd.Timestamp(cal[o]).date()) for o in picks], "n_origins": len(picks),
         "n_forecasts": len(rows),
+        "fit_end": fc.tok.fit_end,
+        "in_training_period": bool(fc.tok.fit_end is not None and pd.Timestamp(cal[picks[0]]) <= pd.Timestamp(fc.tok.fit_end)),
         "per_step": _jsonable(evaluate_forecasts(x, y, pr)),
         "cumulative": _jsonable(evaluate_forecasts(x, y, pr, cumulative=True)),
     }

@@ -142,7 +142,8 @@ class WindowSampler:
             return []
         rng = np.random.default_rng([self.seed, 2**31 - 1])
         flat = np.concatenate([np.stack([np.full(len(st), k), st], 1) for k, st in pool])
-        take = rng.permutation(len(flat))[: n_batches * batch_size * world]
+        # Every process gets the same number of windows (and so of batches): FSDP needs matching collectives.
+        take = rng.permutation(len(flat))[: min(n_batches * batch_size * world, len(flat) // world * world)]
         mine = flat[np.sort(take)][rank::world]
         out = []
         for b in range(0, len(mine), batch_size):

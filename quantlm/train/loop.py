@@ -187,8 +187,11 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
                           f"{split.date()}: lower data.window_bars, move data.split earlier or set train.eval_batches: 0")
 
     # ---- model, optimizer, schedule
-    model = model_for_tokenizer(cfg.model.size, tok, d_prefix=cfg.model.d_prefix, max_prefix=cfg.model.max_prefix,
-                                dropout=cfg.model.dropout, seed=cfg.seed, **cfg.model.overrides())
+    def build(seed: int | None) -> MarketGPT:
+        return model_for_tokenizer(cfg.model.size, tok, d_prefix=cfg.model.d_prefix, max_prefix=cfg.model.max_prefix,
+                                   dropout=cfg.model.dropout, seed=seed, **cfg.model.overrides())
+
+    model = build(cfg.seed)
     fpa = FPA(model, cfg.fpa.lambda0, cfg.fpa.gamma)
     optimizer = make_optimizer(model, tc, fused=accelerator.device.type == "cuda")
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, tc) / tc.lr)
@@ -256,8 +259,12 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
             if (tc.checkpoint_every and step % tc.checkpoint_every == 0) or step == last_step:
                 checkpoint(step)
 
-    if step >= tc.max_steps and main:
-        save_model_folder(raw, tok, cfg, run_dir / "model")
+    if step >= tc.max_steps:
+        full = accelerator.get_state_dict(model)  # collective: gathers shards under FSDP / ZeRO-3
+        if main:
+            export = build(seed=None)
+            export.load_state_dict({k: v.detach().cpu() for k, v in full.items()})
+            save_model_folder(export, tok, cfg, run_dir / "model")
     accelerator.wait_for_everyone()
     runlog.close()
     accelerator.end_training()

@@ -59,6 +59,39 @@ def health(store: Store, console: Console) -> dict:
     return {str(k): int(v) for k, v in dict(counts).items()}
 
 
+def evaluate_baselines(store: Store, out_dir: Path, console: Console, jobs: int = 2) -> dict:
+    """Benchmark, momentum, reversal, LightGBM (walk-forward) and the oracle through one backtester."""
+    from quantlm.baselines.compare import EvaluateOptions, run_evaluation
+
+    options = EvaluateOptions(market="cn", seeds=[0], jobs=jobs, test_months=12, num_boost_round=100)
+    console.print("evaluating baselines out of sample (expanding walk-forward, 12-month test folds) ...")
+    summary = run_evaluation(store, out_dir, options)
+    metrics = {name: run["metrics"] for name, run in summary["runs"].items()}
+    print_runs(metrics, console, title=f"out of sample {summary['period']} (cn rules, costs on)")
+    console.print(f"report: {out_dir / 'report.html'}")
+    return metrics
+
+
+RUN_COLUMNS = (("annual_excess_return", "excess/yr", "{:+.1%}"), ("sharpe", "Sharpe", "{:.2f}"),
+               ("max_drawdown", "max DD", "{:.1%}"), ("ic", "IC", "{:.4f}"), ("rank_ic", "RankIC", "{:.4f}"),
+               ("turnover", "turnover", "{:.2f}"))
+
+
+def print_runs(runs: dict, console: Console, title: str) -> None:
+    """One row per run, the headline metrics as columns."""
+    table = Table(title=title)
+    table.add_column("run")
+    for _, header, _ in RUN_COLUMNS:
+        table.add_column(header, justify="right")
+    for name, m in runs.items():
+        cells = []
+        for key, _, fmt in RUN_COLUMNS:
+            v = m.get(key)
+            cells.append("-" if v is None or v != v else fmt.format(v))
+        table.add_row(name, *cells)
+    console.print(table)
+
+
 def run_demo(store: Store, out_dir: Path, n_symbols: int = 200, seed: int = 0, console: Console | None = None) -> dict:
     """The main job of `make demo`; returns the summary it also writes to `out_dir/summary.json`."""
     console = console or Console()
@@ -68,5 +101,6 @@ def run_demo(store: Store, out_dir: Path, n_symbols: int = 200, seed: int = 0, c
     summary["data"] = build_demo_data(store, n_symbols, seed, console)
     summarise_store(store, console)
     summary["health"] = health(store, console)
+    summary["evaluation"] = evaluate_baselines(store, out_dir / "evaluate", console)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
