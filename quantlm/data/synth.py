@@ -103,11 +103,13 @@ def _index_bars(u: Universe, p: PriceArrays, symbol: str, base: float = 4000.0) 
     prev = np.vstack([p.open[:1], close[:-1]])  # the first session is based on its opens
     member = u.listed & np.isfinite(prev)
     weight = np.where(member, p.shares[None, :] * np.nan_to_num(prev), 0.0)
-    weight = weight / weight.sum(axis=1, keepdims=True)
+    total = weight.sum(axis=1, keepdims=True)
+    weight = weight / np.where(total > 0, total, 1.0)
     rel = {}
     for col in ("open", "high", "low", "close"):
         x = np.where(u.has_bar, getattr(p, col), prev)
-        rel[col] = np.nansum(weight * np.where(member, x / np.where(member, prev, 1.0), 0.0), axis=1)
+        moved = np.nansum(weight * np.where(member, x / np.where(member, prev, 1.0), 0.0), axis=1)
+        rel[col] = np.where(total[:, 0] > 0, moved, 1.0)  # flat on a day without members
     level_close = base * np.cumprod(rel["close"])
     level_prev = np.r_[base, level_close[:-1]]
     o, c = level_prev * rel["open"], level_close

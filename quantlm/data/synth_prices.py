@@ -134,6 +134,79 @@ def _expected_carry_in_label(carry, up_band, down_band, d, capped_ipo, age) -> n
     return np.clip(keep * excess, ld, lu)
 
 
+@dataclass
+class _Observed:
+    """What a model could know about each stock at a session's close, from the stock's own bars (N,)."""
+
+    ew_var: np.ndarray  # EWMA (lambda 0.94) of squared close-to-close log returns; starts at a prior
+    ew_logvol: np.ndarray = field(init=False)  # EWMA (alpha 0.1) of log volume
+    closes: np.ndarray = field(init=False)  # (6, N) closes of the last 6 bars, newest last
+    body_prev: np.ndarray = field(init=False)  # sign(close - open) of the previous bar
+    n_bars: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.ew_var)
+        self.ew_logvol, self.body_prev = np.zeros(n), np.zeros(n)
+        self.closes = np.full((6, n), np.nan)
+        self.n_bars = np.zeros(n, dtype=np.int64)
+
+    def update(self, trade, bar: dict[str, np.ndarray], r_cc: np.ndarray, early_ipo: np.ndarray) -> np.ndarray:
+        """Fold in today's bars where `trade`; return the pattern signal PAT (unit variance)."""
+        o, h, lo, c, v = (bar[k] for k in ("open", "high", "low", "close", "volume"))
+        upd = trade & (self.n_bars >= 5) & ~early_ipo  # IPO pops would inflate the vol estimate
+        self.ew_var = np.where(upd, 0.94 * self.ew_var + 0.06 * r_cc**2, self.ew_var)
+        log_v = np.log(v)
+        surge = np.where(self.n_bars > 0, log_v - self.ew_logvol, 0.0)
+        first = self.n_bars == 0
+        self.ew_logvol = np.where(trade, np.where(first, log_v, 0.9 * self.ew_logvol + 0.1 * log_v), self.ew_logvol)
+        self.closes = np.where(trade[None, :], np.vstack([self.closes[1:], c[None, :]]), self.closes)
+        body = np.sign(c - o)
+        span = h - lo
+        shadow = np.where(span > 0, ((np.minimum(o, c) - lo) - (h - np.maximum(o, c))) / np.where(span > 0, span, 1), 0.0)
+        self.n_bars = self.n_bars + trade
+        pat = (body * self.body_prev * np.tanh(2.5 * surge) / PATTERN_TERM_STD[0]
+               - self.body_prev * shadow / PATTERN_TERM_STD[1]) / np.sqrt(2.0)
+        self.body_prev = np.where(trade, body, self.body_prev)
+        return pat
+
+    def reversal(self) -> np.ndarray:
+        """REV = -clip(5-bar log return / (vol_hat sqrt 5), -3, 3); NaN before 6 bars."""
+        return -np.clip(np.log(self.closes[-1] / self.closes[0]) / (np.sqrt(self.ew_var) * np.sqrt(5.0)), -3.0, 3.0)
+
+
+def _limit_bars(prev_close, gap, intra, up_band, down_band, day_sd, hi_ext, lo_ext, lock_draw) -> dict[str, np.ndarray]:
+    """One session's OHLC inside the limit band, rounded to 0.01; also the raw prices and limit prices.
+
+    A gap more than 1% beyond a limit that also closes beyond it locks the stock all day (85% of
+    such cases): open = high = low = close = the limit price.
+    """
+    up_px = np.where(np.isfinite(up_band), round_price(prev_close * (1 + up_band)), np.inf)
+    down_px = np.where(np.isfinite(down_band), round_price(prev_close * (1 - down_band)), 0.01)
+    open_raw = prev_close * np.exp(gap)
+    close_raw = open_raw * np.exp(intra)
+    o = np.clip(round_price(open_raw), down_px, up_px)
+    c = np.clip(round_price(close_raw), down_px, up_px)
+    h = np.minimum(round_price(np.maximum(o, c) * np.exp(day_sd * hi_ext)), up_px)
+    lo = np.maximum(round_price(np.minimum(o, c) * np.exp(-day_sd * lo_ext)), down_px)
+    lock_up = (open_raw > up_px * 1.01) & (close_raw >= up_px) & (lock_draw < 0.85)
+    lock_down = (open_raw < down_px * 0.99) & (close_raw <= down_px) & (lock_draw < 0.85)
+    h = np.where(lock_down, down_px, np.maximum(h, np.maximum(o, c)))
+    lo = np.where(lock_up, up_px, np.minimum(lo, np.minimum(o, c)))
+    return {"open": o, "high": h, "low": lo, "close": c, "close_raw": close_raw, "up_px": up_px,
+            "down_px": down_px, "locked": lock_up | lock_down}
+
+
+def _volume(st: _Stocks, bar, r_cc, vol_hat, age, capped_ipo, stressed, trend, z_vol, hi_ext, lock_draw) -> np.ndarray:
+    """Shares traded: size x turnover x common trend x noise x |move| / vol; x13 after a no-limit IPO; tiny when locked."""
+    vol_score = 0.45 * np.minimum(np.abs(r_cc) / vol_hat, 6.0) - 0.36
+    ipo_boost = np.where(age >= 0, 1.0 + np.where(capped_ipo, 0.0, 12.0) * np.exp(-np.maximum(age, 0) / 3.0), 1.0)
+    shares_traded = (st.shares * st.turnover * ipo_boost * (1.3 if stressed else 1.0)
+                     * np.exp(trend + 0.3 * z_vol + vol_score)
+                     * np.where(bar["locked"], 0.02 + 0.1 * lock_draw, 1.0))
+    v = np.maximum(np.round(shares_traded / 100.0) * 100.0, 100.0)
+    return v + np.where(z_vol > 1.8, np.floor(hi_ext * 37.0) % 100, 0.0)  # a few odd lots
+
+
 def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macro_signal: np.ndarray,
                     rng: np.random.Generator) -> PriceArrays:
     """Generate bars for every (session, stock) with `u.has_bar`; NaN elsewhere.
@@ -152,24 +225,19 @@ def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macr
 
     out = {k: np.full((t_len, n), np.nan) for k in ("open", "high", "low", "close", "volume", "amount")}
     comps = {k: np.zeros((t_len, n)) for k in ("reversal", "pattern", "news", "market", "limit_carry")}
-    mu = np.zeros((t_len, n))
     hits = {k: np.zeros((t_len, n), dtype=bool) for k in ("limit_up", "limit_down", "locked")}
+    mu = np.zeros((t_len, n))  # planted expected log label of the score at each session
 
     prev_close = st.first_price.astype(float).copy()
     var = st.sigma**2  # idiosyncratic GARCH variance
-    carry = np.zeros(n)
+    carry = np.zeros(n)  # log move a limit (or a suspension) held back, released in the next gap
     turnover_trend = 0.0
-    # observable state, updated on the stock's own bars
-    total_var_prior = (st.beta * 0.011) ** 2 + (st.gamma * 0.008) ** 2 + st.sigma**2
-    ew_var = total_var_prior.copy()
-    ew_logvol = np.zeros(n)
-    closes = np.full((6, n), np.nan)  # closes of the last 6 bars, newest last
-    body_prev = np.zeros(n)
-    n_bars = np.zeros(n, dtype=np.int64)
+    seen = _Observed(ew_var=(st.beta * 0.011) ** 2 + (st.gamma * 0.008) ** 2 + st.sigma**2)
     ipo_day = np.where(u.ipo_session >= 0, u.ipo_session, -10**9)
     capped_ipo = np.isfinite(up_band[np.clip(u.ipo_session, 0, None), np.arange(n)]) & (u.ipo_session >= 0)
 
     for d in range(t_len):
+        # ---- random shocks of the day (draw order fixed: it defines the market of a seed)
         m_gap, m_intra, mult = market.step()
         f = 0.008 * mult * _t(rng, (2, n_ind))
         sd = np.sqrt(var) * mult
@@ -177,85 +245,49 @@ def simulate_prices(u: Universe, effects: Effects, news_signal: np.ndarray, macr
         jump = np.where(rng.random(n) < 0.004, 0.05 * _t(rng, n), 0.0)
         base_gap = st.beta * m_gap + st.gamma * f[0, u.industry] * w_gap + e_gap + 0.7 * jump
         base_intra = st.beta * m_intra + st.gamma * f[1, u.industry] * w_intra + e_intra + 0.3 * jump
-        shock_i = e_gap + e_intra + jump
-        var = 0.03 * st.sigma**2 + 0.05 * (shock_i / mult) ** 2 + 0.92 * var
+        var = 0.03 * st.sigma**2 + 0.05 * ((e_gap + e_intra + jump) / mult) ** 2 + 0.92 * var
         turnover_trend = 0.995 * turnover_trend + 0.03 * rng.standard_normal()
         z_vol = rng.standard_normal(n)
         hi_ext, lo_ext = rng.exponential(1.0, n), rng.exponential(1.0, n)
         lock_draw = rng.random(n)
-
         age = d - ipo_day  # sessions since IPO (0 on the IPO day)
-        ipo_today = age == 0
         pop = np.where(capped_ipo, rng.normal(np.log(3.0), 0.5, n), rng.normal(np.log(2.2), 0.45, n))
+
+        # ---- the day's move: shocks + planted drift of earlier scores + carry, then limits
         drift_gap = DRIFT_OVERNIGHT_SHARE * mu[d - 2] if d >= 2 else np.zeros(n)
         drift_intra = (1 - DRIFT_OVERNIGHT_SHARE) * mu[d - 1] if d >= 1 else np.zeros(n)
-        gap = base_gap + drift_gap + carry + np.where(ipo_today, np.maximum(pop, np.log(0.8)), 0.0)
-        intra = base_intra * np.where((age >= 0) & (age < 5), 2.0, 1.0) + drift_intra
-
+        gap = base_gap + drift_gap + carry + np.where(age == 0, np.maximum(pop, np.log(0.8)), 0.0)
+        early_ipo = (age >= 0) & (age < 5)
+        intra = base_intra * np.where(early_ipo, 2.0, 1.0) + drift_intra
         trade = has_bar[d]
-        listed_idle = u.listed[d] & ~trade
-        carry = np.where(listed_idle, carry + base_gap + base_intra, 0.0)  # suspended: the move waits
-
-        up_px = np.where(np.isfinite(up_band[d]), round_price(prev_close * (1 + up_band[d])), np.inf)
-        down_px = np.where(np.isfinite(down_band[d]), round_price(prev_close * (1 - down_band[d])), 0.01)
-        open_raw = prev_close * np.exp(gap)
-        close_raw = open_raw * np.exp(intra)
-        o = np.clip(round_price(open_raw), down_px, up_px)
-        c = np.clip(round_price(close_raw), down_px, up_px)
-        day_sd = np.sqrt(ew_var) * w_intra * 0.45
-        h = np.minimum(round_price(np.maximum(o, c) * np.exp(day_sd * hi_ext)), up_px)
-        lo = np.maximum(round_price(np.minimum(o, c) * np.exp(-day_sd * lo_ext)), down_px)
-        # a gap far beyond the limit that stays beyond it locks the stock all day (open=high=low=close)
-        lock_up = (open_raw > up_px * 1.01) & (close_raw >= up_px) & (lock_draw < 0.85)
-        lock_down = (open_raw < down_px * 0.99) & (close_raw <= down_px) & (lock_draw < 0.85)
-        h = np.where(lock_down, down_px, np.maximum(h, np.maximum(o, c)))
-        lo = np.where(lock_up, up_px, np.minimum(lo, np.minimum(o, c)))
-
-        clipped = (close_raw > up_px + 0.005) | (close_raw < down_px - 0.005)
+        carry = np.where(u.listed[d] & ~trade, carry + base_gap + base_intra, 0.0)  # suspended: the move waits
+        day_sd = np.sqrt(seen.ew_var) * w_intra * 0.45
+        bar = _limit_bars(prev_close, gap, intra, up_band[d], down_band[d], day_sd, hi_ext, lo_ext, lock_draw)
+        o, h, lo, c = bar["open"], bar["high"], bar["low"], bar["close"]
+        clipped = (bar["close_raw"] > bar["up_px"] + 0.005) | (bar["close_raw"] < bar["down_px"] - 0.005)
         keep = np.where(capped_ipo & (age < 30), 1.0, 0.5)
-        carry = np.where(trade & clipped, keep * np.log(close_raw / np.maximum(c, 0.01)), carry)
-
+        carry = np.where(trade & clipped, keep * np.log(bar["close_raw"] / np.maximum(c, 0.01)), carry)
         r_cc = np.log(c / prev_close)
-        vol_score = 0.45 * np.minimum(np.abs(r_cc) / np.sqrt(ew_var), 6.0) - 0.36
-        ipo_boost = np.where(age >= 0, 1.0 + np.where(capped_ipo, 0.0, 12.0) * np.exp(-np.maximum(age, 0) / 3.0), 1.0)
-        locked = lock_up | lock_down
-        shares_traded = (st.shares * st.turnover * ipo_boost * (1.3 if mult > 1 else 1.0)
-                         * np.exp(turnover_trend + 0.3 * z_vol + vol_score)
-                         * np.where(locked, 0.02 + 0.1 * lock_draw, 1.0))
-        v = np.maximum(np.round(shares_traded / 100.0) * 100.0, 100.0)
-        v = v + np.where(z_vol > 1.8, np.floor(hi_ext * 37.0) % 100, 0.0)  # a few odd lots
-        amount = np.round(v * (o + h + lo + c) / 4.0, 2)
+        bar["volume"] = _volume(st, bar, r_cc, np.sqrt(seen.ew_var), age, capped_ipo, mult > 1, turnover_trend,
+                                z_vol, hi_ext, lock_draw)
+        bar["amount"] = np.round(bar["volume"] * (o + h + lo + c) / 4.0, 2)
+        for key in out:
+            out[key][d, trade] = bar[key][trade]
+        hits["limit_up"][d] = trade & (c >= bar["up_px"])
+        hits["limit_down"][d] = trade & (c <= bar["down_px"]) & np.isfinite(down_band[d])
+        hits["locked"][d] = trade & bar["locked"]
 
-        for key, val in (("open", o), ("high", h), ("low", lo), ("close", c), ("volume", v), ("amount", amount)):
-            out[key][d, trade] = val[trade]
-        hits["limit_up"][d] = trade & (c >= up_px)
-        hits["limit_down"][d] = trade & (c <= down_px) & np.isfinite(down_band[d])
-        hits["locked"][d] = trade & (lock_up | lock_down)
-
-        # ---- observable state at t = d (only stocks that traded) and the planted expected return
-        upd = trade & (n_bars >= 5) & ~((age >= 0) & (age < 5))
-        ew_var = np.where(upd, 0.94 * ew_var + 0.06 * r_cc**2, ew_var)
-        log_v = np.log(v)
-        surge = np.where(n_bars > 0, log_v - ew_logvol, 0.0)
-        ew_logvol = np.where(trade, np.where(n_bars > 0, 0.9 * ew_logvol + 0.1 * log_v, log_v), ew_logvol)
-        closes = np.where(trade[None, :], np.vstack([closes[1:], c[None, :]]), closes)
-        body = np.sign(c - o)
-        rng_hl = h - lo
-        shadow = np.where(rng_hl > 0, ((np.minimum(o, c) - lo) - (h - np.maximum(o, c))) / np.where(rng_hl > 0, rng_hl, 1), 0.0)
-        n_bars = n_bars + trade
-        vol_hat = np.sqrt(ew_var)
-
-        ready = trade & (n_bars >= WARMUP_BARS)
-        rev = -np.clip(np.log(closes[-1] / closes[0]) / (vol_hat * np.sqrt(5.0)), -3.0, 3.0)
-        pat = (body * body_prev * np.tanh(2.5 * surge) / PATTERN_TERM_STD[0]
-               - body_prev * shadow / PATTERN_TERM_STD[1]) / np.sqrt(2.0)
-        body_prev = np.where(trade, body, body_prev)
-        comps["reversal"][d] = np.where(ready, effects.reversal * vol_hat * np.nan_to_num(rev), 0.0)
+        # ---- what is observable at t = d, and the planted expected label of the score at t
+        pat = seen.update(trade, bar, r_cc, early_ipo)
+        vol_hat = np.sqrt(seen.ew_var)
+        ready = trade & (seen.n_bars >= WARMUP_BARS)
+        comps["reversal"][d] = np.where(ready, effects.reversal * vol_hat * np.nan_to_num(seen.reversal()), 0.0)
         comps["pattern"][d] = np.where(ready, effects.pattern * vol_hat * pat, 0.0)
         comps["news"][d] = np.where(trade, effects.news * vol_hat * news_signal[d], 0.0)
         comps["market"][d] = np.where(trade, st.beta * mu_m + effects.macro * 0.011 * macro_signal[d], 0.0)
         mu[d] = comps["reversal"][d] + comps["pattern"][d] + comps["news"][d] + comps["market"][d]
-        comps["limit_carry"][d] = np.where(trade, _expected_carry_in_label(carry, up_band, down_band, d, capped_ipo, age), 0.0)
+        limit_carry = _expected_carry_in_label(carry, up_band, down_band, d, capped_ipo, age)
+        comps["limit_carry"][d] = np.where(trade, limit_carry, 0.0)
         prev_close = np.where(trade, c, prev_close)
 
     return PriceArrays(shares=st.shares, components=comps, **hits, **out)

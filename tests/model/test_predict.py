@@ -166,7 +166,7 @@ def test_cli_pretrain_and_forecast(tmp_path):
                             "--out", str(tmp_path / "fc"), "--horizon", "2", "--samples", "4", "--origins", "3"])
     assert r.exit_code == 0, r.output
     res = json.loads((tmp_path / "fc" / "forecast_metrics.json").read_text())
-    assert res["n_origins"] == 3 and res["n_forecasts"] == 12
+    assert res["n_origins"] == 3 and res["n_forecasts"] == 12 and not res["in_training_period"]
     for h in ("1", "2"):
         assert set(res["per_step"][h]) == {"model", "persistence", "hist_vol"}
         assert 0 <= res["cumulative"][h]["model"]["coverage_90"] <= 1
