@@ -15,15 +15,25 @@ from rich.table import Table
 from quantlm.data.store import Store
 
 
+class DemoError(ValueError):
+    """A demo input problem, shown to CLI users as a plain message."""
+
+    user_facing = True
+
+
 def build_demo_data(store: Store, n_symbols: int, seed: int, console: Console) -> dict:
     """Generate the synthetic market (skipped when the store already holds the same one) and the S&P 500 sample."""
     from quantlm.data.samples import load_sp500_sample
     from quantlm.data.synth import SynthConfig, write_market
 
     config = SynthConfig(n_symbols=n_symbols, seed=seed)
-    wanted = config.model_dump_json() if hasattr(config, "model_dump_json") else json.dumps(config.__dict__, default=str)
-    if store.meta().get("synth_config") == wanted:
+    wanted = config.model_dump_json()
+    stored = store.meta().get("synth_config")
+    if stored == wanted:
         console.print(f"synthetic market already in {store.root} (same config): reusing it")
+    elif stored is not None:
+        raise DemoError(f"the store at {store.root} already holds a synthetic market made with another config; "
+                        "use a fresh --store (or delete that one) to generate this one")
     else:
         console.print(f"generating the synthetic A-share market ({n_symbols} stocks, seed {seed}) into {store.root} ...")
         write_market(store, config)
@@ -109,7 +119,8 @@ def print_runs(runs: dict, console: Console, title: str) -> None:
     console.print(table)
 
 
-def run_demo(store: Store, out_dir: Path, n_symbols: int = 200, seed: int = 0, console: Console | None = None) -> dict:
+def run_demo(store: Store, out_dir: Path, n_symbols: int = 200, seed: int = 0, console: Console | None = None,
+             pretrain_steps: int = 300, forecast_origins: int = 4, jobs: int = 2) -> dict:
     """The main job of `make demo`; returns the summary it also writes to `out_dir/summary.json`."""
     console = console or Console()
     out_dir = Path(out_dir)
@@ -118,7 +129,7 @@ def run_demo(store: Store, out_dir: Path, n_symbols: int = 200, seed: int = 0, c
     summary["data"] = build_demo_data(store, n_symbols, seed, console)
     summarise_store(store, console)
     summary["health"] = health(store, console)
-    summary["evaluation"] = evaluate_baselines(store, out_dir / "evaluate", console)
-    summary["model"] = pretrain_and_forecast(store, out_dir, console)
+    summary["evaluation"] = evaluate_baselines(store, out_dir / "evaluate", console, jobs=jobs)
+    summary["model"] = pretrain_and_forecast(store, out_dir, console, steps=pretrain_steps, origins=forecast_origins)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
