@@ -8,6 +8,7 @@ Units: prices in currency, volume in shares, amount in currency; every output is
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -30,20 +31,6 @@ def update_var(var: float, r: float, alpha: float, cap: float, var_floor: float)
     return max((1.0 - alpha) * var + alpha * r2, var_floor)
 
 
-def pad_edges(edges: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Edges of each axis padded with +inf to a common 2^k - 1 length, and each axis' first search step.
-
-    Returns float64 [n_axes, 2^k - 1] and int64 [n_axes]; see `_search`.
-    """
-    k = max(int(len(e)).bit_length() for e in edges)
-    out = np.full((len(edges), (1 << k) - 1), np.inf)
-    top = np.empty(len(edges), dtype=np.int64)
-    for a, e in enumerate(edges):
-        out[a, : len(e)] = e
-        top[a] = (1 << int(len(e)).bit_length()) >> 1
-    return out, top
-
-
 def id_tables(shape: tuple[int, ...], coarse_offset: int, fine_offset: int) -> tuple[np.ndarray, np.ndarray]:
     """Additive id tables: coarse = ct[0, ret] + ct[1, vol]; fine = sum_a ft[a, bin_a] over (ret, vol, gap, up, lo).
 
@@ -64,41 +51,69 @@ def id_tables(shape: tuple[int, ...], coarse_offset: int, fine_offset: int) -> t
     return ct, ft
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _search(edges, a, step, x):
-    """Number of edges of axis a strictly below x (= np.searchsorted side='left'); NaN -> 0.
+class BinLookup(NamedTuple):
+    """Fast bin lookup for the 5 axes (ret, vol, gap, upper, lower): a uniform grid of cells over each
+    axis' edge range gives a starting bin that one or two comparisons correct (see `_search`)."""
 
-    Branchless binary search over a row padded with +inf to at least 2 * step - 1 entries.
-    """
-    pos = 0
-    while step > 0:
-        pos += step * (edges[a, pos + step - 1] < x)
-        step >>= 1
+    edges: np.ndarray  # float64 [5, m] edges of each axis, padded with +inf
+    n_edges: np.ndarray  # int64 [5]
+    lo: np.ndarray  # float64 [5], first edge
+    inv: np.ndarray  # float64 [5], cells per unit
+    table: np.ndarray  # int32 [5, n_cells + 1]: bins below each cell's left boundary
+
+
+def bin_lookup(edges: list[np.ndarray], n_cells: int = 2048) -> BinLookup:
+    m = max(1, max(len(e) for e in edges))
+    out = np.full((len(edges), m), np.inf)
+    n_edges = np.array([len(e) for e in edges], dtype=np.int64)
+    lo, inv = np.zeros(len(edges)), np.zeros(len(edges))
+    table = np.zeros((len(edges), n_cells + 1), dtype=np.int32)
+    for a, e in enumerate(edges):
+        out[a, : len(e)] = e
+        if len(e) >= 2 and e[-1] > e[0]:
+            lo[a], inv[a] = e[0], n_cells / (e[-1] - e[0])
+            table[a] = np.searchsorted(e, lo[a] + np.arange(n_cells + 1) / inv[a], side="left")
+    return BinLookup(out, n_edges, lo, inv, table)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _search(lk_edges, n_edges, lo, inv, table, a, x):
+    """Number of edges of axis a strictly below x (= np.searchsorted side='left'); NaN -> 0."""
+    f = (x - lo[a]) * inv[a]
+    j = 0
+    if f > 0.0:
+        j = int(min(f, table.shape[1] - 1.0))
+    pos = table[a, j]
+    ne = n_edges[a]
+    while pos < ne and lk_edges[a, pos] < x:
+        pos += 1
+    while pos > 0 and lk_edges[a, pos - 1] >= x:  # float rounding of the cell boundary
+        pos -= 1
     return pos
 
 
 @numba.njit(cache=True, nogil=True)
-def _bin_block(buf, m, start, edges, top, coarse_tab, fine_tab, ids):
+def _bin_block(buf, m, start, edges, n_edges, lo, inv, table, coarse_tab, fine_tab, ids):
     """Token ids of rows start..start+m-1 from their buffered features buf[:m] = (ret, vol, gap, up, lo)."""
     for j in range(m):
-        rq = _search(edges, 0, top[0], buf[j, 0])
-        vq = _search(edges, 1, top[1], buf[j, 1])
-        gq = _search(edges, 2, top[2], buf[j, 2])
-        uq = _search(edges, 3, top[3], buf[j, 3])
-        lq = _search(edges, 4, top[4], buf[j, 4])
+        rq = _search(edges, n_edges, lo, inv, table, 0, buf[j, 0])
+        vq = _search(edges, n_edges, lo, inv, table, 1, buf[j, 1])
+        gq = _search(edges, n_edges, lo, inv, table, 2, buf[j, 2])
+        uq = _search(edges, n_edges, lo, inv, table, 3, buf[j, 3])
+        lq = _search(edges, n_edges, lo, inv, table, 4, buf[j, 4])
         ids[start + j, 0] = coarse_tab[0, rq] + coarse_tab[1, vq]
         ids[start + j, 1] = fine_tab[0, rq] + fine_tab[1, vq] + fine_tab[2, gq] + fine_tab[3, uq] + fine_tab[4, lq]
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_floor, want_feat, want_ids,
-                feat, ids, state, edges, top, coarse_tab, fine_tab):
+                feat, ids, state, edges, n_edges, e_lo, e_inv, table, coarse_tab, fine_tab):
     """One causal pass over the rows of many symbols: features, token ids and end states.
 
     o, h, lo, c, v, amt, adj: float64 [n] bar columns (amt / adj may be NaN: unknown / no adjustment).
     new: bool [n], True on the first row of each symbol. alpha_*: EWMA weights of the newest bar.
-    want_feat: fill feat float64 [n, 7]; want_ids: fill ids int64 [n, 2] using edges / top (pad_edges
-    of the axes ret, vol, gap, upper, lower) and the id tables of `id_tables` (no integer division in
+    want_feat: fill feat float64 [n, 7]; want_ids: fill ids int64 [n, 2] using the `BinLookup` fields
+    (edges .. table) of the axes ret, vol, gap, upper, lower and the id tables of `id_tables` (no integer division in
     the loop). state float64 [n_groups, 6] always receives each symbol's state after its last bar.
 
     Bar t is normalised by sigma_t, the EWMA volatility of returns strictly before t; the first bar
@@ -152,7 +167,7 @@ def encode_rows(o, h, lo, c, v, amt, adj, new, alpha_var, alpha_vol, cap, var_fl
             buf[j, 0], buf[j, 1], buf[j, 2], buf[j, 3], buf[j, 4] = z_r, z_v, z_g, z_u, z_l
             j += 1
             if j == _BLOCK or i == n - 1:
-                _bin_block(buf, j, i + 1 - j, edges, top, coarse_tab, fine_tab, ids)
+                _bin_block(buf, j, i + 1 - j, edges, n_edges, e_lo, e_inv, table, coarse_tab, fine_tab, ids)
                 j = 0
         # state after bar i (used by bar i + 1)
         var = update_var(var, r, alpha_var, cap, var_floor)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from quantlm.tokenize.kline import FEATURE_NAMES, KlineTokenizer
+from quantlm.tokenize.kline import FEATURE_NAMES, KlineTokenizer, TokenizerState
 
 _F = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -41,31 +41,44 @@ def teacher_forced_errors(tok: KlineTokenizer, bars: pd.DataFrame, start) -> dic
     return out
 
 
-def free_running_errors(tok: KlineTokenizer, bars: pd.DataFrame, start, max_symbols: int | None = None) -> dict[str, float]:
-    """decode(encode(held-out bars)) from each symbol's state at `start`, compared with the real bars."""
+def free_running_errors(tok: KlineTokenizer, bars: pd.DataFrame, start, window: int | None = None,
+                        max_symbols: int | None = None) -> dict[str, float]:
+    """decode(encode(held-out bars)) compared with the real bars, for bars with ts > start.
+
+    Each symbol's held-out bars are cut into windows of `window` bars (None: one window); each window
+    is decoded from the true state before it, and then only from decoded bars (like a sampled path
+    of that horizon). Errors in the scale (sigma, volume level) and the price level compound along a
+    window as random walks, so long windows drift more than short ones.
+    """
     start = pd.Timestamp(start)
     errs: dict[str, list[np.ndarray]] = {k: [] for k in ("ret", "gap", "upper", "lower", "logvol", "close")}
     rets = []
     for k, (_, one) in enumerate(bars.groupby("symbol", sort=True)):
         if max_symbols is not None and k >= max_symbols:
             break
-        past, fut = one[one["ts"] <= start], one[one["ts"] > start]
-        if len(past) == 0 or len(fut) == 0:
-            continue
-        ids = tok.encode_symbol(one)[len(past):]
-        dec = tok.decode(ids, tok.state(past))
-        c0 = past["close"].iloc[-1]
-        o, h, lo, c, v = (fut[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-        do, dh, dl, dc, dv = (dec[k].to_numpy() for k in ("open", "high", "low", "close", "volume"))
-        prev, dprev = np.r_[c0, c[:-1]], np.r_[c0, dc[:-1]]
-        r = np.log(c / prev)
-        rets.append(r)
-        errs["ret"].append(np.abs(dec["log_return"].to_numpy() - r))
-        errs["gap"].append(np.abs(np.log(do / dprev) - np.log(o / prev)))
-        errs["upper"].append(np.abs(np.log(dh / np.maximum(do, dc)) - np.log(h / np.maximum(o, c))))
-        errs["lower"].append(np.abs(np.log(np.minimum(do, dc) / dl) - np.log(np.minimum(o, c) / lo)))
-        errs["logvol"].append(np.abs(np.log1p(dv) - np.log1p(v)))
-        errs["close"].append(np.abs(np.log(dc / c)))  # drift of the decoded price level
+        rows = tok._prepare(one, single=True)
+        feat, ids, _ = tok._run(rows, want_feat=True, want_ids=True)
+        o, h, lo, c, v = (rows.cols[x] for x in ("open", "high", "low", "close", "volume"))
+        first = int(np.searchsorted(rows.cols["ts"], start.value, side="right"))
+        first = max(first, 1)  # the first bar of a symbol has no state before it
+        n = len(c)
+        w = n if window is None else window
+        for s in range(first, n, w):
+            e = min(s + w, n)
+            state = TokenizerState(last_close=c[s - 1], var=float(np.exp(2.0 * feat[s, _F["logsig"]])),
+                                   log_volume_level=float(np.log1p(v[s]) - feat[s, _F["vol"]]))
+            dec = tok.decode(ids[s:e], state)
+            do, dh, dl, dc, dv = (dec[x].to_numpy() for x in ("open", "high", "low", "close", "volume"))
+            prev, dprev = c[s - 1:e - 1], np.r_[c[s - 1], dc[:-1]]
+            oo, hh, ll, cc = o[s:e], h[s:e], lo[s:e], c[s:e]
+            r = np.log(cc / prev)
+            rets.append(r)
+            errs["ret"].append(np.abs(dec["log_return"].to_numpy() - r))
+            errs["gap"].append(np.abs(np.log(do / dprev) - np.log(oo / prev)))
+            errs["upper"].append(np.abs(np.log(dh / np.maximum(do, dc)) - np.log(hh / np.maximum(oo, cc))))
+            errs["lower"].append(np.abs(np.log(np.minimum(do, dc) / dl) - np.log(np.minimum(oo, cc) / ll)))
+            errs["logvol"].append(np.abs(np.log1p(dv) - np.log1p(v[s:e])))
+            errs["close"].append(np.abs(np.log(dc / cc)))  # drift of the decoded price level
     std = np.concatenate(rets).std()
     out = {k: float(np.concatenate(errs[k]).mean() / std) for k in ("ret", "gap", "upper", "lower")}
     out["logvol"] = float(np.concatenate(errs["logvol"]).mean())

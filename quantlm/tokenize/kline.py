@@ -188,14 +188,14 @@ class KlineTokenizer:
         state = np.empty((len(rows.starts), K.N_STATE))
         if want_ids:
             self._check_fitted()
-            edges, top = self._padded
+            lk = self._lookup
         else:
-            edges, top = np.zeros((5, 1)), np.zeros(5, dtype=np.int64)
+            lk = K.bin_lookup([np.zeros(0)] * 5, n_cells=1)
         ct, ft = self._id_tables
         c = rows.cols
         K.encode_rows(c["open"], c["high"], c["low"], c["close"], c["volume"], c["amount"], c["adj_factor"], rows.new,
                       self.alpha_var, self.alpha_volume, _WINSOR, self.min_vol**2, want_feat, want_ids,
-                      feat, ids, state, edges, top, ct, ft)
+                      feat, ids, state, *lk, ct, ft)
         return feat, ids, state
 
     @staticmethod
@@ -224,7 +224,7 @@ class KlineTokenizer:
             x = feat[:, columns[axis]]
             self.edges[axis] = fit_edges(x, n_bins, self.tail_weight)
             self.reps[axis] = _bin_means(x, self.edges[axis], n_bins)
-        self._padded = K.pad_edges([self.edges[a] for a in _AXES])
+        self._lookup = K.bin_lookup([self.edges[a] for a in _AXES])
         self.step_minutes = _step_minutes(rows.cols["ts"], rows.new)
         self.freq = "1d" if self.step_minutes == 0 else _freq_name(self.step_minutes)
         self.n_slots = 1 if self.step_minutes == 0 else max(1, 1440 // self.step_minutes)
@@ -358,7 +358,7 @@ class KlineTokenizer:
         for axis in _AXES:
             tok.edges[axis] = np.load(d / f"edges_{axis}.npy", allow_pickle=False)
             tok.reps[axis] = np.load(d / f"reps_{axis}.npy", allow_pickle=False)
-        tok._padded = K.pad_edges([tok.edges[a] for a in _AXES])
+        tok._lookup = K.bin_lookup([tok.edges[a] for a in _AXES])
         return tok
 
 
