@@ -83,15 +83,9 @@ class Gates(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> Gates:
         """Load gates from a YAML file (a flat mapping, optionally under a top-level `gates:` key)."""
-        import yaml
+        from quantlm.config import read_yaml_mapping
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"gates file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise GateConfigError(f"{path}: not valid YAML: {e}") from None
+        data = read_yaml_mapping(path, GateConfigError, what="gates file")
         return cls.from_mapping(data, source=str(path))
 
     def active(self) -> dict[str, float]:

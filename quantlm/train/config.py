@@ -151,18 +151,10 @@ def parse_config(raw: dict, source: str = "config") -> PretrainConfig:
 
 def load_config(path: str | Path) -> PretrainConfig:
     """Read and validate a YAML pretraining config."""
-    import yaml
+    from quantlm.config import read_yaml_mapping
 
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"config file not found: {p}")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
-    if raw is not None and not isinstance(raw, dict):
-        raise ConfigError(f"{p}: expected a mapping at the top level")
-    return parse_config(raw, str(p))
+    raw = read_yaml_mapping(path, ConfigError)
+    return parse_config(raw, str(path))
 
 
 def dump_config(cfg: PretrainConfig, path: str | Path) -> None:
