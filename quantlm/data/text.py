@@ -226,7 +226,8 @@ def session_text_features(
     t_ord = calendars.session_ordinals(market, calendars.visible_sessions(texts["published_at"], market))
     bin_ = np.searchsorted(s_ord, t_ord, side="left")  # the first asked session at or after visibility
     use = bin_ < len(sessions)  # texts visible only after the last asked session never count
-    w = np.where(use, decay ** (s_ord[np.minimum(bin_, len(s_ord) - 1)] - t_ord), 0.0).astype(np.float32)
+    age = np.maximum(s_ord[np.minimum(bin_, len(s_ord) - 1)] - t_ord, 0)  # sessions since visible (unused where not `use`)
+    w = np.where(use, decay ** age, 0.0).astype(np.float32)
     symbol = texts["symbol"].fillna("").astype(str)
     sym_of = {s: i for i, s in enumerate(symbols)}
     col = symbol.map(sym_of).to_numpy(dtype="float64")

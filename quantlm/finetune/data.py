@@ -1,0 +1,211 @@
+"""Fine-tuning data: every bar of every symbol as one flat, point-in-time table of model inputs and targets.
+
+`build_trader_data` reads the store once and lays out, for all bars sorted by (symbol, ts):
+
+    ids [N, 2] tokens, cal [N, 2] calendar ids, features [N, 7] causal tokenizer features,
+    text [N, d] float16 embedding of the texts visible at that session (company texts only; see
+    `quantlm.data.text.session_text_features`), text_weight [N] (decayed count of those texts),
+    ret [N, n_h] forward returns ret_h(t) = open(t+1+h)/open(t+1) - 1 (fractions), rank [N, n_h] their
+    cross-sectional rank in [-1, 1], direction [N] (0 sell, 1 hold, 2 buy, -1 none).
+
+Inputs at bar t use bars up to t and texts visible at t only. Targets look ahead by construction;
+`targets_known(train_end)` masks every target whose last price (open of t+1+h) lies after
+`train_end`, which is what makes a fine-tuning run on data "up to train_end" leak-free: the window
+sampler only ever shows training code bars <= train_end and targets known by then.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from quantlm.model.layout import bar_sequence
+
+
+class FinetuneDataError(ValueError):
+    """Bad fine-tuning input (shown to CLI users as a plain message)."""
+
+    user_facing = True
+
+
+@dataclass
+class TraderData:
+    """All bars of a market as flat arrays; rows of symbol k are offsets[k]:offsets[k+1]."""
+
+    symbols: list[str]
+    offsets: np.ndarray  # int64 [n_symbols + 1]
+    calendar: pd.DatetimeIndex  # sessions of the market (union of bar time stamps)
+    session: np.ndarray  # int64 [N]: index of each bar's ts in calendar
+    ids: np.ndarray  # int64 [N, 2]
+    cal: np.ndarray  # int64 [N, 2]
+    features: np.ndarray  # float32 [N, 7]
+    text: np.ndarray | None  # float16 [N, d]
+    text_weight: np.ndarray | None  # float32 [N]
+    ret: np.ndarray  # float32 [N, n_h]
+    rank: np.ndarray  # float32 [N, n_h]
+    direction: np.ndarray  # int64 [N]
+    horizons: list[int]
+    direction_horizon: int  # sessions after entry the direction label needs (1, or the barrier horizon)
+
+    @property
+    def n(self) -> int:
+        return len(self.session)
+
+    def symbol_of(self) -> np.ndarray:
+        """int64 [N]: the symbol index of each row."""
+        return np.repeat(np.arange(len(self.symbols)), np.diff(self.offsets))
+
+    def ts(self) -> np.ndarray:
+        return self.calendar.asi8[self.session]
+
+    def session_index(self, when) -> int:
+        """Index of the last session <= when (-1 if none)."""
+        return int(np.searchsorted(self.calendar.asi8, pd.Timestamp(when).value, side="right")) - 1
+
+    def targets_known(self, train_end) -> dict[str, np.ndarray]:
+        """Copies of ret / rank / direction with every target not known by the close of train_end masked."""
+        end = self.session_index(train_end)
+        ret, rank, direction = self.ret.copy(), self.rank.copy(), self.direction.copy()
+        for j, h in enumerate(self.horizons):
+            late = self.session + 1 + h > end
+            ret[late, j] = np.nan
+            rank[late, j] = np.nan
+        direction[self.session + 1 + self.direction_horizon > end] = -1
+        return {"ret": ret, "rank": rank, "direction": direction}
+
+    def gather(self, starts: np.ndarray, length: int, bos_id: int, targets: dict[str, np.ndarray] | None = None
+               ) -> dict[str, np.ndarray]:
+        """A batch of windows of `length` bars starting at flat rows `starts` (all inside one symbol each)."""
+        idx = np.asarray(starts, dtype=np.int64)[:, None] + np.arange(length)  # [B, n]
+        tok, cal = bar_sequence(self.ids[idx], self.cal[idx], bos_id)
+        batch = {"input_ids": tok, "calendar_ids": cal, "features": self.features[idx]}
+        if self.text is not None:
+            batch["text"] = self.text[idx].astype(np.float32)
+            batch["text_weight"] = self.text_weight[idx]
+        if targets is not None:
+            batch.update({k: v[idx] for k, v in targets.items()})
+        return batch
+
+
+def market_bars(store, market: str | None = None, end=None) -> tuple[pd.DataFrame, str]:
+    """Daily bars of the store's market without the benchmark / index symbols, and the market name."""
+    from quantlm.baselines.compare import split_benchmark
+
+    meta = store.meta()
+    market = market or meta.get("market") or "cn"
+    bars = store.bars(freq="1d", market=market, end=end)
+    if len(bars) == 0:
+        raise FinetuneDataError(f"store {store.root} holds no daily bars for market '{market}'")
+    bars, _ = split_benchmark(bars, meta.get("benchmark"), store.instruments())
+    return bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True), market
+
+
+def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, text_half_life: float = 0.25,
+                      market: str | None = None, end=None, bars: pd.DataFrame | None = None) -> TraderData:
+    """Tokens, features, text and targets for every tradable daily bar of the store up to `end`.
+
+    text=True needs the store's texts embedded (`quantlm data embed`); a store without texts gives
+    zero text inputs. `bars` overrides the store read (tests, user frames).
+    """
+    from quantlm.features.targets import TargetConfig, make_targets
+
+    if bars is None:
+        bars, market = market_bars(store, market, end)
+    market = market or "cn"
+    cfg = targets_config or TargetConfig()
+    targets = make_targets(bars, cfg, market=market)  # sorted (symbol, ts) like bars
+    enc = tokenizer.encode(bars)
+    feats = tokenizer.features(bars)
+    symbols = sorted(enc)
+    counts = bars.groupby("symbol", sort=True).size()
+    if list(counts.index.astype(str)) != symbols:
+        raise FinetuneDataError("bars and their encoding disagree on symbols (duplicate or unsorted rows?)")
+    offsets = np.concatenate([[0], np.cumsum(counts.to_numpy())]).astype(np.int64)
+    ts = pd.DatetimeIndex(bars["ts"])
+    calendar = pd.DatetimeIndex(np.unique(ts.asi8)).as_unit("ns")
+    session = np.searchsorted(calendar.asi8, ts.as_unit("ns").asi8).astype(np.int64)
+    ids = np.concatenate([enc[s] for s in symbols]).astype(np.int64)
+    features = np.concatenate([feats[s] for s in symbols]).astype(np.float32)
+    cal = tokenizer.calendar_ids(ts).astype(np.int64)
+    horizons = list(cfg.horizons)
+    ret = np.stack([targets[f"ret_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
+    rank = np.stack([targets[f"rank_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
+    direction = targets["direction"].to_numpy().astype(np.int64)
+    text_arr = text_w = None
+    if text:
+        text_arr, text_w = _bar_text(store, bars, symbols, offsets, calendar, session, market, text_half_life)
+    d_h = cfg.barrier_horizon if cfg.direction == "triple_barrier" else 1
+    return TraderData(symbols, offsets, calendar, session, ids, cal, features, text_arr, text_w, ret, rank,
+                      direction, horizons, d_h)
+
+
+def _bar_text(store, bars, symbols, offsets, calendar, session, market, half_life, chunk: int = 40):
+    """Per-bar text features (float16 [N, d]) and weights, computed `chunk` symbols at a time (memory)."""
+    from quantlm.data.text import DEFAULT_MODEL, EMBEDDINGS_TABLE, embed_texts, session_text_features
+
+    texts = store.texts() if store is not None else pd.DataFrame()
+    n = len(session)
+    if len(texts) == 0:
+        return np.zeros((n, 1), np.float16), np.zeros(n, np.float32)
+    if len(store.read_table(EMBEDDINGS_TABLE, key=DEFAULT_MODEL)) < len(texts):
+        embed_texts(store)
+    out, weight = None, np.zeros(n, np.float32)
+    for a in range(0, len(symbols), chunk):
+        syms = symbols[a:a + chunk]
+        f, w = session_text_features(store, syms, calendar, market, half_life_sessions=half_life,
+                                     include_market_wide=False)
+        if out is None:
+            out = np.zeros((n, f.shape[2]), np.float16)
+        for j, _ in enumerate(syms):
+            lo, hi = offsets[a + j], offsets[a + j + 1]
+            out[lo:hi] = f[session[lo:hi], j]
+            weight[lo:hi] = w[session[lo:hi], j]
+    return out, weight
+
+
+class WindowSampler:
+    """Random training windows of `window` bars ending on or before train_end (stateless per step)."""
+
+    def __init__(self, data: TraderData, window: int, last_row_session: int, seed: int) -> None:
+        self.data, self.window, self.seed = data, window, seed
+        starts = []
+        for k in range(len(data.symbols)):
+            lo, hi = int(data.offsets[k]), int(data.offsets[k + 1])
+            n_ok = int(np.searchsorted(data.session[lo:hi], last_row_session, side="right"))  # rows <= last session
+            if n_ok >= window:
+                starts.append(lo + np.arange(n_ok - window + 1))
+        if not starts:
+            raise FinetuneDataError(f"no symbol has {window} bars before the training end: lower window_bars")
+        self.starts = np.concatenate(starts)
+
+    def batch_starts(self, step: int, batch_size: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, step])
+        return self.starts[rng.integers(0, len(self.starts), batch_size)]
+
+
+def scoring_windows(data: TraderData, rows: np.ndarray, window: int, warm: int) -> list[tuple[int, int, int, int]]:
+    """Windows (start, length, out_from, out_to) covering the asked flat `rows` (sorted) per symbol.
+
+    Each asked row is produced by exactly one window in which it has at least `warm` bars of context
+    before it (or all of its history, near a listing). Windows are `window` bars (shorter only for a
+    symbol with fewer bars); out_from/out_to are flat rows, inclusive.
+    """
+    if warm >= window:
+        raise ValueError(f"warm ({warm}) must be < window ({window})")
+    sym = np.searchsorted(data.offsets, rows, side="right") - 1
+    out = []
+    for k in np.unique(sym):
+        asked = rows[sym == k]
+        s0, s1 = int(data.offsets[k]), int(data.offsets[k + 1])
+        a, b = int(asked[0]), int(asked[-1])
+        nxt = a
+        while nxt <= b:
+            st = max(s0, nxt - warm)
+            end = min(st + window, s1)
+            if end - st < window:
+                st = max(s0, end - window)
+            out.append((st, end - st, nxt, min(end - 1, b)))
+            nxt = end
+    return out

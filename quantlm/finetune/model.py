@@ -1,0 +1,240 @@
+"""The trader: a pretrained MarketGPT trunk plus continuous inputs and decision heads.
+
+One forward pass over a window of n bars scores every bar of it (causal attention: the outputs
+at bar i see bars <= i only), so one sequence of n bars is n training examples:
+
+    tokens      [BOS, c_1, f_1, ..., c_n, f_n]                       (the pretrained K-line language)
+    + at f_i    feat_proj(features_i) + text_proj(text_i) + count_proj(text_weight_i)
+    hidden      h_i = final hidden state at f_i                       [B, n, H]
+    heads       direction  [B, n, 3]        sell / hold / buy logits
+                quantiles  [B, n, n_h, n_q] returns over each horizon / (sigma_i sqrt(h)), sigma_i the
+                                            tokenizer's causal volatility of bar i (vol-normalised)
+                rank       [B, n, n_h]      cross-sectional rank of the return, in [-1, 1]
+
+Why the continuous features and the text go on the fine token of bar i only: the fine token is the
+last token of the bar, so they are visible from the position that predicts bar i+1 and never
+inside bar i's own token prediction (the auxiliary next-token loss stays honest). Text enters per
+bar rather than as one prefix per window because every bar of the window is scored: a window-level
+prefix would show bar i texts published after it (a "prefix per bar", added where it became
+visible, is the point-in-time version of the prefix).
+
+Saved as a folder: trunk/ (MarketGPT.save, loadable by transformers), tokenizer/, heads.safetensors
+(heads and input projections) and trader.json (shapes, feature normalisation, horizons, quantiles).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantlm.model.build import MarketGPT, lm_loss
+
+TRADER_JSON = "trader.json"
+HEADS_WEIGHTS = "heads.safetensors"
+FORMAT = "quantlm.Trader/1"
+N_FEATURES = 7  # KlineTokenizer.features: ret, gap, upper, lower, vol, amount, logsig
+N_CANDLE = N_FEATURES + 4  # + body, body sign, range, shadow balance (see candle_features)
+TEXT_SCALE = 384 ** 0.5  # unit-norm sentence embeddings -> components of order 1
+
+
+def candle_features(raw: torch.Tensor) -> torch.Tensor:
+    """[..., 7] tokenizer features (sigma units) -> [..., 11]: the 7 + candle shape.
+
+    body = log(C/O)/sigma = ret - gap; its sign; range = (log H/L)/sigma = upper + lower + |body|;
+    shadow balance = (lower - upper) / range in [-1, 1] (a hammer is close to 1). The Alpha158
+    "K-bar" group in scale-free form; the model gets the candle's shape directly instead of having
+    to rebuild it from 4-bin shadow tokens.
+    """
+    ret, gap, upper, lower = raw[..., 0], raw[..., 1], raw[..., 2], raw[..., 3]
+    body = ret - gap
+    rng = upper + lower + body.abs()
+    balance = (lower - upper) / (rng + 1e-3)
+    return torch.cat([raw, torch.stack([body, torch.sign(body), rng, balance], dim=-1)], dim=-1)
+
+
+@dataclass
+class TraderSpec:
+    """Everything but the weights that a saved trader needs to rebuild and to read its inputs."""
+
+    horizons: list[int] = field(default_factory=lambda: [1, 5, 10])
+    quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
+    d_text: int = 0  # 0 = no text input
+    feature_mean: list[float] = field(default_factory=lambda: [0.0] * N_CANDLE)  # of candle_features
+    feature_std: list[float] = field(default_factory=lambda: [1.0] * N_CANDLE)
+    score: str = "rank"  # which head gives the trading score: rank | expected | direction
+    window_bars: int = 64
+    text_half_life: float = 1.5
+    train_end: str | None = None
+    market: str = "cn"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _head(hidden: int, out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
+
+
+class TraderModel(nn.Module):
+    """MarketGPT trunk + feature/text projections + direction, quantile and rank heads."""
+
+    def __init__(self, trunk: MarketGPT, spec: TraderSpec) -> None:
+        super().__init__()
+        self.trunk, self.spec = trunk, spec
+        h = trunk.size.hidden
+        self.n_h, self.n_q = len(spec.horizons), len(spec.quantiles)
+        self.feat_proj = nn.Linear(2 * N_CANDLE, h)  # bar t and bar t-1 (lag inside the window)
+        self.text_proj = nn.Linear(spec.d_text, h) if spec.d_text else None
+        self.count_proj = nn.Linear(1, h) if spec.d_text else None
+        for p in (self.feat_proj, self.text_proj, self.count_proj):
+            if p is not None:  # start as the pretrained model: new inputs add nothing until trained
+                nn.init.normal_(p.weight, std=0.02)
+                nn.init.zeros_(p.bias)
+        self.direction_head = _head(h, 3)
+        self.quantile_head = _head(h, self.n_h * self.n_q)
+        self.rank_head = _head(h, self.n_h)
+        self.register_buffer("feature_mean", torch.tensor(spec.feature_mean, dtype=torch.float32), persistent=False)
+        self.register_buffer("feature_std", torch.tensor(spec.feature_std, dtype=torch.float32), persistent=False)
+        self.register_buffer("quantile_levels", torch.tensor(spec.quantiles, dtype=torch.float32), persistent=False)
+
+    # ------------------------------------------------------------------ forward
+    def hidden(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor, features: torch.Tensor,
+               text: torch.Tensor | None = None, text_weight: torch.Tensor | None = None,
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """input_ids [B, 1+2n], calendar_ids [B, 1+2n, 2], features [B, n, 7] (raw tokenizer features),
+        text [B, n, d_text], text_weight [B, n] -> (hidden at each bar's fine token [B, n, H], all hidden [B, L, H])."""
+        x = self.trunk.embed(input_ids, calendar_ids)  # [B, L, H]
+        z = ((candle_features(features.float()) - self.feature_mean) / self.feature_std).clamp(-8.0, 8.0)
+        lag = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)  # bar t-1 (zeros before the window)
+        add = self.feat_proj(torch.cat([z, lag], dim=-1).to(x.dtype))  # [B, n, H]
+        if self.text_proj is not None and text is not None:
+            add = add + self.text_proj((text.float() * TEXT_SCALE).to(x.dtype))
+            if text_weight is not None:
+                add = add + self.count_proj(torch.log1p(text_weight.float()).unsqueeze(-1).to(x.dtype))
+        x = _add_at_fine(x, add)
+        out = self.trunk.lm.model(inputs_embeds=x)
+        hid = out.last_hidden_state  # [B, L, H] (final norm applied)
+        return hid[:, 2::2], hid
+
+    def forward(self, batch: dict[str, torch.Tensor], with_lm: bool = False) -> dict[str, torch.Tensor]:
+        """Head outputs for every bar of the batch (see the module docstring for shapes)."""
+        bar_h, all_h = self.hidden(batch["input_ids"], batch["calendar_ids"], batch["features"],
+                                   batch.get("text"), batch.get("text_weight"))
+        B, n, _ = bar_h.shape
+        out = {"direction": self.direction_head(bar_h),
+               "quantiles": self.quantile_head(bar_h).view(B, n, self.n_h, self.n_q),
+               "rank": self.rank_head(bar_h),
+               "bar_hidden": bar_h}
+        if with_lm:
+            out["lm_logits"] = self.trunk.lm.lm_head(all_h)
+        return out
+
+    def score(self, out: dict[str, torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        """The trading score per bar [B, n] (higher = buy) from the heads, per `spec.score`."""
+        if self.spec.score == "rank":
+            return out["rank"][..., 0].float()
+        if self.spec.score == "direction":
+            p = out["direction"].float().softmax(-1)
+            return p[..., 2] - p[..., 0]
+        if self.spec.score == "expected":  # mean of the h=1 quantiles, back in return units
+            sigma = torch.exp(features[..., 6].float())
+            return out["quantiles"][..., 0, :].float().mean(-1) * sigma
+        raise ValueError(f"unknown score '{self.spec.score}' (rank, direction or expected)")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: str | Path, tokenizer=None) -> Path:
+        from safetensors.torch import save_file
+
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        self.trunk.save(d / "trunk")
+        heads = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("trunk.")}
+        save_file(heads, str(d / HEADS_WEIGHTS))
+        (d / TRADER_JSON).write_text(json.dumps({"format": FORMAT, **self.spec.to_dict()}, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(d / "tokenizer")
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> TraderModel:
+        from safetensors.torch import load_file
+
+        d = Path(directory)
+        if not (d / TRADER_JSON).exists():
+            raise FileNotFoundError(f"{d} is not a quantlm trader model folder (no {TRADER_JSON})")
+        meta = json.loads((d / TRADER_JSON).read_text())
+        if meta.pop("format", None) != FORMAT:
+            raise ValueError(f"{d / TRADER_JSON}: unknown format")
+        model = cls(MarketGPT.load(d / "trunk"), TraderSpec(**meta))
+        missing, unexpected = model.load_state_dict(load_file(str(d / HEADS_WEIGHTS)), strict=False)
+        missing = [k for k in missing if not k.startswith("trunk.")]
+        if missing or unexpected:
+            raise ValueError(f"{d / HEADS_WEIGHTS}: missing {missing}, unexpected {unexpected}")
+        return model.to(device)
+
+
+def is_trader_folder(directory: str | Path) -> bool:
+    return (Path(directory) / TRADER_JSON).exists()
+
+
+def _add_at_fine(x: torch.Tensor, add: torch.Tensor) -> torch.Tensor:
+    """x [B, 1+2n, H] with add [B, n, H] added at the fine-token positions 2, 4, ..., 2n."""
+    pad = torch.zeros_like(add)
+    inter = torch.stack([pad, add], dim=2).flatten(1, 2)  # [B, 2n, H]: 0 at coarse, add at fine
+    return x + torch.cat([torch.zeros_like(x[:, :1]), inter], dim=1)
+
+
+# ---------------------------------------------------------------------- losses
+@dataclass
+class LossWeights:
+    direction: float = 1.0
+    quantile: float = 1.0
+    rank: float = 1.0
+    lm: float = 0.1
+
+
+def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean quantile (pinball) loss. pred [..., n_q], target [...], levels [n_q], mask [...] (bool)."""
+    diff = target.unsqueeze(-1) - pred  # [..., n_q]
+    loss = torch.maximum(levels * diff, (levels - 1.0) * diff).mean(-1)
+    return (loss * mask).sum() / mask.sum().clamp(min=1)
+
+
+def trader_losses(model: TraderModel, batch: dict[str, torch.Tensor], weights: LossWeights,
+                  ) -> tuple[torch.Tensor, dict[str, float]]:
+    """Multi-task loss: direction CE + pinball on vol-normalised returns + rank MSE + lm * next-token CE.
+
+    batch targets: direction [B, n] int64 (-1 = none), ret [B, n, n_h] (fractions, NaN = none),
+    rank [B, n, n_h] (in [-1, 1], NaN = none).
+    """
+    out = model(batch, with_lm=weights.lm > 0)
+    parts: dict[str, torch.Tensor] = {}
+    d = batch["direction"]
+    if weights.direction and (d >= 0).any():
+        parts["direction"] = F.cross_entropy(out["direction"].float().reshape(-1, 3), d.reshape(-1), ignore_index=-1)
+    ret = batch["ret"]
+    if weights.quantile:
+        sigma = torch.exp(batch["features"][..., 6].float()).unsqueeze(-1)  # [B, n, 1]
+        scale = sigma * torch.sqrt(torch.tensor(model.spec.horizons, dtype=torch.float32, device=ret.device))
+        mask = torch.isfinite(ret)
+        target = torch.where(mask, ret / scale, 0.0).clamp(-10, 10)
+        parts["quantile"] = pinball_loss(out["quantiles"].float(), target, model.quantile_levels, mask)
+    if weights.rank:
+        r = batch["rank"]
+        mask = torch.isfinite(r)
+        err = (out["rank"].float() - torch.where(mask, r, 0.0)) ** 2
+        parts["rank"] = (err * mask).sum() / mask.sum().clamp(min=1)
+    if weights.lm:
+        parts["lm"], _ = lm_loss(out["lm_logits"], batch["input_ids"])
+    total = sum(getattr(weights, k) * v for k, v in parts.items())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def numpy_batch(arrays: dict[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in arrays.items()}
