@@ -29,7 +29,7 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	$(VENV)/bin/quantlm demo --store $(STORE)
+	$(VENV)/bin/quantlm run configs/demo.yaml --store $(STORE) --out runs/demo
 
 test: install-dev
 	$(PY) -m pytest -n 2 -q

@@ -15,7 +15,9 @@ from quantlm.cli import data_import as _data_import
 from quantlm.cli import data_synth as _data_synth
 from quantlm.cli import demo as _demo
 from quantlm.cli import evaluate as _evaluate
+from quantlm.cli import finetune as _finetune
 from quantlm.cli import model as _model
+from quantlm.cli import run as _run
 
 app = typer.Typer(
     name="quantlm",
@@ -34,3 +36,5 @@ _backtest.register(app)
 _evaluate.register(app)
 _model.register(app)
 _demo.register(app)
+_run.register(app)
+_finetune.register(app)

@@ -50,7 +50,7 @@ class FPAConfig(_Strict):
 class SFTConfig(_Strict):
     """Supervised fine-tuning of a pretrained market GPT into a trader (see quantlm/finetune/sft.py)."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     batch_size: int = Field(32, ge=1)  # windows per step (each window gives window_bars examples)
     window_bars: int = Field(64, ge=8)
     lr: float = Field(1e-3, gt=0)
@@ -62,13 +62,14 @@ class SFTConfig(_Strict):
     text_half_life: float = Field(1.5, gt=0)  # sessions; the text input of bar t is the decayed mean of texts visible by t
     targets: TargetConfig = Field(default_factory=TargetConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
-    score: Literal["rank", "direction", "expected"] = "rank"
+    rank_target: Literal["return", "vol_scaled"] = "return"  # what the rank head ranks (see finetune.data)
+    score: Literal["rank", "rank_vol", "direction", "expected"] = "rank"
     freeze_bottom: int = Field(0, ge=0)  # freeze token embeddings + the bottom N decoder layers
     lora: LoraConfig = Field(default_factory=LoraConfig)
     fpa: FPAConfig = Field(default_factory=FPAConfig)
     from_scratch: bool = False  # ablation: random trunk of the pretrained shape instead of its weights
-    valid_sessions: int = Field(120, ge=10)  # last sessions before train_end used to pick the best step
-    eval_every: int = Field(100, ge=1)
+    valid_sessions: int = Field(240, ge=10)  # last sessions before train_end used to pick the best step
+    eval_every: int = Field(50, ge=1)
     warm: int = Field(16, ge=1)  # bars of context every scored bar gets at least
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     threads: int | None = None  # torch threads (None: leave as is)

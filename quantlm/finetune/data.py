@@ -102,9 +102,14 @@ def market_bars(store, market: str | None = None, end=None) -> tuple[pd.DataFram
     return bars.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True), market
 
 
-def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, text_half_life: float = 0.25,
-                      market: str | None = None, end=None, bars: pd.DataFrame | None = None) -> TraderData:
+def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, text_half_life: float = 1.5,
+                      market: str | None = None, end=None, bars: pd.DataFrame | None = None,
+                      rank_target: str = "return") -> TraderData:
     """Tokens, features, text and targets for every tradable daily bar of the store up to `end`.
+
+    rank_target "vol_scaled" ranks ret_h / (sigma_t sqrt(h)) per session instead of ret_h (sigma_t the
+    tokenizer's causal volatility): every stock's noise then has the same scale, so the rank target is
+    not dominated by the most volatile names.
 
     text=True needs the store's texts embedded (`quantlm data embed`); a store without texts gives
     zero text inputs. `bars` overrides the store read (tests, user frames).
@@ -133,12 +138,27 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
     ret = np.stack([targets[f"ret_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
     rank = np.stack([targets[f"rank_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
     direction = targets["direction"].to_numpy().astype(np.int64)
+    if rank_target == "vol_scaled":
+        rank = vol_scaled_ranks(ret, features[:, 6], session, horizons)
+    elif rank_target != "return":
+        raise ValueError(f"rank_target must be 'return' or 'vol_scaled', got {rank_target!r}")
     text_arr = text_w = None
     if text:
         text_arr, text_w = _bar_text(store, bars, symbols, offsets, calendar, session, market, text_half_life)
     d_h = cfg.barrier_horizon if cfg.direction == "triple_barrier" else 1
     return TraderData(symbols, offsets, calendar, session, ids, cal, features, text_arr, text_w, ret, rank,
                       direction, horizons, d_h)
+
+
+def vol_scaled_ranks(ret: np.ndarray, log_sigma: np.ndarray, session: np.ndarray, horizons: list[int]) -> np.ndarray:
+    """Per-session ranks in [-1, 1] of ret_h / (sigma sqrt(h)); NaN where ret is NaN. float32 [N, n_h]."""
+    scaled = ret / (np.exp(log_sigma)[:, None] * np.sqrt(np.asarray(horizons, dtype=np.float64)))
+    frame = pd.DataFrame(scaled).assign(session=session)
+    g = frame.groupby("session")
+    ranks = g.rank(method="average")
+    counts = g.transform("count")
+    out = ((ranks - 0.5) / counts.where(counts > 0) * 2 - 1).to_numpy(np.float32)
+    return np.where(np.isfinite(scaled), out, np.nan).astype(np.float32)
 
 
 def _bar_text(store, bars, symbols, offsets, calendar, session, market, half_life, chunk: int = 40):

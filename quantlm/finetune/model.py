@@ -139,13 +139,15 @@ class TraderModel(nn.Module):
         """The trading score per bar [B, n] (higher = buy) from the heads, per `spec.score`."""
         if self.spec.score == "rank":
             return out["rank"][..., 0].float()
+        if self.spec.score == "rank_vol":  # vol-scaled rank target: back to expected-return units
+            return out["rank"][..., 0].float() * torch.exp(features[..., 6].float())
         if self.spec.score == "direction":
             p = out["direction"].float().softmax(-1)
             return p[..., 2] - p[..., 0]
         if self.spec.score == "expected":  # mean of the h=1 quantiles, back in return units
             sigma = torch.exp(features[..., 6].float())
             return out["quantiles"][..., 0, :].float().mean(-1) * sigma
-        raise ValueError(f"unknown score '{self.spec.score}' (rank, direction or expected)")
+        raise ValueError(f"unknown score '{self.spec.score}' (rank, rank_vol, direction or expected)")
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: str | Path, tokenizer=None) -> Path:

@@ -15,13 +15,17 @@ import torch
 
 from quantlm.finetune.data import TraderData, scoring_windows
 from quantlm.finetune.model import TraderModel, numpy_batch
+from quantlm.finetune.student import StudentMLP, load_scorer, predict_student_rows
 
 
 @torch.no_grad()
 def predict_rows(model: TraderModel, data: TraderData, rows: np.ndarray, warm: int = 16, batch_size: int = 128,
                  window: int | None = None, keep: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
     """Score the flat `rows` of `data`: {"score": [len(rows)], and any of keep ("direction", "quantiles",
-    "rank", "bar_hidden") as [len(rows), ...]}; rows are returned in the order asked."""
+    "rank", "bar_hidden") as [len(rows), ...]}; rows are returned in the order asked. A distilled
+    `StudentMLP` is scored row by row from its own last bars (warm / window do not apply)."""
+    if isinstance(model, StudentMLP):
+        return predict_student_rows(model, data, rows, keep=keep)
     rows = np.asarray(rows, dtype=np.int64)
     order = np.argsort(rows, kind="stable")
     sorted_rows = rows[order]
@@ -75,14 +79,14 @@ def rank_ic(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count
 
 
 def load_for_scoring(model_dir: str | Path, store, end=None, bars: pd.DataFrame | None = None,
-                     ) -> tuple[TraderModel, TraderData]:
-    """The trader and its inputs for every bar of the store up to `end`."""
+                     ) -> tuple[TraderModel | StudentMLP, TraderData]:
+    """The trader (or distilled student) and its inputs for every bar of the store up to `end`."""
     from quantlm.features.targets import TargetConfig
     from quantlm.finetune.data import build_trader_data
     from quantlm.tokenize import KlineTokenizer
 
     model_dir = Path(model_dir)
-    model = TraderModel.load(model_dir)
+    model = load_scorer(model_dir)
     tok = KlineTokenizer.load(model_dir / "tokenizer")
     spec = model.spec
     data = build_trader_data(store, tok, TargetConfig(horizons=spec.horizons), text=spec.d_text > 0,

@@ -123,7 +123,7 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
     init_model, tok = load_init(init, cfg.from_scratch, seed)
     market = store.meta().get("market") or "cn"
     data = build_trader_data(store, tok, cfg.targets, text=cfg.text, text_half_life=cfg.text_half_life,
-                             market=market, end=train_end)
+                             market=market, end=train_end, rank_target=cfg.rank_target)
     last_train, _, valid_rows = split_rows(data, train_end, cfg.valid_sessions)
     model = build_trader(init_model, data, cfg, last_train, train_end, market)
     if model.trunk.max_bars < cfg.window_bars:

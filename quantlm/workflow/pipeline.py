@@ -1,0 +1,291 @@
+"""`quantlm run CONFIG`: data -> pretrain -> sft -> (reward -> rl) -> distill -> walk-forward evaluation of the
+models, the baselines and the oracle -> report.html and summary.json in the run folder.
+
+Order and point-in-time rules:
+
+1. data (synthesise or import into the store; or use the store as is), embed texts;
+2. the walk-forward fold calendar (`quantlm.baselines.compare.evaluation_setup`, the same folds
+   `quantlm evaluate` uses) is laid BEFORE any training: pretraining reads bars up to the first
+   fold's train end only (= first test start minus 1 + 2 embargo sessions; `data.end` of the
+   pretraining config is capped there, its tokenizer is fitted before it), and each fine-tuning stage
+   gets `train_end` = its fold's train end;
+3. pretrain (once), then per seed x variant (main + ablations) x fold the model stages
+   (`quantlm.workflow.models`), the scoring of every model run, the baselines, the deployed model's
+   latency and the evaluation (`run_evaluation` with the model runs as `extra_scores`);
+4. summary.json (`quantlm.workflow.summary`), report.html copied to the run folder, a printed table.
+
+Every step is a cached stage (`quantlm.workflow.stages`): a second run with the same config prints
+"cached" for each; a crashed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+from rich.console import Console
+
+from quantlm.workflow.config import RunConfig
+from quantlm.workflow.models import Chain, latency_stage, score_run, train_chain
+from quantlm.workflow.stages import StageCache, StageResult, file_stamp, stage_key, store_fingerprint
+
+
+class WorkflowError(ValueError):
+    """A run that cannot proceed with this store or config (shown to CLI users as a plain message)."""
+
+    user_facing = True
+
+
+# ------------------------------------------------------------------------------------------ data
+def preflight(cfg: RunConfig, store) -> None:
+    """Input problems found before anything is written: a missing store, import path or pretrained model."""
+    if cfg.data.import_ is None and cfg.synth is None and not store.exists():
+        raise WorkflowError(f"no quantlm store at {store.root}: give data.synth or data.import in the config, "
+                            "or point --store at an existing store")
+    if cfg.data.import_ is not None:
+        missing = [p for p in cfg.data.import_.paths if not Path(p).exists()]
+        if missing:
+            raise FileNotFoundError(f"{cfg.source}: data.import.paths: not found: {', '.join(missing)}")
+    init = cfg.pretrain_init
+    if init is not None and not ((init / "config.json").exists() and (init / "tokenizer" / "tokenizer.json").exists()):
+        raise FileNotFoundError(f"{cfg.source}: pretrain.init: {init} is not a pretrained model folder (needs "
+                                "config.json and tokenizer/)")
+
+
+def data_stage(cfg: RunConfig, store, cache: StageCache) -> StageResult | None:
+    """Synthesise or import the configured data into the store (None: the store is used as is)."""
+    d = cfg.data
+    if d.import_ is None and cfg.synth is None:
+        return None
+    if cfg.synth is not None:
+        from quantlm.data.synth import write_market
+
+        wanted = cfg.synth.model_dump_json()
+        key = stage_key("data", {"synth": json.loads(wanted)})
+
+        def build(tmp: Path) -> None:
+            stored = store.meta().get("synth_config")
+            if stored is not None and stored != wanted:
+                raise WorkflowError(f"the store at {store.root} already holds a synthetic market made with another "
+                                    "config; use a fresh --store (or delete that one) for this data.synth")
+            if stored is None:
+                cache.console.print(f"generating the synthetic market ({cfg.synth.n_symbols} stocks) into {store.root}")
+                write_market(store, cfg.synth)
+            (tmp / "data.json").write_text(json.dumps({"synth": json.loads(wanted), "store": str(store.root)}))
+
+        return cache.run("data", key, build, valid=lambda _: store.meta().get("synth_config") == wanted)
+
+    from quantlm.data.importers import import_paths
+
+    imp = d.import_
+    key = stage_key("data", {"import": imp.model_dump(mode="json"), "files": file_stamp(imp.paths)})
+
+    def build_import(tmp: Path) -> None:
+        report = import_paths(imp.paths, store, market=imp.market, freq=imp.freq, format=imp.format,
+                              replace=imp.replace)
+        cache.console.print(f"imported: {report}")
+        (tmp / "data.json").write_text(json.dumps({"import": imp.model_dump(mode="json"), "report": str(report),
+                                                   "store_fingerprint": store_fingerprint(store)}))
+
+    def still_there(final: Path) -> bool:
+        return json.loads((final / "data.json").read_text())["store_fingerprint"] == store_fingerprint(store)
+
+    return cache.run("data", key, build_import, valid=still_there)
+
+
+def embed_stage(store, cache: StageCache, fingerprint: str) -> StageResult:
+    """Embed the store's texts with the offline MiniLM (incremental; the vectors are cached in the store)."""
+    from quantlm.data.text import DEFAULT_MODEL, EMBEDDINGS_TABLE, embed_texts
+
+    key = stage_key("embed", {"model": DEFAULT_MODEL}, store=fingerprint)
+
+    def build(tmp: Path) -> None:
+        table = embed_texts(store)
+        (tmp / "embed.json").write_text(json.dumps({"model": DEFAULT_MODEL, "texts": len(table),
+                                                    "new": int(table.attrs.get("n_new", 0))}))
+
+    def complete(_: Path) -> bool:
+        n_texts = store.read_table("texts")["text_id"].nunique() if store.has_table("texts") else 0
+        return len(store.read_table(EMBEDDINGS_TABLE, key=DEFAULT_MODEL)) >= n_texts
+
+    return cache.run("embed", key, build, valid=complete)
+
+
+# -------------------------------------------------------------------------------------- pretrain
+def capped_pretrain_config(pcfg, cap: pd.Timestamp, console: Console | None = None):
+    """The pretraining config with data.end <= cap (the last session before the embargo of the first test
+    period); a split on or after the cap falls back to valid_fraction."""
+    data = pcfg.data
+    end = pd.Timestamp(data.end) if data.end is not None else None
+    end = cap if end is None or end > cap else end
+    split = data.split
+    if split is not None and pd.Timestamp(split) >= end:
+        if console is not None:
+            console.print(f"[yellow]pretrain.data.split {split} is not before the data end {end.date()} (first "
+                          "fold's train end): using valid_fraction instead[/]")
+        split = None
+    data = data.model_copy(update={"end": str(end.date()), "split": split, "store": None})
+    return pcfg.model_copy(update={"data": data, "run_dir": "stage"})
+
+
+def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, cap: pd.Timestamp,
+                   progress: bool = False) -> tuple[StageResult, Path]:
+    """(stage, pretrained model folder): pretrain on bars up to `cap`, or the given `pretrain.init` folder."""
+    if cfg.pretrain_init is not None:
+        return _pretrained_init(cfg.pretrain_init, cache, cap)
+    from quantlm.train.loop import pretrain
+
+    pcfg = capped_pretrain_config(cfg.pretrain, cap, cache.console)
+    key = stage_key("pretrain", pcfg.model_dump(mode="json"), store=fingerprint)
+
+    def build(tmp: Path) -> None:
+        out = tmp / "run"
+        resume = any((out / "checkpoints").glob("step_*/trainer.json"))
+        if resume:
+            cache.console.print("pretrain: resuming from the last checkpoint")
+        elif out.exists():
+            shutil.rmtree(out)
+        pretrain(pcfg, store=store.root, out=out, resume=resume, progress=progress)
+        if not (out / "model").exists():
+            raise RuntimeError(f"pretraining ended without a model folder in {out}")
+
+    res = cache.run("pretrain", key, build, resumable=True)
+    return res, res.path / "run" / "model"
+
+
+def _pretrained_init(path: Path, cache: StageCache, cap: pd.Timestamp) -> tuple[StageResult, Path]:
+    tok = path / "tokenizer" / "tokenizer.json"
+    fit_end = json.loads(tok.read_text()).get("fit_end")
+    if fit_end is None or pd.Timestamp(fit_end) > cap:
+        cache.console.print(f"[yellow]warning: the pretrained model {path} was fitted on data up to {fit_end}, after "
+                            f"the first fold's train end {cap.date()}: its evaluation may have seen the test period[/]")
+    key = stage_key("pretrain-init", {"path": str(path.resolve()), "tokenizer": tok.read_text(),
+                                      "files": file_stamp([path])})
+    return cache.note("pretrain", key, path), path
+
+
+# -------------------------------------------------------------------------------------- evaluate
+def evaluate_options(cfg: RunConfig):
+    """The EvaluateOptions of the config's evaluate section (LightGBM seeds = the run's seeds)."""
+    from quantlm.baselines.compare import EvaluateOptions
+
+    ev = cfg.evaluate
+    return EvaluateOptions(market=ev.market, strategy=ev.strategy, topk=ev.topk, n_drop=ev.n_drop, fill=ev.fill,
+                           costs=ev.costs, cash=ev.cash, mode=ev.mode, train_years=ev.train_years,
+                           test_months=ev.test_months, seeds=list(cfg.seeds), jobs=ev.jobs, baselines=list(ev.baselines),
+                           num_boost_round=ev.num_boost_round)
+
+
+def gates_of(cfg: RunConfig):
+    """The Gates of evaluate.gates (a YAML file, an inline mapping, or the defaults)."""
+    from quantlm.backtest.gates import Gates
+
+    g = cfg.evaluate.gates
+    if g is None:
+        return Gates()
+    return Gates.from_yaml(g) if isinstance(g, str) else Gates.from_mapping(g, source="evaluate.gates")
+
+
+def baselines_stage(store, options, setup, cache: StageCache, fingerprint: str) -> StageResult:
+    """Scores of the baselines over the evaluation period (LightGBM walk-forward, momentum, reversal, oracle)."""
+    from quantlm.baselines.compare import baseline_scores
+
+    config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("jobs", "gates_file")}
+    key = stage_key("baselines", config, store=fingerprint)
+    return cache.run("baselines", key, lambda tmp: baseline_scores(store, setup, options).save(tmp))
+
+
+def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fingerprint: str,
+                   baselines: StageResult, scores: dict[str, dict[int, StageResult]]) -> StageResult:
+    """run_evaluation of the model runs and the baselines (report.html, metrics.json, evaluation.json)."""
+    from quantlm.backtest.outputs import to_jsonable
+    from quantlm.baselines.compare import BaselineScores, run_evaluation
+
+    gates = gates_of(cfg)
+    # Latency is not a backtest metric: its gate is judged in summary.json with the measured latency.
+    report_gates = gates.model_copy(update={"latency_p99_ms": None})
+    runs = {name: {seed: r.key for seed, r in by_seed.items()} for name, by_seed in scores.items()}
+    config = {"evaluate": cfg.evaluate.model_dump(mode="json"), "gates": gates.model_dump(), "title": cfg.report.title,
+              "runs": runs, "seeds": cfg.seeds}
+    inputs = [baselines.key] + [k for by_seed in runs.values() for k in by_seed.values()]
+    key = stage_key("evaluate", config, inputs, fingerprint)
+
+    def build(tmp: Path) -> None:
+        extra = {name: {seed: pd.read_parquet(r.path / "scores.parquet") for seed, r in by_seed.items()}
+                 for name, by_seed in scores.items()}
+        res = run_evaluation(store, tmp / "report", options, extra_scores=extra, primary=cfg.evaluate.primary,
+                             baselines=BaselineScores.load(baselines.path), gates=report_gates,
+                             title=cfg.report.title, setup=setup)
+        payload = {"primary": res["primary"], "period": res["period"], "runs": res["runs"],
+                   "seed_metrics": res["seed_metrics"]}
+        (tmp / "evaluation.json").write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
+
+    return cache.run("evaluate", key, build, inputs=inputs)
+
+
+# -------------------------------------------------------------------------------------- the run
+def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, console: Console | None = None,
+                 force: list[str] | tuple[str, ...] = (), progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) every stage of `cfg` against `store`; returns the summary also written to
+    `run_dir/summary.json` (default run_dir: the config's)."""
+    from quantlm.baselines.compare import evaluation_setup
+    from quantlm.workflow.summary import build_summary, print_summary
+
+    console = console or Console()
+    preflight(cfg, store)
+    run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
+    cache = StageCache(run_dir, console, force)
+
+    data_stage(cfg, store, cache)
+    fingerprint = store_fingerprint(store)
+    if cfg.data.embed_texts:
+        embed_stage(store, cache, fingerprint)
+    options = evaluate_options(cfg)
+    setup = evaluation_setup(store, options)
+    folds = setup.folds
+    cap = folds[0].train_end
+    console.print(f"walk-forward: {len(folds)} {options.mode} fold(s), test {setup.start:%Y-%m-%d}..{setup.end:%Y-%m-%d};"
+                  f" pretraining sees bars up to {cap:%Y-%m-%d}")
+    pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress)
+    train_ends = [cap] if cfg.evaluate.refit == "once" else [f.train_end for f in folds]
+
+    chains: list[Chain] = []
+    for seed in cfg.seeds:
+        main = train_chain(cfg, cfg.main, seed, store, cache, fingerprint, pretrained, pretrained_dir, train_ends)
+        chains.append(main)
+        for variant in cfg.ablations:
+            chains.append(train_chain(cfg, variant, seed, store, cache, fingerprint, pretrained, pretrained_dir,
+                                      train_ends, main=main))
+    scores: dict[str, dict[int, StageResult]] = {}
+    for chain in chains:
+        for run, models in chain.runs().items():
+            scores.setdefault(run, {})[chain.seed] = score_run(run, chain.seed, models, folds, store, cache, fingerprint)
+    baselines = baselines_stage(store, options, setup, cache, fingerprint)
+    latency = None
+    if cfg.evaluate.latency:
+        deployed_run, deployed = chains[0].deployed()
+        lat = latency_stage(deployed, store, cache, fingerprint, cfg.evaluate.latency_symbols,
+                            cfg.evaluate.latency_updates)
+        latency = {"run": deployed_run, **json.loads((lat.path / "latency.json").read_text())}
+    evaluation = evaluate_stage(cfg, store, options, setup, cache, fingerprint, baselines, scores)
+
+    shutil.copyfile(evaluation.path / "report" / "report.html", run_dir / "report.html")
+    summary = build_summary(cfg, store, json.loads((evaluation.path / "evaluation.json").read_text()), latency,
+                            gates_of(cfg), cache.records(), folds, evaluation.path / "report", chains[0])
+    tmp = run_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, allow_nan=False))
+    tmp.replace(run_dir / "summary.json")
+    print_summary(summary, console)
+    console.print(f"report: {run_dir / 'report.html'}  summary: {run_dir / 'summary.json'}")
+    return summary
+
+
+__all__ = ["WorkflowError", "capped_pretrain_config", "data_stage", "preflight", "embed_stage", "evaluate_options", "gates_of",
+           "pretrain_stage", "run_workflow"]

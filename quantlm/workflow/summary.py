@@ -1,0 +1,163 @@
+"""summary.json of `quantlm run` and the printed table (model runs vs baselines vs oracle).
+
+Schema (metric names exactly as in metrics.json of `quantlm evaluate`, fractions not percent):
+
+    primary        name of the primary run (evaluate.primary, else the model run with the best RankIC)
+    runs           {run: {metric: value}}: model runs (mean over seeds) and baselines; no oracle
+    runs_std       {run: {metric: std over seeds (ddof 1)}} for runs with >= 2 seeds
+    runs_by_seed   {run: {seed: {metric: value}}} for model runs (and LightGBM with >= 2 seeds)
+    oracle         synthetic stores only: the oracle run's metrics + synth_oracle_rank_ic (store meta)
+    gates          {gate: {value, threshold, op, passed}} of the primary run (mean over seeds), with
+                   latency_p99_ms = the deployed model's measured p99
+    gates_passed   every gate passed
+    latency_ms     {run, p50, p99, model, ...measure_latency's other fields}: decision latency (ms per
+                   update of n_symbols) of the deployed model (student if distilled, else the RL
+                   policy, else the teacher; first seed, last fold); null if evaluate.latency is false
+    ratios         {rank_ic_vs_oracle, ic_vs_oracle, rank_ic_vs_synth_oracle} (primary / oracle)
+    period         "YYYY-MM-DD..YYYY-MM-DD": the out-of-sample sessions every run is judged on
+    folds          [{index, train_start, train_end, test_start, test_end}]
+    stages         {stage id: {key (sha256), cached, seconds}} in run order
+    report, evaluate_dir, store, config, version
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from quantlm.workflow.stages import VERSION
+
+
+def _finite(values: list[Any]) -> list[float]:
+    return [float(v) for v in values if v is not None and isinstance(v, int | float) and math.isfinite(v)]
+
+
+def mean_std(per_seed: dict[Any, dict[str, Any]]) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Per metric: the mean over seeds and the std over seeds (ddof 1; None below 2 finite values)."""
+    metrics = list(dict.fromkeys(k for m in per_seed.values() for k in m))
+    mean, std = {}, {}
+    for k in metrics:
+        v = _finite([m.get(k) for m in per_seed.values()])
+        mean[k] = sum(v) / len(v) if v else None
+        if len(v) >= 2:
+            mu = mean[k]
+            std[k] = math.sqrt(sum((x - mu) ** 2 for x in v) / (len(v) - 1))
+        else:
+            std[k] = None
+    return mean, std
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if a is None or b is None or not math.isfinite(a) or not math.isfinite(b) or b == 0:
+        return None
+    return a / b
+
+
+def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any] | None, gates,
+                  stages: dict[str, dict[str, Any]], folds: list, report_dir: Path, main_chain=None) -> dict[str, Any]:
+    """summary.json's content (schema in the module docstring) from the evaluate stage's evaluation.json."""
+    from quantlm.backtest.gates import all_passed, evaluate_gates
+
+    runs: dict[str, dict[str, Any]] = {}
+    runs_std: dict[str, dict[str, Any]] = {}
+    by_seed: dict[str, dict[str, Any]] = {}
+    seed_metrics = evaluation.get("seed_metrics", {})
+    oracle = None
+    for name, run in evaluation["runs"].items():
+        if name == "oracle":
+            oracle = dict(run["metrics"])
+            continue
+        per = seed_metrics.get(name)
+        if per:
+            runs[name], std = mean_std(per)
+            by_seed[name] = per
+            if len(per) >= 2:
+                runs_std[name] = std
+        else:
+            runs[name] = dict(run["metrics"])
+    synth_ic = store.meta().get("synth_oracle_rank_ic")
+    if synth_ic is not None:
+        oracle = {**(oracle or {}), "synth_oracle_rank_ic": float(synth_ic)}
+
+    primary = evaluation["primary"]
+    p = runs[primary]
+    gate_metrics = {**p, "latency_p99_ms": latency["p99"] if latency else None}
+    table = evaluate_gates(gate_metrics, gates)
+    ratios = {}
+    if oracle is not None:
+        for k in ("rank_ic", "ic"):
+            r = _ratio(p.get(k), oracle.get(k))
+            if r is not None:
+                ratios[f"{k}_vs_oracle"] = r
+        r = _ratio(p.get("rank_ic"), oracle.get("synth_oracle_rank_ic"))
+        if r is not None:
+            ratios["rank_ic_vs_synth_oracle"] = r
+    return {
+        "primary": primary,
+        "runs": runs,
+        "runs_std": runs_std,
+        "runs_by_seed": by_seed,
+        "oracle": oracle,
+        "gates": table,
+        "gates_passed": all_passed(table),
+        "latency_ms": latency,
+        "ratios": ratios,
+        "period": evaluation["period"],
+        "folds": [{k: (str(v.date()) if hasattr(v, "date") else v) for k, v in dataclasses.asdict(f).items()}
+                  for f in folds],
+        "refit": cfg.evaluate.refit,
+        "seeds": list(cfg.seeds),
+        "stages": stages,
+        "report": "report.html",
+        "evaluate_dir": str(report_dir),
+        "store": str(store.root),
+        "config": cfg.source,
+        "version": VERSION,
+    }
+
+
+COLUMNS = (("annual_excess_return", "excess/yr", "{:+.1%}"), ("sharpe", "Sharpe", "{:.2f}"),
+           ("max_drawdown", "max DD", "{:.1%}"), ("ic", "IC", "{:.4f}"), ("rank_ic", "RankIC", "{:.4f}"),
+           ("turnover", "turnover", "{:.2f}"))
+
+
+def _cell(m: dict[str, Any], key: str, fmt: str, std: dict[str, Any] | None = None) -> str:
+    v = m.get(key)
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    s = fmt.format(v)
+    sd = (std or {}).get(key)
+    return f"{s} ±{fmt.format(sd).lstrip('+')}" if sd is not None and key == "rank_ic" else s
+
+
+def print_summary(summary: dict[str, Any], console: Console) -> None:
+    """One row per run (models first, then baselines, then the oracle), headline metrics as columns."""
+    model_runs = list(summary["runs_by_seed"])
+    order = model_runs + [n for n in summary["runs"] if n not in model_runs]
+    table = Table(title=f"out of sample {summary['period']} (primary *, mean over seeds {summary['seeds']})")
+    table.add_column("run")
+    for _, header, _ in COLUMNS:
+        table.add_column(header, justify="right")
+    for name in order:
+        label = escape(f"{name} *" if name == summary["primary"] else name)
+        table.add_row(label, *[_cell(summary["runs"][name], k, f, summary["runs_std"].get(name)) for k, _, f in COLUMNS])
+    if summary["oracle"] and "rank_ic" in summary["oracle"]:
+        table.add_row("oracle", *[_cell(summary["oracle"], k, f) for k, _, f in COLUMNS])
+    console.print(table)
+    gates = summary["gates"]
+    passed = sum(g["passed"] for g in gates.values())
+    lat = summary["latency_ms"]
+    lat_txt = f"deployed {lat['run']} latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; " if lat else ""
+    ratio = summary["ratios"].get("rank_ic_vs_oracle")
+    ratio_txt = f"RankIC / oracle {ratio:.2f}; " if ratio is not None else ""
+    console.print(f"primary {escape(summary['primary'])}: {ratio_txt}gates passed {passed}/{len(gates)}"
+                  + (f"; {escape(lat_txt.rstrip('; '))}" if lat_txt else ""))
+
+
+__all__ = ["build_summary", "mean_std", "print_summary"]
