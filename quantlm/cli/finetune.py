@@ -56,7 +56,11 @@ def _config_classes() -> dict[str, type]:
 
 
 def section_config(name: str, path: Path | None) -> Any:
-    """The `name` section of a config file validated by its class (defaults when path is None)."""
+    """The `name` section of a config file validated by its class (defaults when path is None).
+
+    A file is read as sections when a top-level key is a `quantlm run` key that the class does not
+    have, or a stage name holding a mapping; otherwise the whole file is the section.
+    """
     from quantlm.config import read_yaml_mapping
     from quantlm.finetune.config import ConfigError, parse_section
 
@@ -64,9 +68,10 @@ def section_config(name: str, path: Path | None) -> Any:
     if path is None:
         return cls()
     raw = read_yaml_mapping(path, ConfigError) or {}
-    if any(k in SECTIONS for k in raw):  # a file of sections (a `quantlm run` config or several stages)
-        from quantlm.workflow.config import RunFile
+    from quantlm.workflow.config import RunFile
 
+    own = set(cls.model_fields)  # rl has a `reward` key: a section is a mapping, rl.reward a string
+    if any((k in RunFile.model_fields and k not in own) or (k in SECTIONS and isinstance(raw[k], dict)) for k in raw):
         unknown = [k for k in raw if k not in RunFile.model_fields]
         if unknown:
             raise ConfigError(f"{path}: unknown top-level key(s) {', '.join(map(str, unknown))} "
@@ -132,6 +137,9 @@ def sft_cmd(
     if jsonl is not None:
         from quantlm.finetune.jsonl import train_sft_jsonl
 
+        if train_end is not None:
+            console.print("[yellow]warning:[/] --train-end is ignored with --jsonl (examples are split by their ts)",
+                          highlight=False)
         market = store_from(store).meta().get("market") if store is not None else None
         run = train_sft_jsonl(cfg, jsonl, out, init, valid_fraction=valid_fraction, seed=seed, market=market,
                               progress=progress)

@@ -48,3 +48,10 @@ from quantlm.finetune.reward import RewardConfig, RewardModel, train_reward  # n
 from quantlm.finetune.rl import RLConfig, train_rl  # noqa: E402
 
 __all__ += ["RLConfig", "RewardConfig", "RewardModel", "train_reward", "train_rl"]
+
+# JSON Lines examples (finetune.jsonl):
+#     export_jsonl(store, path, tokenizer_or_model_dir, start, end, window_bars=64, ...) -> rows written
+#     read_jsonl(path) -> JsonlExamples        train_sft_jsonl(cfg, path, out, init, valid_fraction=0.1) -> run_dir
+from quantlm.finetune.jsonl import JsonlError, JsonlExamples, export_jsonl, read_jsonl, train_sft_jsonl  # noqa: E402
+
+__all__ += ["JsonlError", "JsonlExamples", "export_jsonl", "read_jsonl", "train_sft_jsonl"]

@@ -163,14 +163,13 @@ def vol_scaled_ranks(ret: np.ndarray, log_sigma: np.ndarray, session: np.ndarray
 
 def _bar_text(store, bars, symbols, offsets, calendar, session, market, half_life, chunk: int = 40):
     """Per-bar text features (float16 [N, d]) and weights, computed `chunk` symbols at a time (memory)."""
-    from quantlm.data.text import DEFAULT_MODEL, EMBEDDINGS_TABLE, embed_texts, session_text_features
+    from quantlm.data.text import embed_texts, session_text_features
 
     texts = store.texts() if store is not None else pd.DataFrame()
     n = len(session)
     if len(texts) == 0:
-        return np.zeros((n, 1), np.float16), np.zeros(n, np.float32)
-    if len(store.read_table(EMBEDDINGS_TABLE, key=DEFAULT_MODEL)) < len(texts):
-        embed_texts(store)
+        return None, None  # no text input at all (d_text = 0), not a zero input of some width
+    embed_texts(store)  # incremental by content hash: loads the embedder only when a text is new or edited
     out, weight = None, np.zeros(n, np.float32)
     for a in range(0, len(symbols), chunk):
         syms = symbols[a:a + chunk]

@@ -120,7 +120,7 @@ def _check_line(obj, name: str, no: int) -> tuple[str, str, list, str | None, in
         raise err(f"must be a non-empty string, got {sym!r}", "symbol")
     if not isinstance(ts, str):
         raise err(f"must be a date string such as \"2021-03-05\", got {ts!r}", "ts")
-    if signal not in SIGNALS:
+    if not isinstance(signal, str) or signal not in SIGNALS:
         raise err(f"unknown signal {signal!r} (expected buy, hold or sell)", "signal")
     text = obj.get("text")
     if text is not None and not isinstance(text, str):
@@ -154,10 +154,10 @@ def _check_line(obj, name: str, no: int) -> tuple[str, str, list, str | None, in
     return sym.strip(), ts, bars, text, SIGNALS[signal], rets
 
 
-def _parse_ts(values: list, fields: list[str], lines: np.ndarray, name: str) -> np.ndarray:
-    """int64 ns of ISO date / datetime strings; JsonlError at the first bad one."""
+def _parse_ts(values: list, lines: np.ndarray, name: str, field) -> np.ndarray:
+    """int64 ns of ISO date / datetime strings; JsonlError at the first bad one (field(i) names value i)."""
     def bad(i: int, why: str) -> JsonlError:
-        return JsonlError(why, file=name, row=int(lines[i]), column=fields[i])
+        return JsonlError(why, file=name, row=int(lines[i]), column=field(i))
 
     for i, v in enumerate(values):
         if type(v) is not str:
@@ -229,8 +229,8 @@ def read_jsonl(path: str | Path) -> JsonlExamples:
                 why(i), file=name, row=int(bar_line[i]), column=f"bars[{bar_j[i]}].{field}")))
 
     try:
-        ex_ts = _parse_ts(ts_raw, ["ts"] * len(line), line, name)
-        bar_ts = _parse_ts(cols["ts"], _LazyFields(bar_j), bar_line, name)
+        ex_ts = _parse_ts(ts_raw, line, name, lambda i: "ts")
+        bar_ts = _parse_ts(cols["ts"], bar_line, name, lambda i: f"bars[{bar_j[i]}].ts")
     except JsonlError as e:
         candidates.append((e.row, 0, e))
         raise min(candidates, key=lambda c: c[:2])[2] from None
@@ -246,14 +246,16 @@ def read_jsonl(path: str | Path) -> JsonlExamples:
     o, h, lo, c, v = (frame[k] for k in ("open", "high", "low", "close", "volume"))
     amount, adj = frame["amount"], frame["adj_factor"]
     for f in ("open", "high", "low", "close"):
-        first(~np.isfinite(frame[f]), f, lambda i, f=f: f"price is {frame[f][i]!r}")
-        first(frame[f] <= 0, f, lambda i, f=f: f"price must be positive, got {frame[f][i]!r}")
+        first(~np.isfinite(frame[f]), f, lambda i, f=f: f"price is {float(frame[f][i])!r}")
+        first(frame[f] <= 0, f, lambda i, f=f: f"price must be positive, got {float(frame[f][i])!r}")
     with np.errstate(invalid="ignore"):
-        first(h < np.maximum(o, c), "high", lambda i: f"high {h[i]!r} is below max(open, close) = {max(o[i], c[i])!r}")
-        first(lo > np.minimum(o, c), "low", lambda i: f"low {lo[i]!r} is above min(open, close) = {min(o[i], c[i])!r}")
-        first(~np.isfinite(v) | (v < 0), "volume", lambda i: f"volume must be a finite number >= 0, got {v[i]!r}")
-        first(np.isinf(amount) | (amount < 0), "amount", lambda i: f"amount must be >= 0 or null, got {amount[i]!r}")
-        first(np.isinf(adj) | (adj <= 0), "adj_factor", lambda i: f"adj_factor must be > 0 or null, got {adj[i]!r}")
+        first(h < np.maximum(o, c), "high",
+              lambda i: f"high {float(h[i])!r} is below max(open, close) = {float(max(o[i], c[i]))!r}")
+        first(lo > np.minimum(o, c), "low",
+              lambda i: f"low {float(lo[i])!r} is above min(open, close) = {float(min(o[i], c[i]))!r}")
+        first(~np.isfinite(v) | (v < 0), "volume", lambda i: f"volume must be a finite number >= 0, got {float(v[i])!r}")
+        first(np.isinf(amount) | (amount < 0), "amount", lambda i: f"amount must be >= 0 or null, got {float(amount[i])!r}")
+        first(np.isinf(adj) | (adj <= 0), "adj_factor", lambda i: f"adj_factor must be > 0 or null, got {float(adj[i])!r}")
     step_ok = np.diff(bar_ts) > 0
     inner = np.ones(len(bar_ts), dtype=bool)
     inner[offsets[:-1]] = False
@@ -282,16 +284,6 @@ def read_jsonl(path: str | Path) -> JsonlExamples:
                          offsets, pd.DataFrame(frame), texts, np.asarray(signals, dtype=np.int64), returns)
 
 
-class _LazyFields:
-    """fields[i] -> 'bars[j].ts' without building millions of strings up front."""
-
-    def __init__(self, bar_j: np.ndarray) -> None:
-        self.bar_j = bar_j
-
-    def __getitem__(self, i: int) -> str:
-        return f"bars[{self.bar_j[i]}].ts"
-
-
 # ---------------------------------------------------------------------- export
 def _tokenizer_info(source) -> tuple[int, int | None]:
     """(warm-up bars = 2 x the tokenizer's longest half-life, the model's context in bars or None)."""
@@ -308,6 +300,11 @@ def _tokenizer_info(source) -> tuple[int, int | None]:
     meta = d / "trunk" / "quantlm.json" if (d / "trunk").is_dir() else d / "quantlm.json"
     max_bars = json.loads(meta.read_text())["size"].get("max_bars") if meta.exists() else None
     return 2 * max(tok.vol_halflife, tok.volume_halflife), max_bars
+
+
+def _stamp(t) -> str:
+    t = pd.Timestamp(t)
+    return str(t.date()) if t == t.normalize() else str(t)
 
 
 def _ts_strings(ts: np.ndarray) -> list[str]:
@@ -425,8 +422,11 @@ def export_jsonl(store, path: str | Path, tokenizer_or_model_dir=None, start=Non
 
 
 # ---------------------------------------------------------------------- training
-def examples_data(ex: JsonlExamples, tok, horizons: list[int], text_vectors: np.ndarray | None):
-    """A TraderData whose "symbols" are the examples (targets at each example's last bar only)."""
+def examples_data(ex: JsonlExamples, tok, horizons: list[int], text_vectors: np.ndarray | None, text_dim: int = 0):
+    """A TraderData whose "symbols" are the examples (targets at each example's last bar only).
+
+    text_dim > 0: text inputs of that width, zero except at the last bar of the examples with text
+    (`text_vectors`, one row per such example, or None: all zero)."""
     from quantlm.finetune.data import TraderData
 
     n = len(ex)
@@ -453,12 +453,11 @@ def examples_data(ex: JsonlExamples, tok, horizons: list[int], text_vectors: np.
             rk = ((grp.rank(method="average") - 0.5) / cnt * 2 - 1).to_numpy()
             rank[last, j] = np.where(np.isfinite(r) & (cnt >= 5), rk, np.nan)
     text = weight = None
-    if text_vectors is not None:
-        text = np.zeros((N, text_vectors.shape[1]), dtype=np.float16)
-        weight = np.zeros(N, dtype=np.float32)
-        has = np.flatnonzero([t is not None and t.strip() != "" for t in ex.text])
-        text[last[has]] = text_vectors.astype(np.float16)
-        weight[last[has]] = 1.0
+    if text_dim:
+        text, weight = np.zeros((N, text_dim), dtype=np.float16), np.zeros(N, dtype=np.float32)
+        if text_vectors is not None:
+            has = last[[i for i, t in enumerate(ex.text) if t is not None and t.strip()]]
+            text[has], weight[has] = text_vectors.astype(np.float16), 1.0
     return TraderData(keys, ex.offsets.copy(), calendar, session, ids, tok.calendar_ids(ts).astype(np.int64), features,
                       text, weight, ret, rank, direction, list(horizons), 1)
 
@@ -484,7 +483,8 @@ def train_sft_jsonl(cfg, path: str | Path, out: str | Path, init: str | Path, va
     The model reads the last cfg.window_bars bars of each example (earlier bars only warm up the causal
     features; every example needs >= window_bars bars); targets sit at the last bar. Text (cfg.text and
     some example has text) is embedded with `embedder` (default `load_embedder()`, offline). The file is
-    validated before anything is written. Run folder as `train_sft`: config.json, metrics.jsonl,
+    validated before anything is written. Horizons are cfg.targets.horizons (a warm-started trader's
+    own); returns of other horizons in the file are ignored. Run folder as `train_sft`: config.json, metrics.jsonl,
     metrics.json, model/. With no rank targets (no returns, or < 5 examples per ts) a "rank" score
     falls back to "direction".
     """
@@ -512,24 +512,30 @@ def train_sft_jsonl(cfg, path: str | Path, out: str | Path, init: str | Path, va
     trunk = init_model.trunk if isinstance(init_model, TraderModel) else init_model
     if trunk.max_bars < W:
         raise FinetuneDataError(f"window_bars {W} exceeds the trunk's context of {trunk.max_bars} bars")
-    horizons = list(init_model.spec.horizons) if isinstance(init_model, TraderModel) else list(cfg.targets.horizons)
-    vectors = None
+    warm_start = isinstance(init_model, TraderModel)
+    horizons = list(init_model.spec.horizons) if warm_start else list(cfg.targets.horizons)
     wanted = [t for t in ex.text if t is not None and t.strip()]
-    if cfg.text and wanted:
+    # A trader keeps its inputs (zero text where the file has none); a fresh one reads text if there is any.
+    use_text = init_model.spec.d_text > 0 if warm_start else cfg.text and bool(wanted)
+    vectors = None
+    if use_text and wanted:
         if embedder is None:
             from quantlm.data.text import load_embedder
 
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             embedder = load_embedder()
         vectors = np.asarray(embedder.encode(wanted, batch_size=64), dtype=np.float32)
-    data = examples_data(ex, tok, horizons, vectors)
+    dim = (init_model.spec.d_text if warm_start else vectors.shape[1]) if use_text else 0
+    if vectors is not None and vectors.shape[1] != dim:
+        raise FinetuneDataError(f"text embeddings have {vectors.shape[1]} dimensions, the init trader reads {dim}")
+    data = examples_data(ex, tok, horizons, vectors, dim)
     train, valid, purged = time_split(ex.ts, valid_fraction, 1 + max(horizons))
     last = ex.offsets[1:] - 1
     last_train = int(data.session[last[train]].max())
     train_end = ex.ts.max()
     market = market or (init_model.spec.market if isinstance(init_model, TraderModel) else "cn")
     model = build_trader(init_model, data, cfg, last_train, train_end, market)
-    if not isinstance(init_model, TraderModel):
+    if not warm_start:
         model.spec.window_bars = W
         if cfg.score in ("rank", "rank_vol") and not np.isfinite(data.rank).any():
             model.spec.score = "direction"
@@ -557,13 +563,12 @@ def train_sft_jsonl(cfg, path: str | Path, out: str | Path, init: str | Path, va
     if peft_model is not None:
         merge_lora(model, peft_model)
     save_trader(model, tok, out)
-    day = lambda t: str(pd.Timestamp(t).date()) if pd.Timestamp(t) == pd.Timestamp(t).normalize() else str(t)  # noqa: E731
     summary = {"best_step": best["step"], "valid_rank_ic": best.get("valid_rank_ic"),
                "valid_direction_accuracy": best.get("valid_direction_accuracy"), "select": select,
                "steps": cfg.steps, "examples": len(ex), "train_examples": int(len(train)),
                "valid_examples": int(len(valid)), "purged_examples": purged,
-               "last_train_ts": day(ex.ts[train].max()), "valid_from": day(ex.ts[valid].min()),
-               "text_examples": len(wanted) if vectors is not None else 0, "score": model.spec.score,
+               "last_train_ts": _stamp(ex.ts[train].max()), "valid_from": _stamp(ex.ts[valid].min()),
+               "text_examples": 0 if vectors is None else len(wanted), "score": model.spec.score,
                "window_bars": W, "trainable_params": n_trainable, "total_params": n_total,
                "seconds": round(time.time() - t0, 1), "seed": seed, "source": str(path)}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))

@@ -56,32 +56,22 @@ def test_text_changes_the_model(runs):
 
 
 def test_no_leakage_from_bars_and_texts_after_train_end(runs, ft_env, tmp_path):
-    """Bars and texts after train_end rewritten (and new texts added): bit-identical weights."""
-    from quantlm.data.store import Store
+    """Bars and texts after train_end rewritten (and new texts added): bit-identical weights. Control: texts
+    before train_end rewritten change the weights (the text channel is live)."""
+    from tests.finetune.conftest import perturbed_copy
 
-    shutil.copytree(ft_env.store.root, tmp_path / "store")
-    st = Store(tmp_path / "store")
-    end = pd.Timestamp(ft_env.train_end)
-    bars = st.bars()
-    late = bars["ts"] > end
-    assert late.sum() > 100
-    bars.loc[late, ["open", "high", "low", "close"]] *= 1.7
-    bars.loc[late, "volume"] *= 3
-    st.write_bars(bars, market="cn", replace=True)
-    texts = st.read_table("texts")
-    after = texts["published_at"] > end + pd.Timedelta(hours=15)
-    assert after.sum() > 5
-    texts.loc[after, "body"] = "Profit warning: the company expects a large loss."
-    extra = texts[after].head(20).assign(text_id=lambda d: "X" + d["text_id"], title="Record orders")
-    st.write_table("texts", pd.concat([texts, extra], ignore_index=True))
-    assert not st.bars(start=end + pd.Timedelta(days=1))["close"].equals(
-        ft_env.store.bars(start=end + pd.Timedelta(days=1))["close"])
-
+    st = perturbed_copy(ft_env.store, tmp_path / "late", ft_env.train_end)
+    start = pd.Timestamp(ft_env.train_end) + pd.Timedelta(days=1)
+    assert not np.allclose(st.bars(start=start)["close"], ft_env.store.bars(start=start)["close"])
     run = train_sft(_cfg(text=True), st, tmp_path / "run", ft_env.pretrained, ft_env.train_end, seed=0)
     a, b = _state(runs[True] / "model"), _state(run / "model")
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+    early = perturbed_copy(ft_env.store, tmp_path / "early", ft_env.train_end, texts_before=True)
+    c = _state(train_sft(_cfg(text=True), early, tmp_path / "control", ft_env.pretrained, ft_env.train_end) / "model")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
 def test_freeze_bottom_freezes_exactly_embeddings_and_bottom_layers(ft_env):
@@ -149,3 +139,19 @@ def test_lora_merge_keeps_outputs(ft_env, tmp_path):
         again = TraderModel.load(tmp_path / "m").eval()(batch)
     for k in ("direction", "quantiles", "rank"):
         torch.testing.assert_close(again[k], after[k], atol=0, rtol=0)
+
+
+def test_edited_texts_are_re_embedded(ft_env, tmp_path):
+    from quantlm.data.store import Store
+    from quantlm.finetune.data import build_trader_data
+    from quantlm.tokenize import KlineTokenizer
+
+    shutil.copytree(ft_env.store.root, tmp_path / "store")
+    st = Store(tmp_path / "store")
+    texts = st.read_table("texts")
+    texts.loc[texts["symbol"] != "", "body"] = "Guidance cut sharply."
+    st.write_table("texts", texts)
+    tok = KlineTokenizer.load(ft_env.pretrained / "tokenizer")
+    a = build_trader_data(ft_env.store, tok, end=ft_env.train_end).text
+    b = build_trader_data(st, tok, end=ft_env.train_end).text
+    assert not np.array_equal(a, b)
