@@ -253,17 +253,12 @@ def agreement(student, teacher_res: dict[str, np.ndarray], data: TraderData, row
 def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Path, train_end, seed: int = 0,
                   progress: bool = False) -> Path:
     """Distil the trader folder (or SFT/RL run folder) `teacher` into a student; returns the run folder."""
-    from quantlm.data.store import Store
     from quantlm.finetune.latency import measure_latency
     from quantlm.finetune.reward import load_policy_data, resolve_model_dir
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows
+    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    store = store if isinstance(store, Store) else Store(store)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    store, out = start_run(store, out, cfg.threads)
     teacher_dir = resolve_model_dir(teacher)
     t_model, tok, data, _ = load_policy_data(teacher_dir, store, train_end, targets=cfg.targets)
     if t_model.spec.train_end and pd.Timestamp(t_model.spec.train_end) > pd.Timestamp(train_end):

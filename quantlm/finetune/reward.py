@@ -361,17 +361,11 @@ def horizon_column(data: TraderData, h: int) -> int:
 def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, train_end, seed: int = 0,
                  progress: bool = False) -> Path:
     """Train a reward model initialised from the trader `policy`; returns the run folder (model in run/model)."""
-    from quantlm.data.store import Store
     from quantlm.finetune.lora import freeze_bottom
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows
+    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    store = store if isinstance(store, Store) else Store(store)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    store, out = start_run(store, out, cfg.threads, seed)
     policy_model, tok, data, _ = load_policy_data(policy, store, train_end)
     W = cfg.window_bars or policy_model.spec.window_bars
     if cfg.warm >= W or W > policy_model.trunk.max_bars:

@@ -172,18 +172,12 @@ def evaluate_policy(model: TraderModel, data: TraderData, rows: np.ndarray, outc
 def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: str | Path | None, train_end,
              seed: int = 0, progress: bool = False) -> Path:
     """RL-tune the trader `policy` (reward model folder `reward` for reward="model"); returns the run folder."""
-    from quantlm.data.store import Store
     from quantlm.finetune.lora import freeze_bottom
     from quantlm.finetune.score import predict_rows
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows
+    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    store = store if isinstance(store, Store) else Store(store)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    store, out = start_run(store, out, cfg.threads, seed)
     model, tok, data, _ = load_policy_data(policy, store, train_end)
     sft_score = model.spec.score
     model.spec.score = "direction"

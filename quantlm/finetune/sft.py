@@ -108,18 +108,25 @@ def build_trader(init_model, data: TraderData, cfg: SFTConfig, last_train: int, 
     return TraderModel(init_model, spec)
 
 
+def start_run(store, out: str | Path, threads: int | None, seed: int | None = None):
+    """Common start of every post-training stage: torch threads, the Store, the run folder, the seed."""
+    from quantlm.data.store import Store
+
+    if threads:
+        torch.set_num_threads(threads)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if seed is not None:
+        torch.manual_seed(seed)
+    return (store if isinstance(store, Store) else Store(store)), out
+
+
 def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_end, seed: int = 0,
               progress: bool = False) -> Path:
     """Fine-tune `init` on targets known by `train_end`; returns the run folder (model in run/model)."""
-    from quantlm.data.store import Store
 
     t0 = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    store = store if isinstance(store, Store) else Store(store)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
+    store, out = start_run(store, out, cfg.threads, seed)
     init_model, tok = load_init(init, cfg.from_scratch, seed)
     market = store.meta().get("market") or "cn"
     data = build_trader_data(store, tok, cfg.targets, text=cfg.text, text_half_life=cfg.text_half_life,
