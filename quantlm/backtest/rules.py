@@ -87,16 +87,37 @@ def stock_code(symbol: str) -> str:
     return digits
 
 
+# Exchange of a China symbol from its suffix or prefix: 600000.SH, SH600000, sh.600000, 600000.XSHG, ...
+_EXCHANGE_ALIASES = {"SH": "SH", "SS": "SH", "XSHG": "SH", "SZ": "SZ", "XSHE": "SZ", "BJ": "BJ"}
+
+
+def _exchange(symbol: str) -> str | None:
+    """'SH', 'SZ' or 'BJ' from a symbol's exchange suffix or prefix; None for a bare code."""
+    s = str(symbol).strip().upper()
+    head, tail = s[:2], s.rsplit(".", 1)[-1] if "." in s else ""
+    if tail in _EXCHANGE_ALIASES:
+        return _EXCHANGE_ALIASES[tail]
+    if head in ("SH", "SZ", "BJ") and s[2:].lstrip(".").isdigit():
+        return head
+    return None
+
+
 def board_from_code(symbol: str) -> str:
-    """China board of a symbol from its code: main, chinext, star, bse or other.
+    """China board of a symbol from its code: main, chinext, star, bse, index or other.
 
     600/601/603/605 (SH) and 000/001/002/003 (SZ) -> main; 300/301 -> chinext; 688/689 -> star;
-    920xxx, 8xxxxx, 4xxxxx -> bse. Anything else (indices such as 000300.SH need the instruments
-    table to say 'index') -> 'other' for non-6-digit codes.
+    920xxx, 8xxxxx, 4xxxxx -> bse. Indices (source: /work/shared/reference/market-rules.md, "index
+    codes"): 000xxx on the Shanghai exchange (000300.SH CSI 300, 000001.SH SSE Composite, 000905.SH)
+    and 399xxx (Shenzhen) -> index. The exchange suffix decides: 000001.SZ is a stock (Ping An
+    Bank), 000001.SH an index; a bare 000xxx code is taken as a Shenzhen stock (main). Exchange
+    spellings: .SH/.SZ/.BJ, .SS (Yahoo), .XSHG/.XSHE (JoinQuant, RiceQuant), SH/SZ/BJ prefixes
+    (Qlib, Baostock's sh.600000). Anything that is not a 6-digit code -> 'other'.
     """
     code = stock_code(symbol)
     if len(code) != 6:
         return "other"
+    if code.startswith("399") or (code.startswith("000") and _exchange(symbol) == "SH"):
+        return "index"
     if code[:3] in ("600", "601", "603", "605", "000", "001", "002", "003"):
         return "main"
     if code[:3] in ("300", "301"):

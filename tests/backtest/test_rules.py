@@ -31,6 +31,24 @@ def test_board_from_code(symbol, board):
     assert board_from_code(symbol) == board
 
 
+@pytest.mark.parametrize("symbol,board", [
+    ("000300.SH", "index"), ("000001.SH", "index"), ("000905.SH", "index"), ("399001.SZ", "index"),
+    ("399006", "index"), ("SH000300", "index"), ("sh.000300", "index"), ("000300.XSHG", "index"),
+    ("000001.SZ", "main"), ("000001.XSHE", "main"), ("SZ000001", "main"), ("000001", "main"),
+    ("600000.SH", "main"), ("688001.SH", "star"), ("430047.BJ", "bse"),
+])
+def test_board_from_code_index_codes_by_exchange(symbol, board):
+    """000xxx on Shanghai and 399xxx are indices; 000001.SZ is a stock: the exchange suffix decides."""
+    assert board_from_code(symbol) == board
+
+
+def test_index_symbol_gets_no_price_limit():
+    sessions = pd.DatetimeIndex(["2024-01-02", "2024-01-03"])
+    up, down = limit_fractions(["000300.SH", "000001.SZ"], sessions, np.ones((2, 2), dtype=bool))
+    assert np.isnan(up[:, 0]).all() and np.isnan(down[:, 0]).all()
+    assert (up[:, 1] == 0.10).all()
+
+
 def test_board_limits_by_date_and_st():
     before, after = pd.Timestamp("2020-08-21"), pd.Timestamp("2020-08-24")
     assert board_limit("main", after) == 0.10
