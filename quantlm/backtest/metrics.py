@@ -2,37 +2,49 @@
 
 Conventions
 -----------
-- Returns are **simple** daily returns, as fractions (0.01 = 1%): r_t = equity_t / equity_{t-1} - 1.
-  The first session's return is measured against the starting cash (`BacktestResult.returns()`).
+- Returns are **simple** daily returns, as fractions (0.01 = 1%), one per session (trading day).
+  Daily bars: r_t = equity_t / equity_{t-1} - 1, the first session against the starting cash
+  (`BacktestResult.returns()`).
+- Intraday bars (several time stamps per date in `equity.index`; `ts` is exchange-local, bars are
+  labelled by their start): the bar equity is sampled at each date's **last bar**, and
+  r_d = last equity of date d / last equity of the previous date - 1, the first date against the
+  starting cash (`session_returns`). Every return metric below is computed on these daily returns,
+  so annualisation, streaks and win rates count days, never bars. Daily results are unchanged:
+  for them the daily returns are the bar returns.
 - Annualisation uses sessions per year by market: cn 242, us 252, crypto 365 (`ANNUALISATION_DAYS`).
+  A crypto "session" is a calendar date of the (tz-naive) time stamps.
 - Compounding: annual returns are geometric (CAGR): (prod(1 + r))^(days / n) - 1, n = sessions.
   This is empyrical's `annual_return`; the tests check ours against it.
 - Volatility, Sharpe and information ratio use the sample standard deviation (ddof=1) and
   sqrt(days) scaling, as empyrical; the risk-free rate is 0.
+- Max drawdown is measured on the **bar** equity (for intraday data the intraday trough counts:
+  a fall and recovery inside one day is a real drawdown the daily closes would hide).
 
-Definitions table (keys of `compute_metrics`)
---------------------------------------------
+Definitions table (keys of `compute_metrics`; r = daily returns as above, rb = daily benchmark returns)
+-----------------------------------------------------------------------------------------------------
 | key | definition |
 |---|---|
-| total_return | prod(1 + r) - 1 over the backtest |
+| total_return | prod(1 + r) - 1 over the backtest (the same on bars or days) |
 | annual_return | CAGR of the strategy's daily returns |
 | annual_volatility | std(r, ddof=1) * sqrt(days) |
-| benchmark_return | CAGR of the benchmark's daily close-to-close returns (NaN without a benchmark) |
+| benchmark_return | CAGR of the benchmark's daily returns rb: close-to-close of each date's last benchmark close (the first date: its last close over its first bar's close; for daily data the first session counts 0) (NaN without a benchmark) |
 | annual_excess_return | annual_return - benchmark_return (difference of CAGRs; NaN without a benchmark) |
-| excess_return_arithmetic | mean(r - r_bench) * days: Qlib's "annualized_return" of excess returns, for comparison with Qlib's tables |
+| excess_return_arithmetic | mean(r - rb) * days: Qlib's "annualized_return" of excess returns, for comparison with Qlib's tables |
 | sharpe | mean(r) / std(r, ddof=1) * sqrt(days) |
-| information_ratio | mean(r - r_bench) / std(r - r_bench, ddof=1) * sqrt(days) (daily arithmetic excess) |
-| max_drawdown | min over t of equity_t / max_{s<=t} equity_s - 1, with the starting cash as first peak: a **negative** fraction (-0.12 = a 12% fall from peak; 0 = never below a peak) |
+| information_ratio | mean(r - rb) / std(r - rb, ddof=1) * sqrt(days) (daily arithmetic excess) |
+| max_drawdown | min over bars t of equity_t / max_{s<=t} equity_s - 1, with the starting cash as first peak: a **negative** fraction (-0.12 = a 12% fall from peak; 0 = never below a peak); on the bar equity (intraday troughs count) |
 | calmar | annual_return / -max_drawdown |
-| max_consecutive_losing_days | longest run of sessions with r < 0 (a zero return ends a run) |
-| daily_win_rate | sessions with r > 0 / sessions with r != 0 |
-| ic, rank_ic | mean over sessions of the cross-sectional Pearson / Spearman correlation of score and label |
-| icir, rank_icir | mean / std (ddof=1) of those per-session series (not annualised, as Qlib) |
-| directional_accuracy | share of (symbol, session) pairs whose predicted direction matches the label's (see `directional_accuracy`) |
-| turnover | mean over sessions of traded value (buys + sells) / previous session's equity |
+| max_consecutive_losing_days | longest run of days with r < 0 (a zero return ends a run); losing bars inside one day count once, as that day |
+| daily_win_rate | days with r > 0 / days with r != 0 |
+| ic, rank_ic | mean over time stamps (sessions; bars for intraday data) of the cross-sectional Pearson / Spearman correlation of score and label |
+| icir, rank_icir | mean / std (ddof=1) of those per-time-stamp series (not annualised, as Qlib) |
+| directional_accuracy | share of (symbol, time stamp) pairs whose predicted direction matches the label's (see `directional_accuracy`) |
+| turnover | mean over days of traded value that day (buys + sells) / the previous day's last equity (the first day: the starting cash) |
 | total_costs | sum of all transaction costs, currency |
 | n_trades, n_rejected | orders with status filled/partial, and with status rejected |
-| n_sessions | sessions in the backtest |
+| n_sessions | days (sessions) in the backtest |
+| n_bars | bars (time stamps of the equity) in the backtest; = n_sessions for daily data |
+| freq_minutes | bar length in minutes inferred from the time stamps (30 for 30min, 60 for 1h; 1440 for daily bars); `infer_freq` gives the name ("30min", "1h", "1d") |
 
 Labels are the evaluation labels of docs/ARCHITECTURE.md (by default open(t+2)/open(t+1) - 1 for a
 score at t, `quantlm.features.labels.forward_returns`). A session enters the IC series when it
@@ -144,15 +156,36 @@ def information_ratio(returns: pd.Series, benchmark_returns: pd.Series, days: in
     return sharpe_ratio(excess, days)
 
 
-def _merge_scores_labels(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+def _merge_scores_labels(scores: pd.DataFrame, labels: pd.DataFrame,
+                         sessions: pd.DatetimeIndex | None = None) -> pd.DataFrame:
+    """Scores joined with labels on (symbol, session): columns symbol, ts (the session), score, label.
+
+    A score stamped at ts belongs to the last label session <= ts, as the backtest engine maps it
+    (`prepare_arrays`: a score stamped 15:00 on a daily session dated 00:00 is that session's);
+    past the last label session only a stamp on the same calendar date maps to it. When several
+    stamps of a symbol fall in one session the latest wins, as in the engine. sessions: keep only
+    these sessions (e.g. the backtest's). Rows without a finite score and label are dropped.
+    """
     for name, df, col in (("scores", scores, "score"), ("labels", labels, "label")):
         missing = [c for c in ("symbol", "ts", col) if c not in df.columns]
         if missing:
             raise ValueError(f"{name} lack column(s) {', '.join(missing)}")
-    both = scores[["symbol", "ts", "score"]].merge(labels[["symbol", "ts", "label"]], on=["symbol", "ts"], how="inner")
+    calendar = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(labels["ts"]).to_numpy()))
+    stamp = pd.DatetimeIndex(scores["ts"])
+    pos = calendar.searchsorted(stamp, side="right") - 1
+    keep = pos >= 0
+    if len(calendar):
+        past_end = stamp > calendar[-1]
+        keep &= ~past_end | (stamp.normalize() == calendar[-1].normalize())
+    s = pd.DataFrame({"symbol": scores["symbol"].to_numpy()[keep], "ts": calendar[pos[keep]],
+                      "stamp": stamp[keep], "score": scores["score"].to_numpy()[keep]})
+    s = s.sort_values("stamp", kind="stable").drop_duplicates(["symbol", "ts"], keep="last")
+    if sessions is not None:
+        s = s[s["ts"].isin(pd.DatetimeIndex(sessions))]
+    both = s[["symbol", "ts", "score"]].merge(labels[["symbol", "ts", "label"]], on=["symbol", "ts"], how="inner")
     both["score"] = pd.to_numeric(both["score"], errors="coerce").astype("float64")
     both["label"] = both["label"].astype("float64")
-    return both[np.isfinite(both["score"]) & np.isfinite(both["label"])]
+    return both[np.isfinite(both["score"]) & np.isfinite(both["label"])].reset_index(drop=True)
 
 
 def _pearson_by_session(df: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -167,13 +200,14 @@ def _pearson_by_session(df: pd.DataFrame, x: str, y: str) -> pd.Series:
     return (sums["xy"][ok] / den[ok]).astype("float64")
 
 
-def ic_series(scores: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+def ic_series(scores: pd.DataFrame, labels: pd.DataFrame, sessions: pd.DatetimeIndex | None = None) -> pd.DataFrame:
     """Per-session cross-sectional IC (Pearson) and rank IC (Spearman) of score vs label.
 
-    Returns a frame indexed by ts with columns ic, rank_ic and n (pairs used). Sessions with fewer
-    than 3 finite pairs, or a constant score or label, are left out.
+    Scores are mapped to sessions as the engine maps them (`_merge_scores_labels`); sessions: keep
+    only these (default: all). Returns a frame indexed by session ts with columns ic, rank_ic and n
+    (pairs used). Sessions with fewer than 3 finite pairs, or a constant score or label, are left out.
     """
-    both = _merge_scores_labels(scores, labels)
+    both = _merge_scores_labels(scores, labels, sessions)
     if len(both) == 0:
         return pd.DataFrame({"ic": pd.Series(dtype="float64"), "rank_ic": pd.Series(dtype="float64"),
                              "n": pd.Series(dtype="int64")}, index=pd.DatetimeIndex([], name="ts"))
@@ -198,7 +232,7 @@ Direction = Literal["relative", "absolute"]
 
 
 def directional_accuracy(scores: pd.DataFrame, labels: pd.DataFrame, direction: Direction = "relative",
-                         threshold: float = 0.0) -> float:
+                         threshold: float = 0.0, sessions: pd.DatetimeIndex | None = None) -> float:
     """Share of (symbol, session) pairs whose predicted direction matches the realised one.
 
     direction="relative" (default; fits any score that ranks, including class probabilities):
@@ -208,9 +242,9 @@ def directional_accuracy(scores: pd.DataFrame, labels: pd.DataFrame, direction: 
     direction="absolute": predicted up when score > threshold (0 for return forecasts, 0.5 for
         a probability of a positive return), realised up when label > 0.
     Pairs where the prediction or the outcome sits exactly on its threshold/median are left out;
-    NaN if no pair is left.
+    NaN if no pair is left. Scores are mapped to sessions as in `ic_series`; sessions: keep only these.
     """
-    both = _merge_scores_labels(scores, labels)
+    both = _merge_scores_labels(scores, labels, sessions)
     if len(both) == 0:
         return float("nan")
     if direction == "relative":
@@ -274,12 +308,11 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
         for key in ("benchmark_return", "annual_excess_return", "excess_return_arithmetic", "information_ratio"):
             out[key] = float("nan")
     if scores is not None and labels is not None:
-        sessions = set(pd.DatetimeIndex(result.equity.index))
-        in_period = scores[pd.DatetimeIndex(scores["ts"]).isin(sessions)] if sessions else scores
-        ics = ic_series(in_period, labels)
+        sessions = pd.DatetimeIndex(result.equity.index) if len(result.equity) else None
+        ics = ic_series(scores, labels, sessions)
         out["ic"], out["icir"] = _mean_and_ir(ics["ic"])
         out["rank_ic"], out["rank_icir"] = _mean_and_ir(ics["rank_ic"])
-        out["directional_accuracy"] = directional_accuracy(in_period, labels, direction, threshold)
+        out["directional_accuracy"] = directional_accuracy(scores, labels, direction, threshold, sessions)
     else:
         for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy"):
             out[key] = float("nan")
