@@ -270,6 +270,93 @@ def benchmark_returns(result: ResultLike) -> pd.Series | None:
     return bench.pct_change().fillna(0.0)
 
 
+def is_intraday(index: pd.Index) -> bool:
+    """True when `index` (time stamps) holds more than one time stamp on some date."""
+    ts = pd.DatetimeIndex(index)
+    return bool(len(ts) > 1 and ts.normalize().has_duplicates)
+
+
+_FREQ_NAMES = {1: "1min", 5: "5min", 15: "15min", 30: "30min", 60: "1h"}
+
+
+def bar_minutes(index: pd.Index) -> float:
+    """Bar length in minutes: the smallest gap between two bars of the same date (1440 for daily data)."""
+    ts = pd.DatetimeIndex(index).sort_values()
+    if not is_intraday(ts):
+        return 1440.0
+    same_day = ts.normalize()[1:] == ts.normalize()[:-1]
+    gaps = np.diff(ts.asi8)[same_day & (np.diff(ts.asi8) > 0)]
+    return float(gaps.min() / 60e9)
+
+
+def infer_freq(index: pd.Index) -> str:
+    """The store frequency name of these time stamps: 1d, 1h, 30min, 15min, 5min, 1min (else "<m>min")."""
+    minutes = bar_minutes(index)
+    if minutes == 1440.0:
+        return "1d"
+    return _FREQ_NAMES.get(int(minutes), f"{minutes:g}min") if minutes == int(minutes) else f"{minutes:g}min"
+
+
+def _starting_cash(result: ResultLike) -> float:
+    cash = getattr(getattr(result, "config", None), "cash", None)
+    if cash is not None:
+        return float(cash)
+    first = result.returns().iloc[0]
+    return float(result.equity.iloc[0] / (1.0 + first))
+
+
+def session_returns(result: ResultLike) -> pd.Series:
+    """Daily simple returns (index: dates at midnight; see the module docstring).
+
+    Daily results: `result.returns()` itself. Intraday results: last equity of each date over the
+    previous date's last equity - 1, the first date against the starting cash.
+    """
+    if not is_intraday(result.equity.index):
+        return result.returns()
+    equity = result.equity.astype("float64")
+    last = equity.groupby(pd.DatetimeIndex(equity.index).normalize()).last()
+    prev = last.shift(1)
+    prev.iloc[:1] = _starting_cash(result)
+    out = last / prev - 1.0
+    out.index.name = "ts"
+    return out.rename("returns")
+
+
+def session_benchmark_returns(result: ResultLike) -> pd.Series | None:
+    """Daily benchmark returns: `benchmark_returns` compounded within each date (None without a benchmark).
+
+    For intraday data that is each date's last close over the previous date's last close, and on
+    the first date its last close over its first bar's close (the benchmark is held from there).
+    """
+    rb = benchmark_returns(result)
+    if rb is None or not is_intraday(result.equity.index):
+        return rb
+    out = (1.0 + rb).groupby(pd.DatetimeIndex(rb.index).normalize()).prod() - 1.0
+    out.index.name = "ts"
+    return out
+
+
+def session_turnover(result: ResultLike) -> pd.Series | None:
+    """Daily turnover: traded value of the day / the previous day's last equity (first day: the cash).
+
+    Daily results: `result.turnover` itself. Intraday: the traded value of each bar is recovered as
+    turnover_bar * the previous bar's equity and summed per date.
+    """
+    turnover = getattr(result, "turnover", None)
+    if turnover is None or len(turnover) == 0 or not is_intraday(result.equity.index):
+        return turnover
+    cash = _starting_cash(result)
+    equity = result.equity.astype("float64")
+    prev_bar = equity.shift(1)
+    prev_bar.iloc[:1] = cash
+    traded = (turnover.reindex(equity.index).astype("float64") * prev_bar).fillna(0.0)
+    dates = pd.DatetimeIndex(equity.index).normalize()
+    per_day = traded.groupby(dates).sum()
+    prev_day = equity.groupby(dates).last().shift(1)
+    prev_day.iloc[:1] = cash
+    return (per_day / prev_day).rename("turnover")
+
+
 def _trade_counts(trades: pd.DataFrame | None) -> tuple[int, int]:
     if trades is None or len(trades) == 0 or "status" not in trades.columns:
         return 0, 0
@@ -286,19 +373,20 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
     Scores and labels are restricted to the backtest's sessions.
     """
     days = annualisation_days(market)
-    r = result.returns().astype("float64")
+    bar_r = result.returns().astype("float64")
+    r = session_returns(result).astype("float64")
     out: dict[str, Any] = {
-        "total_return": total_return(r),
+        "total_return": total_return(bar_r),
         "annual_return": annual_return(r, days),
         "annual_volatility": annual_volatility(r, days),
         "sharpe": sharpe_ratio(r, days),
-        "max_drawdown": max_drawdown(r),
+        "max_drawdown": max_drawdown(bar_r),
         "max_consecutive_losing_days": float(max_consecutive_losses(r)),
         "daily_win_rate": win_rate(r),
     }
     mdd = out["max_drawdown"]
     out["calmar"] = out["annual_return"] / -mdd if mdd < 0 else float("nan")
-    rb = benchmark_returns(result)
+    rb = session_benchmark_returns(result)
     if rb is not None:
         out["benchmark_return"] = annual_return(rb, days)
         out["annual_excess_return"] = out["annual_return"] - out["benchmark_return"]
@@ -316,13 +404,15 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
     else:
         for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy"):
             out[key] = float("nan")
-    turnover = getattr(result, "turnover", None)
+    turnover = session_turnover(result)
     costs = getattr(result, "costs", None)
     out["turnover"] = float(turnover.mean()) if turnover is not None and len(turnover) else float("nan")
     out["total_costs"] = float(costs.sum()) if costs is not None else float("nan")
     n_trades, n_rejected = _trade_counts(getattr(result, "trades", None))
     out["n_trades"], out["n_rejected"] = float(n_trades), float(n_rejected)
     out["n_sessions"] = float(len(r))
+    out["n_bars"] = float(len(bar_r))
+    out["freq_minutes"] = bar_minutes(result.equity.index) if len(bar_r) else float("nan")
     return {k: float(v) for k, v in out.items()}
 
 
@@ -330,4 +420,5 @@ __all__ = [
     "ANNUALISATION_DAYS", "annualisation_days", "total_return", "annual_return", "annual_volatility",
     "sharpe_ratio", "drawdown_series", "max_drawdown", "max_consecutive_losses", "win_rate",
     "information_ratio", "ic_series", "directional_accuracy", "benchmark_returns", "compute_metrics",
+    "is_intraday", "bar_minutes", "infer_freq", "session_returns", "session_benchmark_returns", "session_turnover",
 ]
