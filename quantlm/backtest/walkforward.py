@@ -1,6 +1,6 @@
 """Walk-forward evaluation: retrain per fold, score the next period, backtest it; many seeds.
 
-Folds are laid on the dataset's session calendar. Fold k trains on bars in
+Folds are laid on the dataset's session calendar (its dates). Fold k trains on bars in
 [train_start_k, train_end_k] and is tested on [test_start_k, test_end_k]:
 
 - expanding: train_start is the first session for every fold; rolling: train_start is
@@ -11,6 +11,12 @@ Folds are laid on the dataset's session calendar. Fold k trains on bars in
   open(t+2)/open(t+1) - 1) lie between train_end and test_start and belong to neither.
   The model only ever sees bars up to train_end, so every training label ends by train_end (labels
   that need later bars are NaN and dropped) and no training label overlaps the test period.
+- intraday calendars (several time stamps per date): folds split on **dates**, so a day is never
+  split between training, embargo and test; a fold's bounds are the first bar of its first date
+  and the last bar of its last date. The embargo must cover `embargo_bars` bars (default
+  `embargo_sessions` = 2, the label's lag + horizon counted in bars: entry at bar t+1, exit at
+  t+2) and is rounded up to whole sessions (one day for any intraday frequency with >= 2 bars a
+  day). `min_test_sessions` counts dates; `lookback_sessions` counts bars of the calendar.
 
 `model_fn(train_bars, seed) -> scorer` trains a model; `scorer(bars) -> Scores` must be causal. The
 scorer gets bars from `lookback_sessions` before test_start up to test_end (the history its
@@ -48,7 +54,9 @@ ModelFn = Callable[[pd.DataFrame, int], Callable[[pd.DataFrame], pd.DataFrame]]
 
 @dataclass(frozen=True)
 class Fold:
-    """One train/test split; all bounds are sessions, inclusive."""
+    """One train/test split; bounds are inclusive time stamps of the calendar (sessions for daily data;
+    for intraday data the first bar of train_start's / test_start's date and the last bar of
+    train_end's / test_end's date)."""
 
     index: int
     train_start: pd.Timestamp
@@ -65,21 +73,40 @@ class WalkForwardConfig:
     train_years: float = 3.0
     test_months: int = 6
     step_months: int | None = None
-    embargo_sessions: int = 2
-    min_test_sessions: int = 5
+    embargo_sessions: int = 2  # sessions between train_end and test_start (daily calendars)
+    min_test_sessions: int = 5  # dates
+    embargo_bars: int | None = None  # intraday: bars the embargo must cover (None = embargo_sessions)
+
+
+def _embargo_days(bars_per_day: np.ndarray, i_test: int, config: WalkForwardConfig, intraday: bool) -> int:
+    """Whole sessions before session i_test that the embargo takes (see the module docstring)."""
+    if not intraday:
+        return config.embargo_sessions
+    need = config.embargo_sessions if config.embargo_bars is None else config.embargo_bars
+    k = covered = 0
+    while covered < need and i_test - k - 1 >= 0:
+        k += 1
+        covered += int(bars_per_day[i_test - k])
+    return k
 
 
 def make_folds(calendar: Sequence | pd.DatetimeIndex, config: WalkForwardConfig) -> list[Fold]:
-    """Folds over `calendar` (sorted unique sessions). Raises ValueError if none fits."""
+    """Folds over `calendar` (time stamps: sessions, or intraday bars). Raises ValueError if none fits."""
     if config.mode not in ("rolling", "expanding"):
         raise WalkForwardError(f"mode must be 'rolling' or 'expanding', got '{config.mode}'")
     if config.train_years <= 0 or config.test_months < 1:
         raise WalkForwardError("train_years must be > 0 and test_months >= 1")
-    if config.embargo_sessions < 0:
-        raise WalkForwardError("embargo_sessions must be >= 0")
-    cal = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(calendar)))
-    if len(cal) == 0:
+    if config.embargo_sessions < 0 or (config.embargo_bars is not None and config.embargo_bars < 0):
+        raise WalkForwardError("embargo_sessions and embargo_bars must be >= 0")
+    stamps = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(calendar)))
+    if len(stamps) == 0:
         raise WalkForwardError("empty calendar: no sessions to split")
+    days_of_stamps = stamps.normalize()
+    intraday = bool(days_of_stamps.has_duplicates)
+    cal, bars_per_day = np.unique(days_of_stamps, return_counts=True) if intraday else (stamps, np.ones(len(stamps)))
+    cal = pd.DatetimeIndex(cal)
+    first_bar = stamps[np.r_[0, np.cumsum(bars_per_day)[:-1]].astype(int)] if intraday else cal
+    last_bar = stamps[np.cumsum(bars_per_day).astype(int) - 1] if intraday else cal
     train_span = pd.DateOffset(months=max(1, round(config.train_years * 12)))
     step = pd.DateOffset(months=config.step_months or config.test_months)
     test_span = pd.DateOffset(months=config.test_months)
@@ -89,17 +116,15 @@ def make_folds(calendar: Sequence | pd.DatetimeIndex, config: WalkForwardConfig)
         i_test = int(cal.searchsorted(boundary))
         if i_test >= len(cal):
             break
-        test_start = cal[i_test]
-        i_end = int(cal.searchsorted(boundary + test_span)) - 1
-        test_end = cal[min(i_end, len(cal) - 1)]
-        i_train_end = i_test - 1 - config.embargo_sessions
+        i_end = min(int(cal.searchsorted(boundary + test_span)) - 1, len(cal) - 1)
+        i_train_end = i_test - 1 - _embargo_days(bars_per_day, i_test, config, intraday)
         if i_train_end < 1:
             boundary = boundary + step
             continue
-        train_start = cal[0] if config.mode == "expanding" else cal[int(cal.searchsorted(boundary - train_span))]
-        n_test = int(cal.searchsorted(test_end, side="right")) - i_test
-        if n_test >= config.min_test_sessions:
-            folds.append(Fold(len(folds), train_start, cal[i_train_end], test_start, test_end))
+        i_train_start = 0 if config.mode == "expanding" else int(cal.searchsorted(boundary - train_span))
+        if i_end - i_test + 1 >= config.min_test_sessions:
+            folds.append(Fold(len(folds), first_bar[i_train_start], last_bar[i_train_end], first_bar[i_test],
+                              last_bar[i_end]))
         boundary = boundary + step
     if not folds:
         raise WalkForwardError(
