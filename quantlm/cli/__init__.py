@@ -12,6 +12,7 @@ import typer
 from quantlm.cli import backtest as _backtest
 from quantlm.cli import data_check as _data_check
 from quantlm.cli import data_import as _data_import
+from quantlm.cli import data_meta as _data_meta
 from quantlm.cli import data_synth as _data_synth
 from quantlm.cli import demo as _demo
 from quantlm.cli import evaluate as _evaluate
@@ -30,6 +31,7 @@ data_app = typer.Typer(help="Import, generate, inspect and check market data.", 
 app.add_typer(data_app, name="data")
 
 _data_import.register(data_app)
+_data_meta.register(data_app)
 _data_synth.register(data_app)
 _data_check.register(data_app)
 _backtest.register(app)

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from quantlm.cli.common import StoreOption, console, fail, store_from, user_errors
 
@@ -23,7 +24,8 @@ def register(app: typer.Typer) -> None:
         examples: Annotated[int, typer.Option("--examples", min=0, help="Example warnings to print.")] = 10,
     ) -> None:
         """Check a store's bars: gaps vs the exchange calendar, suspensions, jumps, stale prices,
-        zero-volume runs. Findings are warnings: the exit code is 0 unless the store cannot be read."""
+        zero-volume runs; for cn stores also the metadata (list dates, ST flags, benchmark).
+        Findings are warnings: the exit code is 0 unless the store cannot be read."""
         from rich.table import Table
 
         from quantlm.data.health import check_store
@@ -49,6 +51,10 @@ def register(app: typer.Typer) -> None:
                 ts = row.ts.date() if freq == "1d" else row.ts
                 ex.add_row(row.symbol, str(ts), row.kind, row.detail)
             console.print(ex)
+        if len(report.metadata):
+            console.print(f"[bold]metadata[/]: {len(report.metadata)} warning(s)")
+            for row in report.metadata.itertuples(index=False):
+                console.print(f"  [yellow]{row.kind}[/]: {escape(row.detail)}", soft_wrap=True, highlight=False)
         if json_path is not None:
             report.write_json(json_path)
             console.print(f"report written to {json_path}")

@@ -21,6 +21,15 @@ session checks on the days that hold bars (a session with no intraday bar at all
 `suspension`); missing minutes inside a day are not checked. Sessions beyond the calendar's range
 (`quantlm.data.calendars.calendar_range`) are not checked against it.
 Everything is vectorised over one market's bars at a time.
+
+Metadata (a separate section, `HealthReport.metadata`: kind, detail), for a store whose market is cn
+(store meta `market`, or cn bars in the listing), also warnings, never errors:
+
+- `missing_list_dates`: stock symbols (board main, chinext, star or bse) with bars but no `list_date`
+  in instruments: the IPO no-limit window cannot apply to them.
+- `missing_st_flags`: no ST / *ST span in the flags table: ST price limits cannot apply.
+- `no_benchmark`: no store meta `benchmark` (or one without bars); the stored index symbols are named
+  as candidates.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from quantlm.data import calendars
 from quantlm.data.schema import check_freq
 from quantlm.data.store import Store
 
+META_KINDS = ("missing_list_dates", "missing_st_flags", "no_benchmark")
 KINDS = ("gap", "suspension", "non_session_bar", "price_jump", "volume_jump", "stale_price", "zero_volume_run")
 WARNING_COLUMNS = ("symbol", "ts", "kind", "detail")
 _DAY_NS = 86_400 * 10**9
@@ -61,6 +71,7 @@ class HealthReport:
     n_symbols: int
     n_bars: int
     markets: list[str] = field(default_factory=list)
+    metadata: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["kind", "detail"]))
 
     @property
     def summary(self) -> pd.Series:
@@ -79,7 +90,8 @@ class HealthReport:
         w = self.warnings.copy()
         w["ts"] = w["ts"].astype(str)
         return {"freq": self.freq, "n_symbols": self.n_symbols, "n_bars": self.n_bars, "markets": self.markets,
-                "summary": {k: int(v) for k, v in self.summary.items()}, "warnings": w.to_dict(orient="records")}
+                "summary": {k: int(v) for k, v in self.summary.items()}, "warnings": w.to_dict(orient="records"),
+                "metadata": self.metadata.to_dict(orient="records")}
 
     def write_json(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
@@ -103,7 +115,44 @@ def check_store(store: Store, freq: str = "1d", market: str | None = None,
         n_bars += len(bars)
         parts.append(check_bars(bars, m, thresholds))
     warnings = pd.concat(parts, ignore_index=True) if parts else _empty_warnings()
-    return HealthReport(warnings=warnings, freq=freq, n_symbols=len(listing), n_bars=n_bars, markets=markets)
+    report = HealthReport(warnings=warnings, freq=freq, n_symbols=len(listing), n_bars=n_bars, markets=markets)
+    all_markets = set(store.listing()["market"].dropna())
+    if market in (None, "cn") and (store.meta().get("market") == "cn" or "cn" in all_markets):
+        report.metadata = check_metadata(store)
+    return report
+
+
+def check_metadata(store: Store, market: str = "cn") -> pd.DataFrame:
+    """Metadata warnings (kind, detail) of `market`'s symbols: list dates, ST spans, benchmark (see META_KINDS)."""
+    from quantlm.backtest.rules import symbol_boards
+
+    listing = store.listing()
+    symbols = sorted(set(listing.loc[listing["market"] == market, "symbol"].astype(str)))
+    instruments = store.instruments()
+    boards = symbol_boards(symbols, instruments)
+    benchmark = store.meta().get("benchmark")
+    stocks = [s for s, b in zip(symbols, boards, strict=True) if b in ("main", "chinext", "star", "bse") and s != benchmark]
+    rows: list[tuple[str, str]] = []
+    listed = instruments.loc[instruments["list_date"].notna(), "symbol"].astype(str) if len(instruments) else []
+    unlisted = sorted(set(stocks) - set(listed))
+    if unlisted:
+        eg = ", ".join(unlisted[:3]) + (", ..." if len(unlisted) > 3 else "")
+        rows.append(("missing_list_dates", f"{len(unlisted)} of {len(stocks)} stock symbols have no list_date (e.g. {eg}): "
+                     "the IPO no-limit window cannot apply; import them with 'quantlm data import-instruments'"))
+    flags = store.flags()
+    n_st = int(flags["flag"].astype(str).str.lower().isin(["st", "*st"]).sum()) if len(flags) else 0
+    if stocks and n_st == 0:
+        what = "no flags table" if not store.has_table("flags") else "no ST spans in the flags table"
+        rows.append(("missing_st_flags", f"{what}: ST price limits cannot apply; import them with "
+                     "'quantlm data import-flags'"))
+    if not benchmark or benchmark not in set(listing["symbol"]):
+        indices = [s for s, b in zip(symbols, boards, strict=True) if b == "index"]
+        head = "no benchmark set" if not benchmark else f"benchmark {benchmark} (store meta) has no bars in the store"
+        hint = (f"candidates (stored index symbols): {', '.join(indices)}; set one with 'quantlm data set-benchmark SYMBOL'"
+                if indices else "no index symbol is stored: import the index bars with 'quantlm data import', then "
+                "'quantlm data set-benchmark SYMBOL'")
+        rows.append(("no_benchmark", f"{head}: {hint}"))
+    return pd.DataFrame(rows, columns=["kind", "detail"])
 
 
 def check_bars(bars: pd.DataFrame, market: str, thresholds: Thresholds = Thresholds()) -> pd.DataFrame:
@@ -259,4 +308,4 @@ def _run_checks(b: _Bars, th: Thresholds) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else _empty_warnings()
 
 
-__all__ = ["HealthReport", "KINDS", "Thresholds", "check_bars", "check_store"]
+__all__ = ["HealthReport", "KINDS", "META_KINDS", "check_metadata", "Thresholds", "check_bars", "check_store"]
