@@ -15,6 +15,9 @@ Defaults (fractions, not percent):
 | directional_accuracy | >= 0.65 |
 | latency_p99_ms | <= 5.0 (decision latency, from the live/predict benchmarks) |
 
+The metrics are measured per session (day) for intraday results too (`quantlm.backtest.metrics`):
+max_consecutive_losing_days counts losing days, sharpe annualises daily returns.
+
 Optional gates (off unless set): ic, rank_ic, information_ratio (>=), annual_return (>=).
 Set a gate to null in YAML to switch it off. Unknown keys are errors.
 """

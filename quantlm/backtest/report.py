@@ -3,6 +3,11 @@
 Sections: key metrics, gates, equity and excess equity against the benchmark, drawdown, monthly
 returns, IC series and distribution, turnover and exposure, and the baselines side by side.
 Metrics are fractions internally and shown as percentages where marked "%".
+
+Intraday results (several bars per date): the equity, excess, drawdown and exposure charts plot
+every bar at its full time stamp; monthly returns compound the bar returns of each month; the
+turnover chart shows daily turnover (the `turnover` metric's definition, one bar per day); the IC
+charts show one point per bar (the IC series' time stamps), with a 20-bar rolling mean.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from quantlm.backtest.metrics import benchmark_returns, drawdown_series
+from quantlm.backtest.metrics import benchmark_returns, drawdown_series, infer_freq, is_intraday, session_turnover
 
 GREEN, RED, BLUE, GREY, ORANGE = "#1a9850", "#d73027", "#2c7fb8", "#888888", "#f28e2b"
 PALETTE = ["#2c7fb8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
@@ -147,16 +152,20 @@ def monthly_figure(result):
 
 
 def ic_figures(ic: pd.DataFrame):
-    """(daily rank IC bars with a 20-session mean, histogram of IC and rank IC)."""
+    """(rank IC per time stamp with a 20-step rolling mean, histogram of IC and rank IC).
+
+    A step is a session for daily data and a bar for intraday data (the IC series' own time stamps).
+    """
     import plotly.graph_objects as go
 
+    unit = "bar" if is_intraday(ic.index) else "session"
     series = go.Figure()
     series.add_trace(go.Bar(x=ic.index, y=ic["rank_ic"], name="rank IC", marker_color="rgba(44,127,184,0.45)"))
-    series.add_trace(go.Scatter(x=ic.index, y=ic["rank_ic"].rolling(20, min_periods=5).mean(), name="20-session mean",
+    series.add_trace(go.Scatter(x=ic.index, y=ic["rank_ic"].rolling(20, min_periods=5).mean(), name=f"20-{unit} mean",
                                 line=dict(color=BLUE, width=2)))
-    series.add_trace(go.Scatter(x=ic.index, y=ic["ic"].rolling(20, min_periods=5).mean(), name="IC 20-session mean",
+    series.add_trace(go.Scatter(x=ic.index, y=ic["ic"].rolling(20, min_periods=5).mean(), name=f"IC 20-{unit} mean",
                                 line=dict(color=ORANGE, width=1.5)))
-    series.update_layout(height=320, title="Rank IC per session", bargap=0)
+    series.update_layout(height=320, title=f"Rank IC per {unit}", bargap=0)
     hist = go.Figure()
     hist.add_trace(go.Histogram(x=ic["ic"], name="IC", opacity=0.6, marker_color=ORANGE, nbinsx=40))
     hist.add_trace(go.Histogram(x=ic["rank_ic"], name="rank IC", opacity=0.6, marker_color=BLUE, nbinsx=40))
@@ -166,12 +175,13 @@ def ic_figures(ic: pd.DataFrame):
 
 
 def activity_figure(result):
-    """Daily turnover (one-way, % of equity) and gross exposure (% of equity)."""
+    """Daily turnover (buys + sells over the previous day's equity, %; one bar per day also for
+    intraday results) and gross exposure (% of equity, per bar)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Turnover (% of equity, daily)", "Gross exposure (% of equity)"))
-    turnover = getattr(result, "turnover", None)
+    turnover = session_turnover(result)
     exposure = getattr(result, "exposure", None)
     if turnover is not None and len(turnover):
         fig.add_trace(go.Bar(x=turnover.index, y=turnover * 100, marker_color=BLUE, name="turnover"), 1, 1)
@@ -271,7 +281,9 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
         for key in ("market", "strategy", "topk", "n_drop", "fill", "costs", "benchmark"):
             if hasattr(config, key) and getattr(config, key) is not None:
                 desc.append(f"{key}={getattr(config, key)}")
-    sub = f"{period} &middot; {len(equity)} sessions &middot; {html.escape(', '.join(desc))}"
+    n_days = len(pd.DatetimeIndex(equity.index).normalize().unique())
+    bars = f" ({len(equity)} {infer_freq(equity.index)} bars)" if is_intraday(equity.index) else ""
+    sub = f"{period} &middot; {n_days} sessions{bars} &middot; {html.escape(', '.join(desc))}"
     parts = [f"<h1>{html.escape(title)}</h1><div class='sub'>{sub}</div>", _cards(metrics)]
     if gates_table:
         parts.append(f"<h2>Gates</h2><div class='panel'>{gates_html(gates_table)}</div>")
@@ -291,8 +303,9 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
                      f"<div class='panel'>{_figure_html(baselines_figure(curves), 'fig-baselines')}</div>")
     if walk_forward is not None and len(walk_forward[1]):
         parts.append(f"<h2>Walk-forward spread</h2><div class='panel'>{walk_forward_html(walk_forward[1], walk_forward[0])}</div>")
-    parts.append("<div class='foot'>Returns are simple daily returns; annual figures compound (CAGR); "
-                 "max drawdown is a negative fraction of the running peak. Definitions: quantlm.backtest.metrics.</div>")
+    parts.append("<div class='foot'>Returns are simple daily returns (intraday results: each date's last bar "
+                 "equity); annual figures compound (CAGR); max drawdown is a negative fraction of the running peak, "
+                 "on the bar equity. Definitions: quantlm.backtest.metrics.</div>")
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head>"
