@@ -6,10 +6,15 @@ other files; a new one appears in one rename).
 
 metrics.json: {"metrics": {...}, "gates": {gate: {value, threshold, op, passed}}, "gates_passed",
 "config": {...}, "runs": {name: {"metrics", "gates", "gates_passed"}}, ...extra}; NaN is written as null.
-equity.csv: ts, equity, cash, benchmark, excess, drawdown, exposure, turnover, costs, where
+equity.csv: ts, equity, cash, benchmark, excess, drawdown, exposure, turnover, costs, where ts is
+YYYY-MM-DD when every stamp is a midnight (daily sessions), else YYYY-MM-DD HH:MM:SS (intraday bars), and
 excess = strategy growth / benchmark growth - 1 and drawdown = equity / running peak - 1 (both
 fractions; the starting cash is the first peak).
 trades.csv: every order the engine saw, rejections included (status, reason).
+
+Prediction metrics (IC, RankIC, directional accuracy) need a `score` column; a weights-only signals
+table (strategy "weights") gets them as null and the note NO_SCORE_NOTE in metrics.json's "notes".
+Their labels follow the backtest's fill (`quantlm.features.labels.evaluation_labels`).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from quantlm.backtest.gates import Gates, all_passed, evaluate_gates
 from quantlm.backtest.metrics import benchmark_returns, compute_metrics, drawdown_series, ic_series
 
 BaselineArg = Any  # BacktestResult | tuple[BacktestResult, Scores | None]
+NO_SCORE_NOTE = "no score column: prediction metrics skipped"
 
 
 def to_jsonable(value: Any) -> Any:
@@ -56,8 +62,16 @@ def to_jsonable(value: Any) -> Any:
     return str(value)
 
 
+def ts_format(ts: pd.DatetimeIndex | pd.Series) -> str:
+    """strftime format that loses nothing: '%Y-%m-%d' if every stamp is a midnight, else with the time."""
+    idx = pd.DatetimeIndex(ts)
+    idx = idx[~idx.isna()]
+    return "%Y-%m-%d" if (idx == idx.normalize()).all() else "%Y-%m-%d %H:%M:%S"
+
+
 def equity_table(result) -> pd.DataFrame:
-    """Per-session table of equity.csv (definitions in the module docstring)."""
+    """Per-session table of equity.csv (definitions in the module docstring); ts keeps its time of day
+    (intraday bars) and is written by `write_outputs` with `ts_format`."""
     r = result.returns()
     wealth = (1.0 + r.fillna(0.0)).cumprod()
     out = pd.DataFrame({"ts": pd.DatetimeIndex(result.equity.index), "equity": result.equity.to_numpy()})
@@ -83,6 +97,11 @@ def _split_baseline(value: BaselineArg) -> tuple[Any, pd.DataFrame | None]:
     return value, None
 
 
+def _with_score(scores: pd.DataFrame | None) -> pd.DataFrame | None:
+    """`scores` if it has a score column to judge predictions by, else None (e.g. a weights file)."""
+    return scores if scores is not None and "score" in scores.columns else None
+
+
 def _gates_of(gates: Gates | Mapping | None) -> Gates:
     if isinstance(gates, Gates):
         return gates
@@ -93,45 +112,57 @@ def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = Non
                   gates: Gates | Mapping | None = None, baselines: Mapping[str, BaselineArg] | None = None,
                   labels: pd.DataFrame | None = None, name: str = "strategy", title: str = "quantlm backtest report",
                   extra: Mapping[str, Any] | None = None, report: bool = True,
-                  walk_forward: tuple[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+                  walk_forward: tuple[str, pd.DataFrame] | None = None, fill: str | None = None) -> dict[str, Any]:
     """Compute metrics and gates and write metrics.json, equity.csv, trades.csv and report.html.
 
-    result: the BacktestResult; scores: the Scores table that drove it (for IC and accuracy);
-    bars: the bars, to build the evaluation labels when `labels` is not given;
+    result: the BacktestResult; scores: the Scores table that drove it (for IC and accuracy; without a
+    score column, e.g. weights, those are skipped with a note);
+    bars: the bars, to build the evaluation labels when `labels` is not given, for the fill price
+    `fill` (open, close or vwap; default: result.config.fill, else open);
     gates: a Gates object or a mapping of thresholds (None = the default gates);
     baselines: {name: BacktestResult or (BacktestResult, Scores)} compared in the report and json;
     extra: more top-level entries for metrics.json (e.g. walk-forward summaries);
     walk_forward: (caption, WalkForwardResult.summary) for the report's walk-forward table.
-    Returns {"metrics", "gates", "gates_passed", "runs", "paths"}.
+    Returns {"metrics", "gates", "gates_passed", "runs", "paths", "notes"}.
     """
     from quantlm.backtest.report import render_report
-    from quantlm.features.labels import forward_returns
+    from quantlm.features.labels import evaluation_labels
 
     out_dir = Path(out_dir)
     config = getattr(result, "config", None)
     market = getattr(config, "market", "cn") or "cn"
+    fill = fill or getattr(config, "fill", None) or "open"
     gate_model = _gates_of(gates)
+    notes: list[str] = []
+    if scores is not None and _with_score(scores) is None:
+        notes.append(NO_SCORE_NOTE)
+    scores = _with_score(scores)
     if labels is None and bars is not None and (scores is not None or baselines):
-        labels = forward_returns(bars)
+        labels = evaluation_labels(bars, fill)
     metrics = compute_metrics(result, scores, labels, market=market)
     table = evaluate_gates(metrics, gate_model)
     runs = {name: {"metrics": metrics, "gates": table, "gates_passed": all_passed(table)}}
     report_baselines = {}
     for base_name, value in (baselines or {}).items():
         base_result, base_scores = _split_baseline(value)
+        base_scores = _with_score(base_scores)
         m = compute_metrics(base_result, base_scores, labels if base_scores is not None else None, market=market)
         t = evaluate_gates(m, gate_model)
         runs[base_name] = {"metrics": m, "gates": t, "gates_passed": all_passed(t)}
         report_baselines[base_name] = (base_result, m)
-    ics = ic_series(scores, labels) if scores is not None and labels is not None else None
+    sessions = pd.DatetimeIndex(result.equity.index) if len(result.equity) else None
+    ics = ic_series(scores, labels, sessions) if scores is not None and labels is not None else None
     payload = {"metrics": metrics, "gates": table, "gates_passed": all_passed(table), "config": config,
                "runs": runs, **(extra or {})}
+    if notes:
+        payload["notes"] = [*payload.get("notes", []), *notes]
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
         (staging / "metrics.json").write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
-        equity_table(result).to_csv(staging / "equity.csv", index=False, date_format="%Y-%m-%d")
+        equity = equity_table(result)
+        equity.to_csv(staging / "equity.csv", index=False, date_format=ts_format(equity["ts"]))
         trades = getattr(result, "trades", None)
         (trades if trades is not None else pd.DataFrame()).to_csv(staging / "trades.csv", index=False)
         if report:
@@ -150,7 +181,7 @@ def write_outputs(result, out_dir: str | Path, scores: pd.DataFrame | None = Non
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"metrics": metrics, "gates": table, "gates_passed": all_passed(table), "runs": runs,
-            "paths": {f.rsplit(".", 1)[0]: out_dir / f for f in files}}
+            "paths": {f.rsplit(".", 1)[0]: out_dir / f for f in files}, "notes": notes}
 
 
-__all__ = ["write_outputs", "equity_table", "to_jsonable"]
+__all__ = ["write_outputs", "equity_table", "to_jsonable", "ts_format", "NO_SCORE_NOTE"]

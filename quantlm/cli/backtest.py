@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from quantlm.cli.common import StoreOption, console, fail, store_from, user_errors
+from quantlm.cli.common import StoreOption, console, fail, note, store_from, user_errors, warn
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +16,9 @@ def register(app: typer.Typer) -> None:
     @app.command("backtest")
     @user_errors
     def backtest(
-        signals: Annotated[Path, typer.Option("--signals", help="Signals file (CSV or Parquet): symbol, ts, score (or weight).")],
+        signals: Annotated[Path, typer.Option("--signals", help="Signals file (CSV or Parquet): symbol, ts, score (or weight); "
+                                              "ts as YYYY-MM-DD[ HH:MM], YYYYMMDD or YYYY/MM/DD, zone-aware stamps "
+                                              "converted to the market's local time.")],
         out: Annotated[Path, typer.Option("--out", help="Output folder: metrics.json, equity.csv, trades.csv, report.html.")],
         store: StoreOption = None,
         market: Annotated[str | None, typer.Option("--market", help="cn | us | crypto (default: the store's market, else cn).")] = None,
@@ -38,7 +40,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Backtest a signals file with market rules (lots, T+1, price limits, suspensions) and costs.
 
-        The score at session t is traded on session t+1 (at its open by default).
+        The score at session t is traded on session t+1 (at its open by default). A signal stamped
+        at or after session t's time (e.g. 15:00 for a daily session) and before t+1 counts for t.
         """
         from quantlm.backtest.engine import BacktestConfig, load_from_store, run_backtest
         from quantlm.backtest.signals import read_signals
@@ -53,12 +56,13 @@ def register(app: typer.Typer) -> None:
             fill=fill, costs=not no_costs, participation=participation, benchmark=benchmark, start=start, end=end,
             allow_short=allow_short, leverage=leverage)
         config.validate()
-        scores = read_signals(signals)
+        scores = read_signals(signals, market=config.market)
         inputs = load_from_store(scores, st, config)
         result = run_backtest(scores, config=config, **inputs)
         for w in result.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False)
-        metrics = _write(result, out, scores, inputs["bars"])
+            warn(w)
+        written = _write(result, out, scores, inputs["bars"])
+        metrics = written.get("metrics", {})
         trades = result.trades
         n_rej = int((trades["status"] == "rejected").sum()) if len(trades) else 0
         console.print(f"backtest {config.market}/{config.strategy}: {len(result.equity)} sessions, "
@@ -66,12 +70,15 @@ def register(app: typer.Typer) -> None:
         for key in ("annual_return", "sharpe", "max_drawdown", "annual_excess_return", "information_ratio"):
             if isinstance(metrics, dict) and key in metrics and metrics[key] is not None:
                 console.print(f"  {key}: {metrics[key]:.4f}")
+        for text in written.get("notes", []):
+            note(text)
         console.print(f"wrote {out}")
 
 
 def _write(result, out: Path, scores, bars) -> dict:
-    """Write metrics.json, equity.csv, trades.csv and report.html via quantlm.backtest.outputs."""
+    """Write metrics.json, equity.csv, trades.csv and report.html via quantlm.backtest.outputs; labels
+    for IC follow the config's fill. Returns write_outputs' dict (metrics, notes, ...)."""
     from quantlm.backtest.outputs import write_outputs
 
-    written = write_outputs(result, out, scores=scores, bars=bars)
-    return written.get("metrics", written) if isinstance(written, dict) else {}
+    written = write_outputs(result, out, scores=scores, bars=bars, fill=result.config.fill)
+    return written if isinstance(written, dict) else {}

@@ -1,4 +1,9 @@
-"""Shared CLI helpers: store option, error reporting."""
+"""Shared CLI helpers: store option, error and warning reporting.
+
+Errors and warnings are printed without hard wrapping (rich `soft_wrap=True`): a path or key in a
+message is never broken across lines, whatever the terminal width; the terminal may still fold
+long lines visually.
+"""
 
 from __future__ import annotations
 
@@ -30,9 +35,19 @@ def store_from(path: Path | None):
 
 
 def fail(message: str, code: int = 2) -> None:
-    """Print an error to stderr and exit non-zero."""
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    """Print an error to stderr (unwrapped) and exit with `code` (2: a user error)."""
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def warn(message: str) -> None:
+    """Print a warning (unwrapped) with the command's other output."""
+    console.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
+
+
+def note(message: str) -> None:
+    """Print a note (unwrapped), e.g. a metric that was skipped."""
+    console.print(f"note: {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -11,6 +11,11 @@ listed, or past the end of the data) its label is NaN rather than a return over 
 Prices are adjusted with `adj_factor` where it is given (price * adj_factor; rows with a NaN
 adj_factor use raw prices), so splits and dividends do not show up as returns.
 
+The label follows the backtest's fill (`evaluation_labels(bars, fill)`): the return of a trade
+filled at t+1's fill price and exited at t+2's, i.e. open(t+2)/open(t+1) - 1 for fill="open",
+close(t+2)/close(t+1) - 1 for "close" and vwap(t+2)/vwap(t+1) - 1 for "vwap", with the engine's
+VWAP proxy: amount / volume where both are known and positive, else (open + high + low + close) / 4.
+
 Causality: a label at t depends only on bars up to session t + lag + horizon; the tests check that
 with `quantlm.testing.assert_causal(..., horizon_bars=lag + horizon)`.
 """
@@ -21,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 _PRICE_FIELDS = ("open", "high", "low", "close", "vwap")
+FILLS = ("open", "close", "vwap")  # the backtest's fill prices (quantlm.backtest.engine.FILLS)
 
 
 def check_bars(bars: pd.DataFrame, needed: tuple[str, ...] = ("symbol", "ts")) -> None:
@@ -85,6 +91,11 @@ def forward_returns(bars: pd.DataFrame, horizon: int = 1, price: str = "open", l
     needed = ("symbol", "ts", "amount", "volume") if price == "vwap" else ("symbol", "ts", price)
     check_bars(bars, needed)
     adj = adjusted_bars(with_vwap(bars) if price == "vwap" else bars)
+    return _forward(adj, price, horizon, lag)
+
+
+def _forward(adj: pd.DataFrame, price: str, horizon: int, lag: int) -> pd.DataFrame:
+    """p(t + lag + horizon) / p(t + lag) - 1 on the dataset's calendar, for adjusted bars `adj`."""
     p = adj[price].to_numpy(dtype="float64")
     ts = pd.DatetimeIndex(adj["ts"])
     calendar, pos = np.unique(ts.asi8, return_inverse=True)
@@ -99,6 +110,30 @@ def forward_returns(bars: pd.DataFrame, horizon: int = 1, price: str = "open", l
     return pd.DataFrame({"symbol": adj["symbol"].to_numpy(), "ts": adj["ts"].to_numpy(), "label": label})
 
 
+def fill_vwap(bars: pd.DataFrame) -> np.ndarray:
+    """The engine's VWAP fill price per bar (currency per share, raw prices): amount / volume where
+    that is finite and > 0, else (open + high + low + close) / 4. A missing amount column counts as unknown."""
+    o, h, lo, c = (bars[k].to_numpy(dtype="float64") for k in ("open", "high", "low", "close"))
+    vol = np.nan_to_num(pd.to_numeric(bars["volume"], errors="coerce").to_numpy(dtype="float64"), nan=0.0)
+    amount = (pd.to_numeric(bars["amount"], errors="coerce").to_numpy(dtype="float64") if "amount" in bars.columns
+              else np.full(len(bars), np.nan))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        vwap = amount / vol
+    return np.where(np.isfinite(vwap) & (vwap > 0), vwap, (o + h + lo + c) / 4.0)
+
+
+def evaluation_labels(bars: pd.DataFrame, fill: str = "open") -> pd.DataFrame:
+    """The evaluation label of a score at t under the backtest's `fill` (open, close or vwap): the simple
+    return of a trade filled at t+1's fill price and exited at t+2's, a fraction (see the module
+    docstring). Prices adjusted by adj_factor; frame (symbol, ts, label) as `forward_returns`."""
+    if fill not in FILLS:
+        raise ValueError(f"fill must be one of {', '.join(FILLS)}, got '{fill}'")
+    if fill != "vwap":
+        return forward_returns(bars, horizon=1, price=fill, lag=1)
+    check_bars(bars, ("symbol", "ts", "open", "high", "low", "close", "volume"))
+    return _forward(adjusted_bars(bars.assign(vwap=fill_vwap(bars))), "vwap", horizon=1, lag=1)
+
+
 def _shift_up(wide: np.ndarray, k: int) -> np.ndarray:
     """Row i of the result is row i + k of `wide` (NaN past the end)."""
     if k == 0:
@@ -109,4 +144,4 @@ def _shift_up(wide: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-__all__ = ["forward_returns", "adjusted_bars", "check_bars", "with_vwap"]
+__all__ = ["forward_returns", "evaluation_labels", "fill_vwap", "adjusted_bars", "check_bars", "with_vwap", "FILLS"]

@@ -182,25 +182,63 @@ class RunConfig:
         return [RUN_NAMES[s] + v.tag() for v in self.variants for s in v.stages if s in RUN_NAMES]
 
 
-def _messages(e: ValidationError, prefix: tuple = ()) -> list[str]:
-    """'key.path: message' per pydantic error (message starting lower case)."""
+Issue = tuple[tuple, str]  # (key path inside the validated section, message)
+
+
+def _issues(e: ValidationError) -> list[Issue]:
+    """(location, message) per pydantic error (message starting lower case)."""
     out = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in (*prefix, *err["loc"])) or "(top)"
         msg = err["msg"]
         msg = msg[:1].lower() + msg[1:]
         if err["type"] in ("value_error", "assertion_error"):
             msg = msg.removeprefix("value error, ").removeprefix("assertion failed, ")
-        out.append(f"{loc}: {msg}")
+        out.append((tuple(err["loc"]), msg))
     return out
 
 
-def _validate(cls: type[BaseModel], raw: Any, prefix: tuple, problems: list[str]) -> Any:
+def _format(issues: list[Issue], prefix: tuple = ()) -> list[str]:
+    """'key.path: message' per issue, the path starting with `prefix`."""
+    return [f"{'.'.join(str(p) for p in (*prefix, *loc)) or '(top)'}: {msg}" for loc, msg in issues]
+
+
+def _messages(e: ValidationError, prefix: tuple = ()) -> list[str]:
+    """'key.path: message' per pydantic error (message starting lower case)."""
+    return _format(_issues(e), prefix)
+
+
+def _validate(cls: type[BaseModel], raw: Any, prefix: tuple, problems: list[str],
+              known: list[Issue] | None = None) -> Any:
+    """`cls.model_validate(raw)`, or None with its problems added to `problems` (paths under `prefix`).
+
+    known: issues already reported elsewhere (e.g. in the base section an ablation merges); an issue
+    here with the same location and message is not reported again.
+    """
     try:
         return cls.model_validate(raw if raw is not None else {})
     except ValidationError as e:
-        problems.extend(_messages(e, prefix))
+        issues = [i for i in _issues(e) if i not in (known or [])]
+        problems.extend(_format(issues, prefix))
         return None
+
+
+def _base_issues(cls: type[BaseModel], raw: Any) -> list[Issue]:
+    """The validation issues of a main stage section (empty if it is valid)."""
+    try:
+        cls.model_validate(raw if raw is not None else {})
+    except ValidationError as e:
+        return _issues(e)
+    return []
+
+
+def _overridden(loc: tuple, overrides: Any) -> bool:
+    """Whether the key path `loc` (or a mapping above it) is set by an ablation's `overrides`."""
+    node = overrides
+    for key in loc:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -283,8 +321,13 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
         for stage in MODEL_STAGES:
             if stage not in named:
                 continue
-            merged = deep_merge(getattr(top, stage) or {}, named.get(stage) or {})
-            obj = _validate(classes[stage], merged, ("ablations", name, stage), problems)
+            section, overrides = getattr(top, stage), named.get(stage) or {}
+            merged = deep_merge(section or {}, overrides)
+            # a problem of the main section (validated above) is reported once, at its real place
+            # (e.g. sft.lora.rank), not again under ablations.NAME, unless the ablation sets that key
+            known = [] if section is None else [
+                i for i in _base_issues(classes[stage], section) if not _overridden(i[0], overrides)]
+            obj = _validate(classes[stage], merged, ("ablations", name, stage), problems, known)
             if obj is not None:
                 stages[stage] = obj
         _check_chain(stages, f"ablations.{name}.", problems, "reward" in stages or "reward" in main_stages)

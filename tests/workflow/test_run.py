@@ -128,6 +128,27 @@ def test_config_errors_name_the_file_and_the_key_path(tmp_path, patch, expected)
     assert f"{path}: {expected}" in str(e.value)
 
 
+def test_ablation_reports_a_main_section_error_once(tmp_path):
+    from quantlm.workflow.config import deep_merge
+
+    # the main sft section is wrong; the lora ablation merges it: one problem, at its real place
+    path = write_config(tmp_path / "x.yaml", deep_merge(TINY, {"sft": {"lora": {"rnak": 4}}}))
+    with pytest.raises(RunConfigError) as e:
+        load_run_config(path)
+    assert str(e.value).splitlines() == [f"{path}: sft.lora.rnak: extra inputs are not permitted"]
+    # a key the ablation sets itself is its own problem, reported under ablations.NAME
+    raw = deep_merge(TINY, {"ablations": {"lora": {"sft": {"lora": {"rnak": 4}}}}})
+    with pytest.raises(RunConfigError) as e:
+        load_run_config(write_config(tmp_path / "y.yaml", raw))
+    assert str(e.value).splitlines() == [f"{tmp_path / 'y.yaml'}: ablations.lora.sft.lora.rnak: extra inputs are not permitted"]
+    # both wrong: both places named
+    raw = deep_merge(TINY, {"sft": {"lora": {"rnak": 4}}, "ablations": {"lora": {"sft": {"lora": {"rnak": 2}}}}})
+    with pytest.raises(RunConfigError) as e:
+        load_run_config(write_config(tmp_path / "z.yaml", raw))
+    assert [line.split(": ", 1)[1] for line in str(e.value).splitlines()] == [
+        "sft.lora.rnak: extra inputs are not permitted", "ablations.lora.sft.lora.rnak: extra inputs are not permitted"]
+
+
 def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
     from quantlm.cli import app
 
@@ -135,7 +156,9 @@ def test_cli_config_error_exits_2_and_writes_nothing(tmp_path):
     out, store_dir = tmp_path / "out", tmp_path / "store"
     res = CliRunner().invoke(app, ["run", str(path), "--store", str(store_dir), "--out", str(out)])
     assert res.exit_code == 2
-    assert "bad.yaml: sft.lora.rnak: extra inputs are not permitted" in "".join(res.output.split("\n"))
+    # errors are printed unwrapped (quantlm.cli.common.fail): the path and key are never split
+    assert f"{path}: sft.lora.rnak: extra inputs are not permitted" in res.output
+    assert res.output.count("rnak") == 1  # said once, not again under ablations.lora.sft
     assert not out.exists() and not store_dir.exists()
     res = CliRunner().invoke(app, ["run", str(tmp_path / "missing.yaml"), "--out", str(out)])
     assert res.exit_code == 2 and "not found" in res.output and not out.exists()
