@@ -281,12 +281,12 @@ _FREQ_NAMES = {1: "1min", 5: "5min", 15: "15min", 30: "30min", 60: "1h"}
 
 def bar_minutes(index: pd.Index) -> float:
     """Bar length in minutes: the smallest gap between two bars of the same date (1440 for daily data)."""
-    ts = pd.DatetimeIndex(index).sort_values()
+    ts = pd.DatetimeIndex(index).sort_values().as_unit("ns")  # asi8 is in the index's unit (s, ms, us or ns)
     if not is_intraday(ts):
         return 1440.0
     same_day = ts.normalize()[1:] == ts.normalize()[:-1]
-    gaps = np.diff(ts.asi8)[same_day & (np.diff(ts.asi8) > 0)]
-    return float(gaps.min() / 60e9)
+    step = np.diff(ts.asi8)
+    return float(step[same_day & (step > 0)].min() / 60e9)
 
 
 def infer_freq(index: pd.Index) -> str:
