@@ -1,10 +1,12 @@
-"""The validated store: Parquet files plus a DuckDB catalog, in one directory.
+"""The validated store: Parquet files plus a catalog, in one directory.
 
 Layout of a store directory::
 
     catalog.duckdb                 the catalog: which Parquet file is current for each (table, key)
+    catalog.parquet                immutable snapshot of the catalog that readers read (store_catalog)
+    .write.lock                    the inter-process write lock (store_lock)
     files/<table>/<key>/<txid>.parquet
-    _staging/<txid>/               files written by an unfinished transaction (removed on open)
+    _staging/<txid>/               files written by an unfinished transaction
 
 Tables: `bars/<freq>` (one file per symbol, key = symbol), `instruments`, `flags`, `universes`,
 `texts`, and free-form tables such as `oracle` or `text_embeddings` (key "" = the whole table).
@@ -12,7 +14,16 @@ Tables: `bars/<freq>` (one file per symbol, key = symbol), `instruments`, `flags
 Atomicity: a transaction writes new files under `_staging/`, moves them to their final names
 (files nobody references yet) and then switches the catalog rows in one DuckDB transaction. A
 crash or error before that switch leaves the catalog, and so the store, exactly as it was;
-unreferenced files are deleted the next time the store is opened for writing.
+unreferenced files are deleted by the next writer.
+
+Concurrency: one writer at a time. `transaction()` holds the store's write lock (an flock on
+`.write.lock`, waiting up to `lock_timeout` seconds, then StoreBusyError) from before it reads the
+catalog it builds on until after its commit, so a transaction always merges with the current stored
+files and a long-lived Store object never writes from a stale view. The commit also checks that the
+catalog version is still the one the transaction started from (compare-and-swap) and raises
+StoreConflictError otherwise, so even a writer that ignores the lock cannot cause a silent lost update.
+Readers take no lock: they read the catalog snapshot, which each commit replaces atomically, and if a
+file they were about to read was just replaced by a commit they reload the catalog and read again.
 
 Point-in-time reads live here so the rest of the code cannot get them wrong:
 `bars(symbols, start, end, freq)`, `members(universe, asof)`, `texts(symbols, visible_before)`.
@@ -22,10 +33,12 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import numpy as np
@@ -36,7 +49,6 @@ import pyarrow.parquet as pq
 from quantlm.data.schema import (
     BAR_COLUMNS,
     INSTRUMENT_COLUMNS,
-    PRICE_COLUMNS,
     TEXT_COLUMNS,
     UNIVERSE_COLUMNS,
     DataValidationError,
@@ -44,10 +56,23 @@ from quantlm.data.schema import (
     check_market,
     validate_bars,
 )
+from quantlm.data.store_catalog import (
+    CATALOG,
+    SNAPSHOT,
+    StoreConflictError,
+    connect_write,
+    empty_files,
+    read_catalog,
+    read_state,
+    snapshot_version,
+    write_snapshot,
+)
+from quantlm.data.store_lock import StoreBusyError, WriteLock, resolve_lock_timeout
+from quantlm.data.store_merge import merge_bars, to_exchange_local
 
 DEFAULT_STORE_ENV = "QUANTLM_STORE"
-_CATALOG = "catalog.duckdb"
-_OVERLAP_RTOL = 1e-9
+_READ_ATTEMPTS = 20  # a read retried after a concurrent commit replaced the file it was about to open
+T = TypeVar("T")
 
 
 def default_store_path() -> Path:
@@ -61,86 +86,114 @@ def _safe_key(key: str) -> str:
 
 
 class Store:
-    """A quantlm data store rooted at `root` (created on first write)."""
+    """A quantlm data store rooted at `root` (created on first write).
 
-    def __init__(self, root: str | os.PathLike | None = None) -> None:
+    `lock_timeout`: seconds a writer waits for another process's write to finish before raising
+    StoreBusyError (default $QUANTLM_STORE_LOCK_TIMEOUT, else 60). `last_notes`: what the last
+    transaction committed by this object had to tell the user (e.g. adj_factor re-basing).
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, lock_timeout: float | None = None) -> None:
         self.root = Path(root) if root is not None else default_store_path()
-        self._cleaned = False  # orphan files are removed once, before this object's first write
-        self._catalog_cache: tuple[tuple[int, int], pd.DataFrame] | None = None
+        self._lock_timeout = lock_timeout
+        self._cleaned = False  # leftovers of dead transactions are removed once, at this object's first write
+        self._catalog_cache: tuple[str, pd.DataFrame, dict[str, str]] | None = None
+        self.last_notes: list[str] = []
 
     # ------------------------------------------------------------------ catalog plumbing
     @property
     def catalog_path(self) -> Path:
-        return self.root / _CATALOG
+        return self.root / CATALOG
+
+    @property
+    def lock_timeout(self) -> float:
+        """Seconds a writer waits for the write lock (and a reader for a legacy catalog)."""
+        return resolve_lock_timeout(self._lock_timeout)
 
     def exists(self) -> bool:
-        return self.catalog_path.exists()
+        return (self.root / SNAPSHOT).exists() or self.catalog_path.exists()
 
     def _connect(self, write: bool) -> duckdb.DuckDBPyConnection:
+        """A DuckDB connection to the catalog. Writing: only while holding the write lock."""
         if write:
-            self.root.mkdir(parents=True, exist_ok=True)
-            con = duckdb.connect(str(self.catalog_path))
-            con.execute(
-                "CREATE TABLE IF NOT EXISTS files (tbl VARCHAR, key VARCHAR, path VARCHAR, rows BIGINT,"
-                " min_ts TIMESTAMP, max_ts TIMESTAMP, market VARCHAR, PRIMARY KEY (tbl, key))"
-            )
-            con.execute("CREATE TABLE IF NOT EXISTS meta (name VARCHAR PRIMARY KEY, value VARCHAR)")
-            return con
+            return connect_write(self.root)
         if not self.exists():
             raise FileNotFoundError(f"no quantlm store at {self.root} (create one with 'quantlm data import' or 'quantlm data synth')")
         return duckdb.connect(str(self.catalog_path), read_only=True)
 
-    def _remove_orphans(self, con: duckdb.DuckDBPyConnection) -> None:
+    def _remove_orphans(self, referenced: set[Path]) -> None:
+        """Delete what dead transactions left: staging folders, snapshot temp files, unreferenced files.
+
+        Call only while holding the write lock: every transaction holds it from start to end, so no
+        other one is running and everything found here belongs to one that crashed.
+        """
         shutil.rmtree(self.root / "_staging", ignore_errors=True)
-        referenced = {Path(p) for (p,) in con.execute("SELECT path FROM files").fetchall()}
+        for tmp in self.root.glob(f"{SNAPSHOT}.tmp-*"):
+            tmp.unlink(missing_ok=True)
         files_dir = self.root / "files"
         if files_dir.exists():
             for f in files_dir.rglob("*.parquet"):
                 if f.relative_to(self.root) not in referenced:
                     f.unlink()
 
+    def _load(self) -> tuple[pd.DataFrame, dict[str, str]]:
+        """(catalog files frame, meta), re-read only when a commit replaced the snapshot since."""
+        known = self._catalog_cache[0] if self._catalog_cache is not None else None
+        key, files, meta = read_catalog(self.root, known, self.lock_timeout)
+        if files is not None or self._catalog_cache is None:
+            self._catalog_cache = (key, files if files is not None else empty_files(), meta or {})
+        return self._catalog_cache[1], self._catalog_cache[2]
+
     def _catalog(self, tbl_prefix: str | None = None) -> pd.DataFrame:
         """Catalog rows for table `tbl_prefix` and its sub-tables (all rows if None).
 
-        The whole catalog is small (one row per file) and opening DuckDB costs ~20 ms, so the frame
-        is cached and reused while the catalog file's (mtime, size) is unchanged.
+        The whole catalog is small (one row per file): the frame is cached and reused while the
+        snapshot's version is unchanged (checked by reading its footer, well under a millisecond).
         """
         if not self.exists():
-            return pd.DataFrame(columns=["tbl", "key", "path", "rows", "min_ts", "max_ts", "market"])
-        st = self.catalog_path.stat()
-        stamp = (st.st_mtime_ns, st.st_size)
-        if self._catalog_cache is None or self._catalog_cache[0] != stamp:
-            with self._connect(write=False) as con:
-                full = con.execute("SELECT * FROM files ORDER BY tbl, key").df()
-            self._catalog_cache = (stamp, full)
-        full = self._catalog_cache[1]
+            return empty_files()
+        full = self._load()[0]
         if tbl_prefix is None:
             return full.copy()
         mask = (full["tbl"] == tbl_prefix) | full["tbl"].str.startswith(tbl_prefix + "/")
         return full[mask].reset_index(drop=True)
 
+    def _read(self, read: Callable[[], T]) -> T:
+        """`read()`, again with a fresh catalog if a concurrent commit deleted a file it had to open."""
+        for attempt in range(_READ_ATTEMPTS):
+            try:
+                return read()
+            except FileNotFoundError:
+                used = self._catalog_cache[0] if self._catalog_cache is not None else None
+                self._load()
+                if attempt == _READ_ATTEMPTS - 1 or self._catalog_cache[0] == used:
+                    raise  # the catalog did not change: the file is really missing
+                time.sleep(0.001 * attempt)
+        raise AssertionError("unreachable")
+
     def meta(self) -> dict[str, str]:
         """Free-form store metadata (e.g. how a synthetic market was generated)."""
         if not self.exists():
             return {}
-        with self._connect(write=False) as con:
-            return dict(con.execute("SELECT name, value FROM meta").fetchall())
+        return dict(self._load()[1])
 
     @contextmanager
     def transaction(self) -> Iterator[_Transaction]:
-        """Group writes so that they land together or not at all."""
-        if not self._cleaned:
-            # Leftovers of a transaction that crashed before its catalog switch: nobody references them.
-            with self._connect(write=True) as con:
-                self._remove_orphans(con)
-            self._cleaned = True
-        tx = _Transaction(self)
-        try:
-            yield tx
-        except BaseException:
-            tx.abort()
-            raise
-        tx.commit()
+        """Group writes so that they land together or not at all, one writer at a time.
+
+        Holds the store's write lock for the whole transaction (StoreBusyError if another process
+        keeps it longer than `lock_timeout` seconds). Notes for the user end up in `tx.notes` and,
+        after the commit, in `self.last_notes`.
+        """
+        with WriteLock(self.root, self.lock_timeout):
+            tx = _Transaction(self)
+            try:
+                yield tx
+            except BaseException:
+                tx.abort()
+                raise
+            tx.commit()
+            self.last_notes = list(tx.notes)
 
     # ------------------------------------------------------------------ generic tables
     def write_table(self, name: str, df: pd.DataFrame | pa.Table, key: str = "") -> None:
@@ -150,6 +203,9 @@ class Store:
 
     def read_table(self, name: str, key: str | None = None) -> pd.DataFrame:
         """Read a whole table (all keys concatenated) or one key of it; empty frame if absent."""
+        return self._read(lambda: self._read_table_once(name, key))
+
+    def _read_table_once(self, name: str, key: str | None) -> pd.DataFrame:
         cat = self._catalog(name)
         cat = cat[cat["tbl"] == name]
         if key is not None:
@@ -168,8 +224,10 @@ class Store:
                    file: str | None = None) -> dict[str, int]:
         """Validate and store bars (append new timestamps per symbol), atomically.
 
-        Overlapping timestamps must agree with what is stored (prices and volume within a relative
-        1e-9) unless `replace`, in which case the new rows win. Returns {symbol: rows after write}.
+        tz-aware timestamps are converted to the market's exchange-local time first. Overlapping
+        timestamps must agree with what is stored (prices and volume within a relative 1e-9) unless
+        `replace`, in which case the new rows win; adj_factor re-basing is handled as `merge_bars`
+        describes, with notes in `self.last_notes`. Returns {symbol: rows after write}.
         """
         with self.transaction() as tx:
             return tx.put_bars(bars, market=market, freq=freq, replace=replace, file=file)
@@ -203,6 +261,9 @@ class Store:
 
         `start`/`end` accept anything pandas parses; None means unbounded.
         """
+        return self._read(lambda: self._bars_once(symbols, start, end, freq, fields, market))
+
+    def _bars_once(self, symbols, start, end, freq: str, fields, market: str | None) -> pd.DataFrame:
         cat = self._catalog(f"bars/{freq}")
         cat = cat[cat["tbl"] == f"bars/{freq}"]
         if market is not None:
@@ -284,7 +345,11 @@ def _empty_bars() -> pd.DataFrame:
 
 
 class _Transaction:
-    """Staged writes that become visible together in `commit`."""
+    """Staged writes that become visible together in `commit`; created holding the write lock.
+
+    `notes`: messages for the user collected while merging (e.g. an adj_factor re-basing); importers
+    copy them into their reports.
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -292,9 +357,22 @@ class _Transaction:
         self.staging = store.root / "_staging" / self.txid
         self.pending: dict[tuple[str, str], tuple[Path, int, object, object, str | None]] = {}
         self.meta: dict[str, str] = {}
+        self.notes: list[str] = []
         self._bars_cache: dict[tuple[str, str], pd.DataFrame] = {}
         self._n_staged = 0
-        self._catalog_cache: dict[str, pd.DataFrame] = {}
+        # The state this transaction builds on, read from the authoritative catalog under the lock.
+        con = store._connect(write=True)
+        try:
+            self.base_version, self.base_files, meta = read_state(con)
+        finally:
+            con.close()
+        if snapshot_version(store.root) != self.base_version:
+            # New store, a store from before snapshots, or a writer that died between its DuckDB
+            # commit and its snapshot: bring the snapshot up to date before anything reads it.
+            write_snapshot(store.root, self.base_version, self.txid, self.base_files, meta)
+        if not store._cleaned:
+            store._remove_orphans({Path(p) for p in self.base_files["path"]})
+            store._cleaned = True
 
     def put(self, tbl: str, key: str, df: pd.DataFrame | pa.Table, market: str | None = None) -> None:
         """Stage `df` (a DataFrame, or an Arrow table kept as is) as the new content of (tbl, key)."""
@@ -319,14 +397,14 @@ class _Transaction:
 
     def put_bars(self, bars: pd.DataFrame, market: str, freq: str, replace: bool = False,
                  file: str | None = None) -> dict[str, int]:
+        """Validate `bars` (tz-aware ts converted to exchange-local first), merge them per symbol with
+        the stored ones (see `merge_bars`) and stage the results. Returns {symbol: rows after write}."""
         check_market(market)
         check_freq(freq)
-        new = validate_bars(bars, file=file, freq=freq)
+        new = validate_bars(to_exchange_local(bars, market, file=file), file=file, freq=freq)
         counts: dict[str, int] = {}
         tbl = f"bars/{freq}"
-        if tbl not in self._catalog_cache:  # one catalog read per table and transaction (importers call per file)
-            self._catalog_cache[tbl] = self.store._catalog(tbl)
-        cat = self._catalog_cache[tbl]
+        cat = self.base_files[self.base_files["tbl"] == tbl]
         current = dict(zip(cat["key"], cat["path"]))
         markets = dict(zip(cat["key"], cat["market"]))
         bounds = np.flatnonzero(np.r_[True, new["symbol"].to_numpy()[1:] != new["symbol"].to_numpy()[:-1], True])
@@ -340,7 +418,11 @@ class _Transaction:
             old = self._bars_cache.get((tbl, symbol))
             if old is None and symbol in current:
                 old = pq.read_table(self.store.root / current[symbol]).to_pandas()
-            merged = part if old is None else _merge_bars(old, part, replace=replace, file=file)
+            if old is None:
+                merged = part
+            else:
+                merged, notes = merge_bars(old, part, replace=replace, file=file)
+                self.notes.extend(notes)
             self._bars_cache[(tbl, symbol)] = merged
             self.put(tbl, symbol, merged.reset_index(drop=True), market=market)
             counts[symbol] = len(merged)
@@ -350,6 +432,8 @@ class _Transaction:
         shutil.rmtree(self.staging, ignore_errors=True)
 
     def commit(self) -> None:
+        """Move the staged files to their final names, then switch the catalog rows in one DuckDB
+        transaction (if the catalog version is still `base_version`), then replace the snapshot."""
         if not self.pending and not self.meta:
             self.abort()
             return
@@ -365,6 +449,13 @@ class _Transaction:
             try:
                 old_paths = []
                 con.execute("BEGIN TRANSACTION")
+                version = int(con.execute("SELECT max(version) FROM catalog_version").fetchone()[0])
+                if version != self.base_version:
+                    raise StoreConflictError(
+                        f"store {root} was changed by another writer while this transaction was open (catalog "
+                        f"version {self.base_version} -> {version}; a quantlm without the write lock?); nothing "
+                        "was written: run this again"
+                    )
                 for tbl, key, rel, rows, min_ts, max_ts, market in moved:
                     prev = con.execute("SELECT path FROM files WHERE tbl = ? AND key = ?", [tbl, key]).fetchone()
                     if prev:
@@ -376,9 +467,11 @@ class _Transaction:
                     )
                 for name, value in self.meta.items():
                     con.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", [name, value])
+                con.execute("UPDATE catalog_version SET version = ?", [version + 1])
                 con.execute("COMMIT")
+                new_version, files, meta = read_state(con)
             except BaseException:
-                con.execute("ROLLBACK")
+                _rollback(con)
                 raise
             finally:
                 con.close()
@@ -387,10 +480,20 @@ class _Transaction:
                 (root / rel).unlink(missing_ok=True)
             self.abort()
             raise
+        # Committed. Readers switch to the new state with the snapshot; only then are the replaced
+        # files deleted (a reader still holding the old snapshot re-reads the catalog and retries).
+        write_snapshot(root, new_version, self.txid, files, meta)
         self.store._catalog_cache = None
         for p in old_paths:
             (root / p).unlink(missing_ok=True)
         self.abort()
+
+
+def _rollback(con: duckdb.DuckDBPyConnection) -> None:
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.Error:  # no transaction left to roll back (e.g. COMMIT itself failed)
+        pass
 
 
 def _py_ts(value):
@@ -400,26 +503,9 @@ def _py_ts(value):
 
 
 def _merge_bars(old: pd.DataFrame, new: pd.DataFrame, replace: bool, file: str | None) -> pd.DataFrame:
-    """Union of stored and new bars of one symbol; overlaps must agree unless `replace`."""
-    overlap = pd.Index(old["ts"]).intersection(pd.Index(new["ts"]))
-    if len(overlap) and not replace:
-        o = old.set_index("ts").loc[overlap]
-        n = new.set_index("ts").loc[overlap]
-        for col in (*PRICE_COLUMNS, "volume"):
-            a, b = o[col].to_numpy(), n[col].to_numpy()
-            bad = ~np.isclose(a, b, rtol=_OVERLAP_RTOL, atol=0.0)
-            if bad.any():
-                i = int(np.flatnonzero(bad)[0])
-                raise DataValidationError(
-                    f"overlaps stored data for {new['symbol'].iat[0]} at {overlap[i]}: stored {col}={float(a[i])!r}, "
-                    f"new {col}={float(b[i])!r} (use --replace to overwrite)",
-                    file=file,
-                    column=col,
-                )
-    keep_old = old[~old["ts"].isin(new["ts"])] if replace else old
-    add_new = new if replace else new[~new["ts"].isin(old["ts"])]
-    merged = pd.concat([keep_old, add_new], ignore_index=True)
-    return merged.sort_values("ts", kind="stable").reset_index(drop=True)[list(BAR_COLUMNS)]
+    """Backward-compatible wrapper of `store_merge.merge_bars` (notes dropped)."""
+    return merge_bars(old, new, replace=replace, file=file)[0]
 
 
-__all__ = ["Store", "default_store_path", "DataValidationError", "TEXT_COLUMNS", "UNIVERSE_COLUMNS"]
+__all__ = ["Store", "default_store_path", "DataValidationError", "StoreBusyError", "StoreConflictError",
+           "TEXT_COLUMNS", "UNIVERSE_COLUMNS"]
