@@ -3,12 +3,15 @@
 `run_evaluation(store, out_dir, options, signals_path)` is what `quantlm evaluate` runs (and what
 `quantlm run` calls with its models as `extra_scores`):
 
-1. bars of the store's market; the benchmark symbol (store meta `benchmark`) and index-board
-   instruments are kept out of the tradable universe and used as the benchmark;
-2. walk-forward folds on the calendar (`quantlm.backtest.walkforward.make_folds`); the evaluation
-   period is every test period together (first test_start to last test_end), so every run is
-   judged out of sample on the same sessions (`evaluation_setup`);
-3. runs: benchmark (buy and hold), momentum-20, reversal-5, LightGBM on Alpha158 retrained per fold
+1. bars of the store's market at one frequency (`EvaluateOptions.freq`; default: the store's only
+   frequency when it holds one, else 1d); the benchmark symbol (store meta `benchmark`) and
+   index-board instruments are kept out of the tradable universe and used as the benchmark;
+2. walk-forward folds on the calendar (`quantlm.backtest.walkforward.make_folds`; intraday folds
+   split on dates, never inside a day); the evaluation period is every test period together
+   (first test_start to last test_end), so every run is judged out of sample on the same sessions
+   (`evaluation_setup`);
+3. runs: benchmark (buy and hold), momentum-20, reversal-5 (windows in bars of the frequency: 20
+   and 5 bars), LightGBM on Alpha158 (factors per bar, rolling windows in bars) retrained per fold
    and seed (the out-of-sample scores of the first seed are stitched into one run; per-fold,
    per-seed metrics and their mean/std go to metrics.json under `walk_forward`), the oracle when
    the store has one (`baseline_scores`; a `BaselineScores` computed earlier can be passed in), the
@@ -43,6 +46,7 @@ class EvaluateOptions:
     """Options of `quantlm evaluate` (see the CLI help for meanings and units)."""
 
     market: str | None = None
+    freq: str | None = None  # bar frequency (1d, 1h, 30min, ...); None = the store's only one, else 1d
     strategy: str = "topk"
     topk: int = 50
     n_drop: int = 5
@@ -72,7 +76,8 @@ class EvaluationSetup:
     start: pd.Timestamp  # first test session
     end: pd.Timestamp  # last test session
     config: Any  # BacktestConfig over [start, end]
-    labels: pd.DataFrame  # evaluation labels (forward_returns of the tradable bars)
+    labels: pd.DataFrame  # evaluation labels of the tradable bars under the config's fill (evaluation_labels)
+    freq: str = "1d"  # bar frequency of `bars`
 
     def in_period(self, scores: pd.DataFrame) -> pd.DataFrame:
         """The rows of a Scores table with start <= ts <= end."""
@@ -150,17 +155,28 @@ def split_benchmark(bars: pd.DataFrame, benchmark: str | None, instruments: pd.D
     return bars[~bars["symbol"].isin(not_traded)].reset_index(drop=True), bench
 
 
+def evaluation_freq(store, options: EvaluateOptions) -> str:
+    """options.freq, else the store's only bar frequency when it holds exactly one, else 1d."""
+    if options.freq:
+        return options.freq
+    freqs = store.freqs()
+    return freqs[0] if len(freqs) == 1 else "1d"
+
+
 def evaluation_setup(store, options: EvaluateOptions) -> EvaluationSetup:
     """Bars, benchmark, walk-forward folds and the shared backtest config of an evaluation."""
     from quantlm.backtest.engine import BacktestConfig
     from quantlm.backtest.walkforward import WalkForwardConfig, make_folds
-    from quantlm.features.labels import forward_returns
+    from quantlm.features.labels import evaluation_labels
 
     meta = store.meta()
     market = options.market or meta.get("market") or "cn"
-    all_bars = store.bars(freq="1d", market=market)
+    freq = evaluation_freq(store, options)
+    all_bars = store.bars(freq=freq, market=market)
     if len(all_bars) == 0:
-        raise FileNotFoundError(f"store {store.root} holds no daily bars for market '{market}'")
+        held = ", ".join(store.freqs()) or "none"
+        raise FileNotFoundError(f"store {store.root} holds no {freq} bars for market '{market}' "
+                                f"(frequencies in the store: {held}; choose one with --freq)")
     instruments = store.instruments()
     flags = store.flags()
     bars, bench_bars = split_benchmark(all_bars, meta.get("benchmark"), instruments)
@@ -172,7 +188,7 @@ def evaluation_setup(store, options: EvaluateOptions) -> EvaluationSetup:
                             cash=options.cash, fill=options.fill, costs=options.costs,
                             benchmark=meta.get("benchmark") if bench_bars is not None else None, start=start, end=end)
     return EvaluationSetup(market, bars, bench_bars, instruments, flags, folds, start, end, config,
-                           forward_returns(bars))
+                           evaluation_labels(bars, options.fill), freq)
 
 
 def baseline_scores(store, setup: EvaluationSetup, options: EvaluateOptions) -> BaselineScores:
@@ -235,7 +251,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     if signals_path is not None:
         from quantlm.backtest.signals import read_signals
 
-        signals = read_signals(Path(signals_path))
+        signals = read_signals(Path(signals_path), market=options.market or store.meta().get("market") or "cn")
         if "score" not in signals.columns:
             raise EvaluationError(f"{signals_path}: evaluate needs a 'score' column (weights files go to 'quantlm backtest')")
     setup = setup if setup is not None else evaluation_setup(store, options)
@@ -244,7 +260,7 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
 
     runs: dict[str, tuple[Any, pd.DataFrame | None]] = {}
     seed_metrics: dict[str, dict[int, dict[str, float]]] = {}
-    extra: dict[str, Any] = {"period": {"start": start, "end": end}, "market": setup.market}
+    extra: dict[str, Any] = {"period": {"start": start, "end": end}, "market": setup.market, "freq": setup.freq}
 
     def add_seeded(name: str, by_seed: Mapping[int, pd.DataFrame]) -> None:
         first = None

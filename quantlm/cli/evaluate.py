@@ -39,6 +39,7 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
         signals: Annotated[Path | None, typer.Option("--signals", help="Your Scores table (CSV/Parquet: symbol, ts, score).")] = None,
         market: Annotated[str | None, typer.Option("--market", help="cn, us or crypto (default: the store's).")] = None,
+        freq: Annotated[str | None, typer.Option("--freq", help="Bar frequency: 1d, 1h, 30min, 15min, 5min or 1min (default: the store's only frequency, else 1d).")] = None,
         strategy: Annotated[str, typer.Option("--strategy", help="topk or threshold.")] = "topk",
         topk: Annotated[int, typer.Option("--topk", help="Stocks held by topk.")] = 50,
         n_drop: Annotated[int, typer.Option("--n-drop", help="Stocks swapped per session by topk.")] = 5,
@@ -67,7 +68,7 @@ def register(app: typer.Typer) -> None:
             fail("evaluate compares Scores tables: use --strategy topk or threshold ('quantlm backtest' runs weights)")
         if walk_forward_mode not in ("rolling", "expanding"):
             fail(f"--walk-forward must be rolling or expanding, got '{walk_forward_mode}'")
-        opts = EvaluateOptions(market=market, strategy=strategy, topk=topk, n_drop=n_drop, fill=fill, costs=costs,
+        opts = EvaluateOptions(market=market, freq=freq, strategy=strategy, topk=topk, n_drop=n_drop, fill=fill, costs=costs,
                                cash=cash, mode=walk_forward_mode, train_years=train_years, test_months=test_months,
                                seeds=parse_seeds(seeds), jobs=jobs, gates_file=gates_file, baselines=wanted,
                                num_boost_round=num_boost_round)
