@@ -3,8 +3,10 @@
 Training rows are (symbol, t) with factors at t and the evaluation label of t
 (open(t+2)/open(t+1) - 1 by default). A row is used only if its label is fully known by
 `train_end`: labels are built from bars truncated at `train_end`, so any label that needs a later
-bar is NaN and dropped. The label is z-scored across symbols per session before training (as
-Qlib's CSZScoreNorm); the model predicts that relative label, which is what top-k trading uses.
+bar is NaN and dropped. The label is z-scored across symbols per time stamp (a session; a bar for
+intraday data) before training (as Qlib's CSZScoreNorm); the model predicts that relative label,
+which is what top-k trading uses. Intraday bars work as daily ones: factors, labels and the
+cross-sections are all per bar.
 Deterministic for a given seed (LightGBM `deterministic=True`, fixed thread count). Within a
 process, the factors and the binned Dataset of the same training bars are built once and shared by
 all seeds (walk-forward runs a fold's seeds in one process).
@@ -56,7 +58,7 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None = None, horizon: int = 1,
                    lag: int = 1, train_start=None) -> tuple[pd.DataFrame, pd.Series]:
-    """(X, y) of rows whose label is known by train_end; y is the label z-scored per session."""
+    """(X, y) of rows whose label is known by train_end; y is the label z-scored per time stamp."""
     train_end = pd.Timestamp(train_end)
     known = bars[bars["ts"] <= train_end]
     if train_start is not None:

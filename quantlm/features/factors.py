@@ -30,6 +30,10 @@ Differences from Qlib, on purpose:
 - Infinite values (e.g. division by a zero volume) become NaN.
 - Qlib's Alpha158 labels are not built here (see quantlm.features.labels).
 
+Any bar frequency: windows count bars, never dates, so on intraday data (e.g. 30-min bars) ROC5 is
+the return over 5 bars and windows run across the lunch break and overnight; nothing assumes daily
+dates.
+
 Point in time: a row's features use only the same symbol's bars at or before its time stamp; each
 window is reduced independently (no running sums), so values are bit-stable whatever the future
 holds. Checked by quantlm.testing.assert_causal in tests/test_features.py.
