@@ -9,6 +9,9 @@ import typer
 
 from quantlm.cli.common import StoreOption, console, store_from, user_errors
 
+BareCodesOption = Annotated[str, typer.Option("--bare-codes", help="Codes without exchange (600000): refuse, infer "
+                                              "(from the code; 000xxx only with a 指数 name), sh or sz.")]
+
 
 def _print_report(report, root: Path) -> None:
     from rich.table import Table
@@ -34,13 +37,14 @@ def register(app: typer.Typer) -> None:
                                                   "delist_date (退市日期), board (板块).")],
         store: StoreOption = None,
         market: Annotated[str, typer.Option("--market", help="Market of the instruments: cn, us or crypto.")] = "cn",
+        bare_codes: BareCodesOption = "refuse",
     ) -> None:
         """Import instruments (list dates, boards, names), upserted by symbol; all rows checked before writing.
         A missing board is derived from the code (000300.SH, 399001.SZ -> index)."""
         from quantlm.data.metadata import import_instruments
 
         st = store_from(store)
-        _print_report(import_instruments(file, st, market=market), st.root)
+        _print_report(import_instruments(file, st, market=market, bare_codes=bare_codes), st.root)
 
     @app.command("import-flags")
     @user_errors
@@ -49,12 +53,13 @@ def register(app: typer.Typer) -> None:
                                                   "(inclusive; empty end = still ST).")],
         store: StoreOption = None,
         market: Annotated[str, typer.Option("--market", help="Market of the symbols (cn normalises codes).")] = "cn",
+        bare_codes: BareCodesOption = "refuse",
     ) -> None:
         """Import ST / *ST spans: they replace the stored spans of the symbols in the file; overlaps are merged."""
         from quantlm.data.metadata import import_flags
 
         st = store_from(store)
-        _print_report(import_flags(file, st, market=market), st.root)
+        _print_report(import_flags(file, st, market=market, bare_codes=bare_codes), st.root)
 
     @app.command("set-benchmark")
     @user_errors

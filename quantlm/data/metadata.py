@@ -19,8 +19,8 @@ and separator-insensitively; Chinese vendor spellings are accepted:
 | flag | flag, kind: st, *st, s*st, sst, all stored as flag "st" (they share the ST price limit) |
 | start, end | start, start_date, begin, 开始日期, 起始日期 / end, end_date, 结束日期, 截止日期 (inclusive; empty end = open) |
 
-cn symbols are normalised to `600000.SH` form (sh600000, SH600000, sh.600000, 600000.sh,
-600000.XSHG / .XSHE, .BJ; a bare 6-digit code gets its exchange from the code). Dates are
+cn symbols are normalised to `600000.SH` form by `quantlm.data.symbols` (sh600000, SH600000, sh.600000,
+600000.sh, 600000.XSHG / .XSHE, .BJ; a bare code only under `bare_codes`, as for bar imports). Dates are
 YYYY-MM-DD, YYYYMMDD or YYYY/MM/DD (a trailing 00:00:00 is allowed); day/month-ambiguous spellings
 such as 05/01/2020 are refused. An empty board is the stored board, else `board_from_code` (cn), else
 'other'. Columns the file lacks (name, list_date, delist_date) keep the stored values of known symbols.
@@ -45,6 +45,7 @@ import pandas as pd
 from quantlm.backtest.rules import board_from_code
 from quantlm.data.schema import BOARDS, INSTRUMENT_COLUMNS, DataValidationError, check_market
 from quantlm.data.store import Store
+from quantlm.data.symbols import SymbolError, check_bare_rule, normalize_cn_symbol, normalize_symbol_column
 
 INSTRUMENT_ALIASES: dict[str, tuple[str, ...]] = {
     "symbol": ("tscode", "symbol", "code", "ticker", "instrument", "代码", "股票代码", "证券代码"),
@@ -63,7 +64,6 @@ BOARD_NAMES = {**{b: b for b in BOARDS}, "主板": "main", "中小板": "main", 
                "北交所": "bse", "北证": "bse", "指数": "index"}
 FLAG_NAMES = {"st": "st", "*st": "st", "s*st": "st", "sst": "st"}
 _EMPTY = {"", "-", "--", "nan", "nat", "none", "null"}
-_EXCHANGES = {"SH": "SH", "SS": "SH", "XSHG": "SH", "SZ": "SZ", "XSHE": "SZ", "BJ": "BJ"}
 
 
 @dataclass
@@ -148,34 +148,14 @@ def _text(raw: pd.Series) -> pd.Series:
 
 
 # ---------------------------------------------------------------------------------------------- symbols
-def normalize_cn(raw: str) -> str | None:
-    """'600000.SH' form of a China symbol (sh600000, SH600000, sh.600000, 600000.sh, 600000.XSHG, 000001.XSHE,
-    430047.BJ, bare 600000); None when it is not one. A bare code's exchange: 6/9(0) -> SH, 0/2/3 -> SZ,
-    4/8/92 -> BJ."""
-    s = str(raw).strip().upper()
-    m = re.fullmatch(r"(\d{6})\.(SH|SS|SZ|BJ|XSHG|XSHE)", s) or re.fullmatch(r"(SH|SZ|BJ)\.?(\d{6})", s)
-    if m:
-        code, exch = (m.group(1), m.group(2)) if m.group(1).isdigit() else (m.group(2), m.group(1))
-        return f"{code}.{_EXCHANGES[exch]}"
-    if re.fullmatch(r"\d{6}", s):
-        if s.startswith(("92", "4", "8")):
-            return f"{s}.BJ"
-        if s.startswith(("6", "9")):
-            return f"{s}.SH"
-        if s.startswith(("0", "2", "3")):
-            return f"{s}.SZ"
-    return None
-
-
-def _symbols(raw: pd.Series, market: str, file: str, column: str) -> np.ndarray:
-    text = _text(raw)
-    out = np.empty(len(text), dtype=object)
-    for i, s in enumerate(text):
-        sym = (normalize_cn(s) if market == "cn" else s) if s else None
-        if not sym:
-            problem = "empty symbol" if not s else f"not a China stock or index code: {s!r} (e.g. 600000.SH, sh600000)"
-            raise DataValidationError(problem, file=file, row=i + 1, column=column)
-        out[i] = sym
+def _symbols(raw: pd.Series, market: str, file: str, column: str, bare_codes: str,
+             names: pd.Series | None = None) -> np.ndarray:
+    """Canonical symbols (cn: `quantlm.data.symbols`, e.g. sh600000 -> 600000.SH); an empty cell is an error."""
+    check_bare_rule(bare_codes)
+    out = normalize_symbol_column(raw, market, bare_codes, file, np.arange(1, len(raw) + 1), column, names=names)
+    empty = np.flatnonzero(out == "")
+    if len(empty):
+        raise DataValidationError("empty symbol", file=file, row=int(empty[0]) + 1, column=column)
     return out
 
 
@@ -236,8 +216,12 @@ def _bars_market_conflict(store: Store, symbols: np.ndarray, market: str, file: 
 
 
 # ---------------------------------------------------------------------------------------------- instruments
-def import_instruments(source: str | Path | pd.DataFrame, store: Store, market: str = "cn") -> MetaImportReport:
-    """Upsert instruments (symbol, name, list_date, delist_date, board) of `market` into `store`, all or nothing."""
+def import_instruments(source: str | Path | pd.DataFrame, store: Store, market: str = "cn",
+                       bare_codes: str = "refuse") -> MetaImportReport:
+    """Upsert instruments (symbol, name, list_date, delist_date, board) of `market` into `store`, all or nothing.
+
+    `bare_codes` (refuse, infer, sh, sz): how a code without exchange is read (`quantlm.data.symbols`).
+    """
     check_market(market)
     df, file = read_table_file(source)
     cols = match_columns(df, INSTRUMENT_ALIASES, file)
@@ -246,7 +230,8 @@ def import_instruments(source: str | Path | pd.DataFrame, store: Store, market: 
                                   f"{', '.join(map(str, df.columns))}", file=file, column="symbol")
     if len(df) == 0:
         raise DataValidationError("no data rows (header only)", file=file)
-    symbols = _symbols(df[cols["symbol"]], market, file, cols["symbol"])
+    symbols = _symbols(df[cols["symbol"]], market, file, cols["symbol"], bare_codes,
+                       names=df[cols["name"]] if "name" in cols else None)
     dup = pd.Series(symbols).duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
@@ -311,7 +296,8 @@ def _boards(raw: pd.Series | None, symbols: np.ndarray, market: str, stored: pd.
 
 
 # ---------------------------------------------------------------------------------------------- flags
-def import_flags(source: str | Path | pd.DataFrame, store: Store, market: str = "cn") -> MetaImportReport:
+def import_flags(source: str | Path | pd.DataFrame, store: Store, market: str = "cn",
+                 bare_codes: str = "refuse") -> MetaImportReport:
     """Replace the imported symbols' ST spans with the file's (symbol, flag, start, end), all or nothing."""
     check_market(market)
     df, file = read_table_file(source)
@@ -322,7 +308,7 @@ def import_flags(source: str | Path | pd.DataFrame, store: Store, market: str = 
                                   file=file, column=missing[0])
     if len(df) == 0:
         raise DataValidationError("no data rows (header only)", file=file)
-    symbols = _symbols(df[cols["symbol"]], market, file, cols["symbol"])
+    symbols = _symbols(df[cols["symbol"]], market, file, cols["symbol"], bare_codes)
     derived: dict[str, int] = {}
     if "flag" in cols:
         text = _text(df[cols["flag"]])
@@ -397,14 +383,19 @@ def set_benchmark(store: Store, symbol: str) -> BenchmarkReport:
     if not store.exists():
         raise FileNotFoundError(f"no quantlm store at {store.root} (import the benchmark's bars with 'quantlm data import')")
     listing = store.listing()
-    wanted = [str(symbol).strip()] + [s for s in [normalize_cn(symbol)] if s]
+    wanted = [str(symbol).strip()]
+    try:
+        wanted.append(normalize_cn_symbol(symbol))
+    except SymbolError:
+        pass
     hit = next((s for s in wanted if s in set(listing["symbol"])), None)
     if hit is None:
-        candidates = index_symbols(store)
-        close = difflib.get_close_matches(wanted[-1], listing["symbol"].astype(str).unique().tolist(), n=5)
-        names = list(dict.fromkeys(candidates + close))
-        hint = (f"stored candidates: {', '.join(names)}" if names else
+        indices = index_symbols(store)
+        close = [c for c in difflib.get_close_matches(wanted[-1], sorted(set(listing["symbol"].astype(str))), n=5,
+                                                      cutoff=0.8) if c not in indices]
+        hint = (f"stored index symbols (candidates): {', '.join(indices)}" if indices else
                 "the store holds no index bars: import them first with 'quantlm data import FILE --market cn'")
+        hint += f"; similar stored symbols: {', '.join(close)}" if close else ""
         raise DataValidationError(f"no bars for {wanted[-1]} in {store.root}; {hint}")
     rows = listing[listing["symbol"] == hit]
     market = str(rows["market"].iloc[0])
@@ -428,4 +419,4 @@ def set_benchmark(store: Store, symbol: str) -> BenchmarkReport:
 
 
 __all__ = ["BenchmarkReport", "MetaImportReport", "import_flags", "import_instruments", "index_symbols",
-           "merge_spans", "normalize_cn", "parse_dates", "set_benchmark"]
+           "merge_spans", "parse_dates", "set_benchmark"]
