@@ -151,3 +151,35 @@ def test_examples_cover_every_kind_found():
     report = HealthReport(warnings=w, freq="1d", n_symbols=2, n_bars=len(bars))
     assert set(report.examples(3)["kind"]) == {"suspension", "volume_jump", "zero_volume_run"}
     assert len(report.examples(2)) == 2 and len(report.examples(0)) == 0
+
+
+def test_metadata_section_on_a_bare_cn_store_only(store, tmp_path):
+    from quantlm.data.health import META_KINDS, check_metadata
+
+    bars = clean_bars(symbols=("600000.SH", "000001.SZ", "000300.SH"))
+    store.write_bars(bars, market="cn")
+    report = check_store(store)
+    assert report.summary.sum() == 0  # bar checks unchanged: metadata is its own section
+    assert report.metadata["kind"].tolist() == list(META_KINDS)
+    detail = dict(zip(report.metadata["kind"], report.metadata["detail"], strict=True))
+    assert detail["missing_list_dates"].startswith("2 of 2 stock symbols have no list_date")
+    assert "import-flags" in detail["missing_st_flags"] and "000300.SH" in detail["no_benchmark"]
+    out = tmp_path / "report.json"
+    report.write_json(out)
+    assert [m["kind"] for m in json.loads(out.read_text())["metadata"]] == list(META_KINDS)
+    # complete metadata: no warnings
+    with store.transaction() as tx:
+        tx.put("instruments", "", pd.DataFrame({"symbol": ["600000.SH", "000001.SZ"], "market": "cn",
+                                                "board": "main", "name": "", "list_date": T("2000-01-04"),
+                                                "delist_date": pd.NaT}))
+        tx.put("flags", "", pd.DataFrame({"symbol": ["600000.SH"], "flag": ["st"], "start": [T("2024-02-01")],
+                                          "end": [T("2024-03-01")]}))
+        tx.set_meta("benchmark", "000300.SH")
+    assert len(check_metadata(store)) == 0 and len(check_store(store).metadata) == 0
+
+
+def test_no_metadata_section_for_other_markets(store):
+    days = pd.date_range("2024-01-01", "2024-01-31")
+    store.write_bars(pd.DataFrame({"symbol": "BTC/USDT", "ts": days, "open": 1.0, "high": 1.0, "low": 1.0,
+                                   "close": 1.0, "volume": 1.0}), market="crypto")
+    assert len(check_store(store).metadata) == 0
