@@ -7,7 +7,10 @@ the very same functions (numba dispatchers, callable from Python) that the tests
 Defaults per market (`cost_model(market)`):
 
 - cn: commission 0.03% per side, minimum 5 CNY per order; stamp duty on sells 0.1% until
-  2023-08-27 and 0.05% from 2023-08-28; transfer fee 0.001% each side.
+  2023-08-27 and 0.05% from 2023-08-28 (Ministry of Finance / State Taxation Administration notice of
+  2023-08-27 halving the stamp duty on securities trades); transfer fee 0.002% each side until
+  2022-04-28 and 0.001% from 2022-04-29 (China Securities Depository and Clearing (CSDC) notice of
+  2022-04 cutting the A-share transfer fee by half, effective 2022-04-29).
 - us: zero commission; SEC Section 31 fee on sales by effective date (e.g. 0.00278% from
   2024-05-22, 0 from 2025-05-14).
 - crypto: taker fee 0.1% per side.
@@ -25,7 +28,8 @@ import numpy as np
 import pandas as pd
 from numba import njit
 
-STAMP_DUTY_CN = (("1900-01-01", 0.001), ("2023-08-28", 0.0005))
+STAMP_DUTY_CN = (("1900-01-01", 0.001), ("2023-08-28", 0.0005))  # MOF/STA notice, 2023-08-27
+TRANSFER_FEE_CN = (("1900-01-01", 0.00002), ("2022-04-29", 0.00001))  # CSDC notice, effective 2022-04-29
 # SEC Section 31 fee rates (fraction of sale value) by effective date; overridable via CostModel.
 SEC_FEE_US = (
     ("1900-01-01", 0.0000231),
@@ -46,7 +50,8 @@ class CostModel:
 
     commission_rate / min_commission: broker commission per side, at least min_commission per filled order.
     stamp_duty: ((effective date, sell-side rate), ...) in date order.
-    transfer_fee_rate: per side (cn).
+    transfer_fee_rate: per side (cn), used when `transfer_fee` is empty.
+    transfer_fee: ((effective date, per-side rate), ...) in date order; overrides transfer_fee_rate.
     sec_fee: ((effective date, sell-side rate), ...) (us).
     slippage: fraction of value lost per side (half-spread and the like).
     impact_coef: square-root impact coefficient; the cost fraction is impact_coef * sigma * sqrt(shares / volume).
@@ -57,6 +62,7 @@ class CostModel:
     min_commission: float = 0.0
     stamp_duty: tuple[tuple[str, float], ...] = ()
     transfer_fee_rate: float = 0.0
+    transfer_fee: tuple[tuple[str, float], ...] = ()
     sec_fee: tuple[tuple[str, float], ...] = ()
     slippage: float = 0.0
     impact_coef: float = 0.0
@@ -74,6 +80,15 @@ class CostModel:
         """Sell-side stamp duty rate in force on `date`."""
         return schedule_rate(self.stamp_duty, date)
 
+    def transfer_fee_rate_on(self, date) -> float:
+        """Per-side transfer fee rate in force on `date` (fraction of traded value)."""
+        return schedule_rate(self.transfer_fee, date) if self.transfer_fee else self.transfer_fee_rate
+
+    def transfer_fee_rates(self, sessions: pd.DatetimeIndex) -> np.ndarray:
+        if not self.transfer_fee:
+            return np.full(len(sessions), float(self.transfer_fee_rate))
+        return schedule_rates(self.transfer_fee, sessions)
+
     def sec_fee_rate(self, date) -> float:
         """Sell-side SEC fee rate in force on `date`."""
         return schedule_rate(self.sec_fee, date)
@@ -87,6 +102,7 @@ class CostModel:
 
 COST_PRESETS: dict[str, CostModel] = {
     "cn": CostModel(commission_rate=0.0003, min_commission=5.0, stamp_duty=STAMP_DUTY_CN, transfer_fee_rate=0.00001,
+                    transfer_fee=TRANSFER_FEE_CN,
                     slippage=0.0002, impact_coef=0.1),
     "us": CostModel(commission_rate=0.0, min_commission=0.0, sec_fee=SEC_FEE_US, slippage=0.0002, impact_coef=0.1),
     "crypto": CostModel(commission_rate=0.001, slippage=0.0002, impact_coef=0.1),

@@ -1,13 +1,19 @@
-"""The backtest engine: scores -> strategy -> orders -> exchange -> portfolio, over sessions.
+"""The backtest engine: scores -> strategy -> orders -> exchange -> portfolio, bar by bar.
 
-Timing: the score at session t is known after t's close (its decision cut-off). Orders generated
-from it fill on the next session t+1: at its open (`fill="open"`, default), its close (`"close"`), or
-a VWAP proxy (`"vwap"`: amount / volume when amount is known, else (open + high + low + close) / 4).
-Whether a fill is at the price limit is judged at the fill price, never at a later price.
+Timing: the score at bar t is known after t's close (its decision cut-off). Orders generated from it
+fill on the next bar t+1: at its open (`fill="open"`, default), its close (`"close"`), or a VWAP proxy
+(`"vwap"`: amount / volume when amount is known, else (open + high + low + close) / 4). Whether a
+fill is at the price limit is judged at the fill price, never at a later price. Bars are daily or
+intraday: T+1, the IPO window and `hold_thresh` count dates (sessions), not bars.
 
-`run_backtest` precomputes [n_sessions, n_symbols] arrays (fill prices, limit prices, volumes,
-volatility) and runs the numba kernel (`engine="numba"`, default) or the plain-Python reference
-loop over the same objects live trading uses (`engine="python"`); the two give the same results.
+Corporate actions: when a symbol's adj_factor steps between two of its bars, holdings follow the
+action before the bar trades (`config.corporate_actions`: "cash" = bonus shares as shares and the
+rest as a cash dividend, "reinvest" = all as shares, "off" = raw shares as before; see
+`kernel.corporate_action_split`). Buy-and-hold then earns the adjusted-close return.
+
+`run_backtest` computes per-bar inputs on the long bar rows (`prepare`), then runs the numba kernel
+(`engine="numba"`, default) or the plain-Python reference loop over the same objects live trading
+uses (`engine="python"`) over chunks of whole dates; the two give the same results (tested).
 """
 
 from __future__ import annotations
@@ -19,12 +25,14 @@ import pandas as pd
 
 from quantlm.backtest import kernel as K
 from quantlm.backtest.costs import CostModel, cost_model
-from quantlm.backtest.reference import run_reference
-from quantlm.backtest.rules import MarketRules, limit_price_arrays, market_rules
+from quantlm.backtest.exchange import TRADE_COLUMNS
+from quantlm.backtest.prepare import MAX_CHUNK_CELLS, Prepared, PrepareError, _ns, iter_chunks, prepare
+from quantlm.backtest.reference import ReferenceRunner
+from quantlm.backtest.rules import MarketRules, market_rules
 
 STRATEGIES = ("topk", "threshold", "weights")
 FILLS = ("open", "close", "vwap")
-SIGMA_WINDOW = 20
+CORPORATE_ACTIONS = K.CA_MODES
 
 
 class BacktestConfigError(ValueError):
@@ -56,6 +64,8 @@ class BacktestConfig:
     risk_degree: float = 0.95  # TopkDropout: fraction of available cash spent on buys
     rules: MarketRules | None = None  # override the market preset's rules
     cost_model: CostModel | None = None  # override the market preset's costs (ignored when costs=False)
+    corporate_actions: str = "cash"  # cash | reinvest | off: how adj_factor steps reach holdings (kernel docstring)
+    freq: str | None = None  # bar frequency read from a store (None: the signals' and store's, see load_from_store)
 
     def market_rules(self) -> MarketRules:
         return self.rules if self.rules is not None else market_rules(self.market)
@@ -86,6 +96,8 @@ class BacktestConfig:
             bad(f"participation must be in [0, 1], got {self.participation}")
         if not self.leverage > 0:
             bad(f"leverage must be positive, got {self.leverage}")
+        if self.corporate_actions not in CORPORATE_ACTIONS:
+            bad(f"unknown corporate_actions '{self.corporate_actions}' (expected one of {', '.join(CORPORATE_ACTIONS)})")
 
 
 @dataclass
@@ -111,6 +123,8 @@ class BacktestResult:
     costs: pd.Series  # trade costs + borrow fees per session (currency)
     exposure: pd.Series  # gross exposure / equity (fraction)
     borrow_fees: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))  # included in costs
+    # cash credited (dividends, cash in lieu of fractional bonus shares) or paid (shorts) at adj_factor steps
+    corporate_action_cash: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))
     warnings: list[str] = field(default_factory=list)
 
     def returns(self) -> pd.Series:
@@ -118,127 +132,6 @@ class BacktestResult:
         prev = self.equity.shift(1)
         prev.iloc[:1] = self.config.cash
         return (self.equity / prev - 1.0).rename("returns")
-
-
-@dataclass
-class _Arrays:
-    symbols: list[str]
-    sessions: pd.DatetimeIndex
-    fill_price: np.ndarray
-    close: np.ndarray
-    mark: np.ndarray  # last close known at each session's close (forward-filled)
-    volume: np.ndarray
-    limit_up: np.ndarray
-    limit_down: np.ndarray
-    sigma: np.ndarray
-    score: np.ndarray
-    has_score: np.ndarray
-    new_date: np.ndarray
-    stamp_rate: np.ndarray
-    sec_rate: np.ndarray
-    borrow_years: np.ndarray
-    warnings: list[str]
-
-
-def _ffill(a: np.ndarray) -> np.ndarray:
-    """Forward-fill NaNs down each column."""
-    idx = np.where(np.isfinite(a), np.arange(a.shape[0])[:, None], 0)
-    np.maximum.accumulate(idx, axis=0, out=idx)
-    return a[idx, np.arange(a.shape[1])[None, :]]
-
-
-def _shift(a: np.ndarray) -> np.ndarray:
-    out = np.full_like(a, np.nan)
-    out[1:] = a[:-1]
-    return out
-
-
-def prepare_arrays(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig,
-                   instruments: pd.DataFrame | None = None, flags: pd.DataFrame | None = None) -> _Arrays:
-    """Dense [session, symbol] arrays for the loop (see the module docstring)."""
-    value_col = "weight" if config.strategy == "weights" else "score"
-    for col in ("symbol", "ts", value_col):
-        if col not in scores.columns:
-            raise BacktestConfigError(f"signals: missing column '{col}' (strategy '{config.strategy}')")
-    for col in ("symbol", "ts", "open", "high", "low", "close", "volume"):
-        if col not in bars.columns:
-            raise BacktestConfigError(f"bars: missing column '{col}'")
-    warnings: list[str] = []
-    s_codes, s_uniques = pd.factorize(scores["symbol"])
-    b_codes, b_uniques = pd.factorize(bars["symbol"])
-    score_syms, bar_syms = pd.Index(np.asarray(s_uniques, dtype=str)), pd.Index(np.asarray(b_uniques, dtype=str))
-    symbols = sorted(score_syms.intersection(bar_syms))
-    if not symbols:
-        raise BacktestConfigError("no symbol of the signals has bars")
-    missing = score_syms.difference(bar_syms)
-    if len(missing):
-        warnings.append(f"{len(missing)} signal symbol(s) have no bars and are ignored, e.g. {missing[0]}")
-    sym_index = pd.Index(symbols)
-    bj = np.where(b_codes >= 0, sym_index.get_indexer(bar_syms)[b_codes], -1)  # symbol column of each bar
-    in_universe = bj >= 0
-    b = bars[in_universe]
-    ji = bj[in_universe]
-    ts = pd.DatetimeIndex(b["ts"])
-    all_sessions = pd.DatetimeIndex(np.unique(ts.to_numpy()))
-    n_all, n = len(all_sessions), len(symbols)
-    ti = all_sessions.searchsorted(ts)
-
-    def dense(col: str, fill=np.nan) -> np.ndarray:
-        a = np.full((n_all, n), fill)
-        if col in b.columns:
-            a[ti, ji] = pd.to_numeric(b[col], errors="coerce").to_numpy(dtype="float64")
-        return a
-
-    o, h, lo, c, vol = dense("open"), dense("high"), dense("low"), dense("close"), dense("volume", 0.0)
-    vol = np.nan_to_num(vol, nan=0.0)
-    has_bar = np.isfinite(c)
-    if config.fill == "open":
-        fill = o
-    elif config.fill == "close":
-        fill = c
-    else:
-        amount = dense("amount")
-        with np.errstate(invalid="ignore", divide="ignore"):
-            vwap = amount / vol
-        fill = np.where(np.isfinite(vwap) & (vwap > 0), vwap, (o + h + lo + c) / 4.0)
-    mark = _ffill(c)
-    # limit reference: the last close of the previous date (the previous bar for daily data)
-    days_all = all_sessions.normalize()
-    prev_i = days_all.searchsorted(days_all, side="left") - 1
-    prev_close = np.where((prev_i >= 0)[:, None], mark[np.maximum(prev_i, 0)], np.nan)
-    adj = _ffill(dense("adj_factor"))
-    ratio = np.where((prev_i >= 0)[:, None], adj[np.maximum(prev_i, 0)], np.nan) / adj  # ex-rights reference
-    prev_ref = np.where(np.isfinite(ratio), prev_close * ratio, prev_close)
-    rules, costs = config.market_rules(), config.cost_model_used()
-    if rules.price_limits:
-        up, down = limit_price_arrays(symbols, all_sessions, has_bar, prev_ref, instruments, flags, rules.price_tick)
-    else:
-        up = down = np.full((n_all, n), np.nan)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        logret = np.where(has_bar, np.log(mark / _shift(mark)), np.nan)
-    sigma = _shift(K.rolling_std(logret, SIGMA_WINDOW, 5))  # known at the previous close
-    sigma = np.where(np.isfinite(sigma), sigma, costs.default_sigma)
-
-    sj = np.where(s_codes >= 0, sym_index.get_indexer(score_syms)[s_codes], -1)
-    sts = all_sessions.searchsorted(pd.DatetimeIndex(scores["ts"]), side="right") - 1  # last session <= ts
-    keep = (sts >= 0) & (sj >= 0)
-    score = np.full((n_all, n), np.nan)
-    score[sts[keep], sj[keep]] = pd.to_numeric(scores[value_col], errors="coerce").to_numpy(dtype="float64")[keep]
-
-    lo_i = 0 if config.start is None else all_sessions.searchsorted(pd.Timestamp(config.start))
-    hi_i = n_all if config.end is None else all_sessions.searchsorted(pd.Timestamp(config.end), side="right")
-    if hi_i - lo_i < 1:
-        raise BacktestConfigError(f"no sessions between start={config.start} and end={config.end}")
-    w = slice(lo_i, hi_i)
-    sessions = all_sessions[w]
-    days = sessions.normalize()
-    new_date = np.ones(len(sessions), dtype=bool)
-    new_date[1:] = days[1:] != days[:-1]
-    gaps = np.zeros(len(sessions))
-    gaps[1:] = np.diff(sessions.asi8) / (86_400e9 * 365.0)
-    return _Arrays(symbols, sessions, fill[w], c[w], mark[w], vol[w], up[w], down[w], sigma[w], score[w],
-                   np.isfinite(score[w]).any(axis=1), new_date, costs.stamp_duty_rates(sessions),
-                   costs.sec_fee_rates(sessions), gaps, warnings)
 
 
 def _params(config: BacktestConfig, n_symbols: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,75 +145,163 @@ def _params(config: BacktestConfig, n_symbols: int) -> tuple[np.ndarray, np.ndar
     fp[K.P_SLIP], fp[K.P_IMPACT] = c.slippage, c.impact_coef
     fp[K.P_BORROW] = r.borrow_fee_rate if config.costs else 0.0
     fp[K.P_SLEEVE] = config.leverage / n_symbols
-    ip = np.zeros(7, dtype=np.int64)
+    ip = np.zeros(8, dtype=np.int64)
     ip[K.I_STRATEGY] = STRATEGIES.index(config.strategy)
     ip[K.I_TOPK], ip[K.I_NDROP], ip[K.I_HOLD] = config.topk, config.n_drop, config.hold_thresh
     ip[K.I_ALLOW_SHORT], ip[K.I_T_PLUS], ip[K.I_ODD_LOT] = int(config.shorting()), r.t_plus, int(r.odd_lot_sell)
+    ip[K.I_CA_MODE] = CORPORATE_ACTIONS.index(config.corporate_actions)
     return fp, ip
+
+
+@dataclass
+class _Outputs:
+    """Per-bar series and per-order records of a run, filled chunk by chunk."""
+
+    equity: list = field(default_factory=list)
+    cash: list = field(default_factory=list)
+    costs: list = field(default_factory=list)
+    traded: list = field(default_factory=list)
+    gross: list = field(default_factory=list)
+    ca_cash: list = field(default_factory=list)
+    pos_t: list = field(default_factory=list)
+    pos_j: list = field(default_factory=list)
+    pos_shares: list = field(default_factory=list)
+    pos_value: list = field(default_factory=list)
+    trades: list = field(default_factory=list)
+    mark: np.ndarray | None = None  # last close per symbol carried across chunks
+
+    def add_positions(self, chunk, positions: np.ndarray) -> None:
+        """Record the non-zero positions of a chunk, valued at the last close known at each bar."""
+        n = positions.shape[1]
+        close = np.vstack([np.full((1, n), np.nan) if self.mark is None else self.mark[None, :], chunk.close])
+        marks = _ffill(close)[1:]
+        self.mark = marks[-1].copy()
+        ti, ji = np.nonzero(positions)
+        self.pos_t.append(ti + chunk.start)
+        self.pos_j.append(ji)
+        self.pos_shares.append(positions[ti, ji])
+        self.pos_value.append(positions[ti, ji] * marks[ti, ji])
+
+
+def _ffill(a: np.ndarray) -> np.ndarray:
+    """Forward-fill NaNs down each column."""
+    idx = np.where(np.isfinite(a), np.arange(a.shape[0])[:, None], 0)
+    np.maximum.accumulate(idx, axis=0, out=idx)
+    return a[idx, np.arange(a.shape[1])[None, :]]
 
 
 def run_backtest(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig | None = None,
                  instruments: pd.DataFrame | None = None, flags: pd.DataFrame | None = None,
-                 benchmark_bars: pd.DataFrame | None = None, engine: str = "numba") -> BacktestResult:
-    """Backtest `scores` (symbol, ts, score | weight) on `bars` (canonical schema) under `config`."""
+                 benchmark_bars: pd.DataFrame | None = None, engine: str = "numba",
+                 max_chunk_cells: int = MAX_CHUNK_CELLS) -> BacktestResult:
+    """Backtest `scores` (symbol, ts, score | weight) on `bars` (canonical schema) under `config`.
+
+    Daily or intraday bars; the bar loop runs over chunks of whole dates of at most `max_chunk_cells`
+    bars x symbols, so memory does not grow with a dense bars x all-symbols grid.
+    """
     config = config or BacktestConfig()
     config.validate()
-    a = prepare_arrays(scores, bars, config, instruments, flags)
+    try:
+        p = prepare(scores, bars, config, instruments, flags)
+    except PrepareError as e:
+        raise BacktestConfigError(str(e)) from None
     if engine == "numba":
-        out = _run_numba(a, config)
+        out = _run_numba(p, config, max_chunk_cells)
     elif engine == "python":
-        out = run_reference(a, config)
+        out = _Outputs()
+        runner = ReferenceRunner(p, config)
+        for chunk in iter_chunks(p, max_chunk_cells):
+            runner.run_chunk(chunk, out)
     else:
         raise BacktestConfigError(f"unknown engine '{engine}' (expected numba or python)")
-    return _result(a, config, *out, benchmark=_benchmark(config, a.sessions, bars, benchmark_bars))
+    return _result(p, config, out, benchmark=_benchmark(config, p.sessions, bars, benchmark_bars))
 
 
 def run_signal_grid(signals: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:
     """Equity curves [session x variant] of many score variants for ONE symbol (parameter grids).
 
     `signals` is wide: index = ts, one column of scores per variant; `bars` holds that symbol's bars.
-    Each column is exactly `run_backtest` of that column (checked in tests), sharing the prepared arrays.
+    Each column is exactly `run_backtest` of that column (checked in tests), sharing the prepared inputs.
     """
     config.validate()
     symbols = pd.unique(bars["symbol"].astype(str))
     if len(symbols) != 1:
         raise BacktestConfigError(f"run_signal_grid needs bars of exactly one symbol, got {len(symbols)}")
     long = pd.DataFrame({"symbol": symbols[0], "ts": pd.DatetimeIndex(signals.index), "score": 0.0})
-    a = prepare_arrays(long, bars, config)
-    fp, ip = _params(config, 1)
-    all_ts = pd.DatetimeIndex(np.unique(pd.DatetimeIndex(bars["ts"]).to_numpy()))
-    pos = all_ts.searchsorted(pd.DatetimeIndex(signals.index), side="right") - 1
-    in_window = pos - all_ts.searchsorted(a.sessions[0])
-    keep = (in_window >= 0) & (in_window < len(a.sessions))
+    p = prepare(long, bars, config)
     values = signals.to_numpy(dtype="float64")
-    out = np.empty((len(a.sessions), values.shape[1]))
-    score = np.full((len(a.sessions), 1), np.nan)
+    out = np.empty((len(p.sessions), values.shape[1]))
+    base_t = p.score_t.copy()
+    keep_rows = _grid_rows(long, p, bars)
     for k in range(values.shape[1]):
-        score[:] = np.nan
-        score[in_window[keep], 0] = values[keep, k]
-        eq, *_ = K.run_kernel(a.fill_price, a.close, a.volume, a.limit_up, a.limit_down, a.sigma, score,
-                              np.isfinite(score[:, 0]), a.new_date, a.stamp_rate, a.sec_rate, a.borrow_years, fp, ip,
-                              1)  # trades are only counted, not recorded
-        out[:, k] = eq
-    return pd.DataFrame(out, index=pd.DatetimeIndex(a.sessions, name="ts"), columns=signals.columns)
+        v = values[keep_rows, k]
+        ok = np.isfinite(v)
+        p.score_t, p.score_j, p.score = base_t[ok], np.zeros(int(ok.sum()), dtype=np.int64), v[ok]
+        res = _run_numba(p, config, MAX_CHUNK_CELLS, record=False)
+        out[:, k] = np.concatenate(res.equity)
+    return pd.DataFrame(out, index=pd.DatetimeIndex(p.sessions, name="ts"), columns=signals.columns)
 
 
-def _run_numba(a: _Arrays, config: BacktestConfig):
-    fp, ip = _params(config, len(a.symbols))
-    n_t, n = a.close.shape
-    per_day = n if config.strategy != "topk" else min(n, config.topk + 2 * config.n_drop)
-    capacity = max(64, n_t * per_day // 4)
-    while True:
-        eq, cash, cost, traded, gross, pos, rec, n_rec = K.run_kernel(
-            a.fill_price, a.close, a.volume, a.limit_up, a.limit_down, a.sigma, a.score, a.has_score, a.new_date,
-            a.stamp_rate, a.sec_rate, a.borrow_years, fp, ip, capacity)
-        if n_rec <= capacity:
-            break
-        capacity = n_rec
-    rec = rec[:n_rec]
-    trades = pd.DataFrame({
-        "ts": a.sessions[rec[:, K.C_T].astype(np.int64)],
-        "symbol": np.asarray(a.symbols, dtype=object)[rec[:, K.C_J].astype(np.int64)],
+def _grid_rows(long: pd.DataFrame, p: Prepared, bars: pd.DataFrame) -> np.ndarray:
+    """Rows of `long` (one per signal timestamp) that `prepare` kept, in its score order."""
+    all_ts = np.unique(_ns(bars["ts"]))
+    st = np.searchsorted(all_ts, _ns(long["ts"]), side="right") - 1
+    lo = np.searchsorted(all_ts, p.sessions.asi8[0])
+    rows = np.flatnonzero((st >= lo) & (st < lo + len(p.sessions)))
+    return rows[np.argsort(st[rows], kind="stable")]
+
+
+class KernelState:
+    """The account and pending orders carried from one kernel chunk to the next (numpy arrays)."""
+
+    def __init__(self, n: int, cash: float) -> None:
+        self.scal = np.array([cash, 0.0])
+        self.shares, self.sellable = np.zeros(n), np.zeros(n)
+        self.held_days = np.zeros(n, dtype=np.int64)
+        self.last_price = np.full(n, np.nan)
+        self.o_j, self.o_side = np.zeros(2 * n + 1, dtype=np.int64), np.zeros(2 * n + 1, dtype=np.int64)
+        self.o_shares, self.o_value = np.zeros(2 * n + 1), np.zeros(2 * n + 1)
+
+    def copy(self) -> KernelState:
+        other = KernelState.__new__(KernelState)
+        other.__dict__ = {k: v.copy() for k, v in self.__dict__.items()}
+        return other
+
+
+def _run_numba(p: Prepared, config: BacktestConfig, max_chunk_cells: int = MAX_CHUNK_CELLS,
+               record: bool = True) -> _Outputs:
+    fp, ip = _params(config, len(p.symbols))
+    n = len(p.symbols)
+    per_bar = n if config.strategy != "topk" else min(n, config.topk + 2 * config.n_drop)
+    state = KernelState(n, config.cash)
+    out = _Outputs()
+    for ch in iter_chunks(p, max_chunk_cells):
+        n_t = len(ch.sessions)
+        capacity = max(64, n_t * per_bar // 4) if record else 1
+        while True:
+            before = state.copy() if record else state
+            eq, cash, cost, traded, gross, ca, pos, rec, n_rec = K.run_kernel(
+                ch.fill_price, ch.close, ch.volume, ch.limit_up, ch.limit_down, ch.sigma, ch.score, ch.has_score,
+                ch.new_date, ch.day_end, ch.ca_ratio, ch.stamp_rate, ch.sec_rate, ch.transfer_rate, ch.borrow_years,
+                p.buy_step, p.buy_min, p.sell_step, p.sell_min, fp, ip, capacity, state.scal, state.shares,
+                state.sellable, state.held_days, state.last_price, state.o_j, state.o_side, state.o_shares,
+                state.o_value, ch.last)
+            if not record or n_rec <= capacity:
+                break
+            state, capacity = before, n_rec
+        for lst, v in zip((out.equity, out.cash, out.costs, out.traded, out.gross, out.ca_cash),
+                          (eq, cash, cost, traded, gross, ca)):
+            lst.append(v)
+        if record:
+            out.add_positions(ch, pos)
+            out.trades.append(_trades_frame(rec[:n_rec], ch.sessions, p.symbols))
+    return out
+
+
+def _trades_frame(rec: np.ndarray, sessions: pd.DatetimeIndex, symbols: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({
+        "ts": sessions[rec[:, K.C_T].astype(np.int64)],
+        "symbol": np.asarray(symbols, dtype=object)[rec[:, K.C_J].astype(np.int64)],
         "side": np.asarray(K.SIDES, dtype=object)[rec[:, K.C_SIDE].astype(np.int64)],
         "shares_requested": rec[:, K.C_REQ], "shares_filled": rec[:, K.C_FILLED], "price": rec[:, K.C_PRICE],
         "value": rec[:, K.C_VALUE], "commission": rec[:, K.C_COMM], "stamp_duty": rec[:, K.C_STAMP],
@@ -330,11 +311,12 @@ def _run_numba(a: _Arrays, config: BacktestConfig):
         "reason": np.asarray(K.REASONS, dtype=object)[rec[:, K.C_REASON].astype(np.int64)],
         "value_requested": rec[:, K.C_VALUE_REQ],
     })
-    return eq, cash, cost, traded, gross, pos, trades
 
 
 def _benchmark(config: BacktestConfig, sessions: pd.DatetimeIndex, bars: pd.DataFrame,
                benchmark_bars: pd.DataFrame | None) -> pd.Series | None:
+    """Benchmark closes on the backtest's bars (last close at or before each bar; a daily benchmark on
+    intraday bars gives each bar its date's close, so per-date metrics compare like with like)."""
     if config.benchmark is None and benchmark_bars is None:
         return None
     src = benchmark_bars if benchmark_bars is not None else bars
@@ -344,46 +326,80 @@ def _benchmark(config: BacktestConfig, sessions: pd.DatetimeIndex, bars: pd.Data
         raise BacktestConfigError(f"benchmark '{config.benchmark}' has no bars")
     s = pd.Series(src["close"].to_numpy(dtype="float64"), index=pd.DatetimeIndex(src["ts"])).sort_index()
     s = s[~s.index.duplicated(keep="last")]
+    daily_on_intraday = (s.index == s.index.normalize()).all() and (sessions != sessions.normalize()).any()
+    if daily_on_intraday:
+        return pd.Series(s.reindex(sessions.normalize()).to_numpy(), index=sessions, name="benchmark").ffill()
     return s.reindex(s.index.union(sessions)).ffill().reindex(sessions).rename("benchmark")
 
 
-def _result(a: _Arrays, config: BacktestConfig, eq, cash, cost, traded, gross, pos, trades, benchmark) -> BacktestResult:
-    idx = pd.DatetimeIndex(a.sessions, name="ts")
-    equity = pd.Series(eq, index=idx, name="equity")
+def _result(p: Prepared, config: BacktestConfig, out: _Outputs, benchmark) -> BacktestResult:
+    idx = pd.DatetimeIndex(p.sessions, name="ts")
+    eq, cash, cost, traded, gross, ca = (np.concatenate(x) for x in (out.equity, out.cash, out.costs, out.traded,
+                                                                     out.gross, out.ca_cash))
     prev_equity = np.r_[config.cash, eq[:-1]]
     with np.errstate(invalid="ignore", divide="ignore"):
         turnover = traded / prev_equity
         exposure = gross / eq
-    stale = np.flatnonzero((pos[-1] != 0) & ~np.isfinite(a.close[-20:]).any(axis=0))
+    ti, ji = np.concatenate(out.pos_t), np.concatenate(out.pos_j)
+    shares, value = np.concatenate(out.pos_shares), np.concatenate(out.pos_value)
+    final = ti == len(idx) - 1
+    stale = np.flatnonzero(np.isin(np.arange(len(p.symbols)), ji[final]) & (p.last_bar < len(idx) - 20))
+    warnings = list(p.warnings)
     if len(stale):
-        a.warnings.append(f"{len(stale)} position(s) end in symbols without a bar in the last 20 sessions (delisted or "
-                          f"long suspended, e.g. {a.symbols[stale[0]]}); they stay marked at their last close")
-    ti, ji = np.nonzero(pos)
-    shares = pos[ti, ji]
-    value = shares * a.mark[ti, ji]
-    positions = pd.DataFrame({"ts": idx[ti], "symbol": np.asarray(a.symbols, dtype=object)[ji], "shares": shares,
+        warnings.append(f"{len(stale)} position(s) end in symbols without a bar in the last 20 sessions (delisted or "
+                        f"long suspended, e.g. {p.symbols[stale[0]]}); they stay marked at their last close")
+    positions = pd.DataFrame({"ts": idx[ti], "symbol": np.asarray(p.symbols, dtype=object)[ji], "shares": shares,
                               "value": value, "weight": value / eq[ti]})
-    borrow = np.asarray(cost) - trades.groupby("ts")["total_cost"].sum().reindex(idx, fill_value=0.0).to_numpy()
+    trades = pd.concat(out.trades, ignore_index=True) if out.trades else pd.DataFrame(columns=list(TRADE_COLUMNS))
+    borrow = cost - trades.groupby("ts")["total_cost"].sum().reindex(idx, fill_value=0.0).to_numpy()
     return BacktestResult(
-        config=config, equity=equity, cash=pd.Series(cash, index=idx, name="cash"), benchmark=benchmark,
-        positions=positions, trades=trades.reset_index(drop=True), turnover=pd.Series(turnover, index=idx, name="turnover"),
-        costs=pd.Series(cost, index=idx, name="costs"), exposure=pd.Series(exposure, index=idx, name="exposure"),
-        borrow_fees=pd.Series(np.maximum(borrow, 0.0), index=idx, name="borrow_fees"), warnings=a.warnings)
+        config=config, equity=pd.Series(eq, index=idx, name="equity"), cash=pd.Series(cash, index=idx, name="cash"),
+        benchmark=benchmark, positions=positions, trades=trades.reset_index(drop=True),
+        turnover=pd.Series(turnover, index=idx, name="turnover"), costs=pd.Series(cost, index=idx, name="costs"),
+        exposure=pd.Series(exposure, index=idx, name="exposure"),
+        borrow_fees=pd.Series(np.maximum(borrow, 0.0), index=idx, name="borrow_fees"),
+        corporate_action_cash=pd.Series(ca, index=idx, name="corporate_action_cash"), warnings=warnings)
+
+
+def store_freq(store, symbols: list[str], scores: pd.DataFrame | None = None) -> str:
+    """The bar frequency to backtest on: the only one stored for `symbols`; with several, an intraday
+    one when the scores carry times of day, else 1d."""
+    listing = store.listing()
+    freqs = sorted(set(listing.loc[listing["symbol"].isin(symbols), "freq"]))
+    if not freqs:
+        raise BacktestConfigError(f"the store at {store.root} has no bars for the signals' symbols")
+    if len(freqs) == 1:
+        return freqs[0]
+    timed = scores is not None and len(scores) and (_ns(scores["ts"]) % 86_400_000_000_000 != 0).any()
+    intraday = [f for f in freqs if f != "1d"]
+    if timed and intraday:
+        if len(intraday) > 1:
+            raise BacktestConfigError(f"the store holds {', '.join(intraday)} bars for these symbols; pick one with --freq")
+        return intraday[0]
+    return "1d" if "1d" in freqs else freqs[0]
 
 
 def load_from_store(scores: pd.DataFrame, store, config: BacktestConfig) -> dict:
     """Bars (with 60 days of history before `config.start`), instruments, flags and benchmark bars for
-    `scores`, read from `store`; fills `config.benchmark` from the store meta when unset."""
+    `scores`, read from `store` at `config.freq` (default: `store_freq`); fills `config.benchmark` from
+    the store meta when unset. A daily-only benchmark on intraday bars is used at its daily closes."""
     symbols = sorted(pd.unique(scores["symbol"].astype(str)))
+    freq = config.freq or store_freq(store, symbols, scores)
+    config.freq = freq
     start = None if config.start is None else pd.Timestamp(config.start) - pd.Timedelta(days=60)
-    bars = store.bars(symbols, start=start, end=config.end)
+    end = config.end
+    if end is not None and freq != "1d" and pd.Timestamp(end) == pd.Timestamp(end).normalize():
+        end = pd.Timestamp(end) + pd.Timedelta(days=1) - pd.Timedelta(1, "ns")
+    bars = store.bars(symbols, start=start, end=end, freq=freq)
     if len(bars) == 0:
-        raise BacktestConfigError(f"the store at {store.root} has no daily bars for the signals' symbols")
+        raise BacktestConfigError(f"the store at {store.root} has no {freq} bars for the signals' symbols")
     if config.benchmark is None and store.meta().get("benchmark"):
         config.benchmark = store.meta()["benchmark"]
     bench = None
     if config.benchmark:
-        bench = store.bars([config.benchmark], start=start, end=config.end)
+        bench = store.bars([config.benchmark], start=start, end=end, freq=freq)
+        if len(bench) == 0 and freq != "1d":
+            bench = store.bars([config.benchmark], start=start, end=end, freq="1d")
         if len(bench) == 0:
             raise BacktestConfigError(f"benchmark '{config.benchmark}' has no bars in the store at {store.root}")
     instruments, flags = store.instruments(), store.flags()

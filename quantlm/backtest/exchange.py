@@ -21,6 +21,7 @@ not in daily bars).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,12 +38,24 @@ BAR_FIELDS = ("price", "volume", "limit_up", "limit_down", "sigma")
 SIDE_ORDER = ("sell", "cover", "short", "buy")
 
 
+@dataclass(frozen=True)
+class LotRule:
+    """Order sizes of one symbol, in shares: buys at least `buy_min` then multiples of `buy_step`;
+    partial sells multiples of `sell_step` and at least `sell_min` (a whole position may always go)."""
+
+    buy_min: float
+    buy_step: float
+    sell_min: float
+    sell_step: float
+
+
 @dataclass
 class Exchange:
     """Fills orders under `rules` and `costs`.
 
     participation: max fraction of the bar's volume one order may take (0 = no cap).
     leverage: max gross exposure / equity. allow_short: None = the market's default.
+    lots: per-symbol order sizes (STAR / BSE boards); symbols not in it use the rules' lot_size / sell_step.
     """
 
     rules: MarketRules
@@ -50,6 +63,13 @@ class Exchange:
     participation: float = 0.1
     leverage: float = 1.0
     allow_short: bool | None = None
+    lots: Mapping[str, LotRule] | None = None
+
+    def lot_rule(self, symbol: str) -> LotRule:
+        if self.lots is not None and symbol in self.lots:
+            return self.lots[symbol]
+        r = self.rules
+        return LotRule(float(r.lot_size), float(r.lot_size), 0.0, float(r.sell_step))
 
     @property
     def shorting(self) -> bool:
@@ -71,15 +91,16 @@ class Exchange:
         """As `execute`, returning one record per order in execution order."""
         stamp = self.costs.stamp_duty_rate(ts)
         sec = self.costs.sec_fee_rate(ts)
+        transfer = self.costs.transfer_fee_rate_on(ts)
         marks = dict(portfolio.last_price)
         out = []
         for side in SIDE_ORDER:
             for order in orders[orders["side"] == side].itertuples(index=False):
                 bar = bars.loc[order.symbol] if order.symbol in bars.index else None
-                out.append(self._one(order, bar, portfolio, marks, ts, stamp, sec))
+                out.append(self._one(order, bar, portfolio, marks, ts, stamp, sec, transfer))
         return out
 
-    def _one(self, order, bar, portfolio: Portfolio, marks: dict, ts, stamp: float, sec: float) -> dict:
+    def _one(self, order, bar, portfolio: Portfolio, marks: dict, ts, stamp: float, sec: float, transfer: float) -> dict:
         r, c = self.rules, self.costs
         symbol, side = order.symbol, order.side
         is_sell = side in ("sell", "short")
@@ -87,10 +108,13 @@ class Exchange:
         volume = float(bar["volume"]) if bar is not None else 0.0
         sigma = float(bar["sigma"]) if bar is not None else c.default_sigma
         ref = price if np.isfinite(price) else portfolio.last_price.get(symbol, np.nan)
-        step = r.lot_size if side == "buy" else r.sell_step
+        lot = self.lot_rule(symbol)
+        step, q_min = (lot.buy_step, lot.buy_min) if side == "buy" else (lot.sell_step, lot.sell_min)
         if side == "buy":  # the value covers the shares and their costs
             req = affordable_shares(float(order.value), ref, step, c.commission_rate, c.min_commission,
-                                    c.transfer_fee_rate, c.slippage, c.impact_coef, sigma, volume) if np.isfinite(ref) else 0.0
+                                    transfer, c.slippage, c.impact_coef, sigma, volume) if np.isfinite(ref) else 0.0
+            if req < q_min:
+                req = 0.0
         elif side == "short":
             req = round_down(order.value / ref, step) if np.isfinite(ref) and ref > 0 else 0.0
         else:
@@ -113,7 +137,9 @@ class Exchange:
                 if q > portfolio.sellable.get(symbol, 0.0):
                     q, reason = portfolio.sellable.get(symbol, 0.0), "t+1"
                 if q < whole or not r.odd_lot_sell:
-                    rounded = round_down(q, r.sell_step)
+                    rounded = round_down(q, step)
+                    if rounded < q_min and rounded < whole:
+                        rounded = 0.0
                     if rounded < q and not reason:
                         reason = "lot"
                     q = rounded
@@ -123,6 +149,8 @@ class Exchange:
                 reason = "lot"
             if q > 0 and self.participation > 0 and q > self.participation * volume:
                 q, reason = round_down(self.participation * volume, step), "volume"
+                if q < q_min:
+                    q = 0.0
             if q > 0 and side in ("buy", "cover"):
                 budget = math.inf
                 if side == "buy":
@@ -134,9 +162,9 @@ class Exchange:
                     budget = portfolio.cash
                 if budget < math.inf:
                     afford = affordable_shares(budget, price, step, c.commission_rate, c.min_commission,
-                                               c.transfer_fee_rate, c.slippage, c.impact_coef, sigma, volume)
+                                               transfer, c.slippage, c.impact_coef, sigma, volume)
                     if afford < q:
-                        q, reason = afford, "cash"
+                        q, reason = (afford if afford >= q_min else 0.0), "cash"
             elif q > 0 and side == "short":
                 gross, equity = portfolio.gross_and_equity(marks)
                 room = round_down(max(self.leverage * equity - gross, 0.0) / price, step)
@@ -147,7 +175,7 @@ class Exchange:
                "sec_fee": 0.0, "slippage": 0.0, "impact": 0.0, "borrow_fee": 0.0, "total_cost": 0.0,
                "status": "rejected", "reason": reason, "value_requested": float(order.value)}
         if q > 0:
-            costs = fill_costs(q, price, is_sell, c.commission_rate, c.min_commission, stamp, c.transfer_fee_rate,
+            costs = fill_costs(q, price, is_sell, c.commission_rate, c.min_commission, stamp, transfer,
                                sec, c.slippage, c.impact_coef, sigma, volume)
             total = costs[0] + costs[1] + costs[2] + costs[3] + costs[4] + costs[5]
             portfolio.apply_fill(symbol, side, q, price, total)

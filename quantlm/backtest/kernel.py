@@ -1,8 +1,11 @@
-"""The numba-compiled session loop of the backtest engine (the fast path of `engine.run_backtest`).
+"""The numba-compiled bar loop of the backtest engine (the fast path of `engine.run_backtest`).
 
-It does, per session t, exactly what the reference path (strategies -> orders -> Exchange ->
-Portfolio, in plain Python) does; `tests/backtest/test_engine.py` checks the two agree. Arrays are
-[n_sessions, n_symbols]; NaN price = no bar, NaN limit = no limit, NaN score = no signal.
+It does, per bar t, exactly what the reference path (strategies -> orders -> Exchange -> Portfolio,
+in plain Python) does; `tests/backtest/test_engine.py` checks the two agree. Arrays are
+[n_bars, n_symbols] for one CHUNK of whole dates; NaN price = no bar, NaN limit = no limit, NaN score =
+no signal. The account (cash, shares, sellable shares, days held, last prices) and the pending orders
+live in a `KernelState` passed in and updated in place, so a long intraday backtest runs chunk by
+chunk with memory bounded by the chunk, not by bars x symbols.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ N_COLS = 17
 (P_CASH, P_PARTICIPATION, P_LOT, P_SELL_STEP, P_TICK, P_LEVERAGE, P_RISK, P_LONG_THR, P_SHORT_THR, P_COMM_RATE,
  P_MIN_COMM, P_TRANSFER, P_SLIP, P_IMPACT, P_BORROW, P_SLEEVE) = range(16)
 # int parameter vector
-I_STRATEGY, I_TOPK, I_NDROP, I_HOLD, I_ALLOW_SHORT, I_T_PLUS, I_ODD_LOT = range(7)
+I_STRATEGY, I_TOPK, I_NDROP, I_HOLD, I_ALLOW_SHORT, I_T_PLUS, I_ODD_LOT, I_CA_MODE = range(8)
+CA_OFF, CA_CASH, CA_REINVEST = 0, 1, 2
+CA_MODES = ("off", "cash", "reinvest")
+# scalar state: cash (currency), number of pending orders
+S_CASH, S_N_ORDERS = range(2)
 
 
 @njit(cache=True)
@@ -143,11 +150,12 @@ def threshold_targets(score, shares, long_thr, short_thr, allow_short, sleeve, w
 
 
 @njit(cache=True)
-def orders_from_targets(w, seq, k, shares, last_price, equity, sell_step, o_j, o_side, o_shares, o_value):
+def orders_from_targets(w, seq, k, shares, last_price, equity, sell_steps, o_j, o_side, o_shares, o_value):
     """The shared order generator: targets - current -> orders (sells in shares, buys/shorts in value)."""
     m = 0
     for i in range(k):
         j = seq[i]
+        sell_step = sell_steps[j]
         target = w[j]
         cur = shares[j]
         p = last_price[j]
@@ -208,47 +216,130 @@ def _gross_equity(cash, shares, mark):
 
 
 @njit(cache=True)
-def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, has_score, new_date, stamp_rate,
-               sec_rate, borrow_years, fp, ip, capacity):
-    """Simulate all sessions. Returns (equity, cash, costs, traded, gross, positions, trades, n_trades)."""
+def corporate_action_split(ratio, mode):
+    """How an adj_factor step `ratio` = adj_factor(t) / adj_factor(t-1) reaches a holder.
+
+    Returns (share_ratio, cash_fraction): each held share becomes `share_ratio` shares and the holder
+    is credited `cash_fraction` x the previous close per OLD share, so that value is preserved at the
+    ex-rights reference price close(t-1) / ratio. Modes: CA_OFF (no adjustment: raw shares, the old
+    behaviour), CA_REINVEST (everything as shares, share_ratio = ratio: equity then follows the
+    adjusted close exactly), CA_CASH (default): A-share bonus issues and conversions come per 10
+    shares, so the largest multiple of 0.1 not above `ratio` is taken as shares and the rest as a cash
+    dividend (a pure cash dividend under ~9% of the price is all cash; 10-for-10 is share_ratio 2).
+    A factor step below 1 (a share consolidation) is all shares.
+    """
+    if mode == CA_OFF or not (ratio == ratio) or ratio <= 0.0 or abs(ratio - 1.0) < 1e-12:
+        return 1.0, 0.0
+    if mode == CA_REINVEST or ratio < 1.0:
+        return ratio, 0.0
+    share = math.floor(ratio * 10.0 + 1e-6) / 10.0
+    if share < 1.0:
+        share = 1.0
+    return share, 1.0 - share / ratio
+
+
+@njit(cache=True)
+def apply_corporate_action(shares, last_price, ratio, mode, whole_shares):
+    """(new shares, cash credited in currency, new last price) of a position at an adj_factor step.
+
+    With `whole_shares`, fractional new shares are paid out in cash at the ex-rights price (cash in
+    lieu). Shorts pay the dividend (negative cash).
+    """
+    share, cash_frac = corporate_action_split(ratio, mode)
+    if share == 1.0 and cash_frac == 0.0:
+        return shares, 0.0, last_price
+    new_last = last_price / ratio
+    if shares == 0.0 or not (last_price == last_price):
+        return shares, 0.0, new_last
+    new_q = shares * share
+    if whole_shares:
+        if new_q > 0:
+            new_q = math.floor(new_q + 1e-9)
+        else:
+            new_q = -math.floor(-new_q + 1e-9)
+    cash = shares * last_price * cash_frac + (shares * share - new_q) * new_last
+    return new_q, cash, new_last
+
+
+@njit(cache=True)
+def _scaled_quantity(q, share, whole_shares):
+    q = q * share
+    if whole_shares:
+        q = math.floor(q + 1e-9)
+    return q
+
+
+@njit(cache=True)
+def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, has_score, new_date, day_end, ca_ratio,
+               stamp_rate, sec_rate, transfer_rate, borrow_years, buy_step, buy_min, sell_step, sell_min, fp, ip,
+               capacity, scal, shares, sellable, held_days, last_price, o_j, o_side, o_shares, o_value, last_chunk):
+    """Simulate the bars of one chunk, updating the state (scal, shares, ..., pending orders) in place.
+
+    Per bar t: corporate actions on holdings (adj_factor steps, `ca_ratio`) -> settlement on a new date
+    (T+1) -> borrow fees -> the pending orders fill (sells, covers, shorts, buys) -> mark at the close
+    -> held days +1 at a date's last bar -> decide on t's scores (orders fill on the next bar). Buys
+    are `buy_min` shares at least, then multiples of `buy_step` (per symbol: 100/100 on the main
+    board, 200/1 on STAR, 100/1 on BSE); partial sells are multiples of `sell_step`, at least
+    `sell_min` unless they close the position. Returns (equity, cash, costs, traded, gross,
+    corporate-action cash, positions, trades, n_trades).
+    """
     n_t, n = close.shape
-    cash = fp[P_CASH]
-    shares = np.zeros(n)
-    sellable = np.zeros(n)
-    held_days = np.zeros(n, dtype=np.int64)
-    last_price = np.full(n, np.nan)
+    cash = scal[S_CASH]
+    n_orders = int(scal[S_N_ORDERS])
     equity_out = np.zeros(n_t)
     cash_out = np.zeros(n_t)
     cost_out = np.zeros(n_t)
     traded_out = np.zeros(n_t)
     gross_out = np.zeros(n_t)
+    ca_out = np.zeros(n_t)
     positions = np.zeros((n_t, n))
     trades = np.zeros((capacity, N_COLS))
     n_trades = 0
-    o_j = np.zeros(2 * n + 1, dtype=np.int64)
-    o_side = np.zeros(2 * n + 1, dtype=np.int64)
-    o_shares = np.zeros(2 * n + 1)
-    o_value = np.zeros(2 * n + 1)
-    n_orders = 0
     w = np.full(n, np.nan)
     mark = np.full(n, np.nan)
     seq = np.zeros(n, dtype=np.int64)
-    lot, sell_step, tick = fp[P_LOT], fp[P_SELL_STEP], fp[P_TICK]
+    tick = fp[P_TICK]
     leverage, participation = fp[P_LEVERAGE], fp[P_PARTICIPATION]
+    ca_mode = ip[I_CA_MODE]
     for t in range(n_t):
+        # corporate actions: holdings, sellable shares, pending share orders and last prices follow the factor
+        if ca_mode != CA_OFF:
+            for j in range(n):
+                r = ca_ratio[t, j]
+                if not (r == r) or r == 1.0:
+                    continue
+                share, _ = corporate_action_split(r, ca_mode)
+                whole = buy_step[j] >= 1.0  # whole shares: fractions of new shares are paid in cash
+                old = shares[j]
+                new_q, c_cash, new_last = apply_corporate_action(old, last_price[j], r, ca_mode, whole)
+                if old != 0.0:
+                    if sellable[j] >= old > 0:
+                        sellable[j] = new_q
+                    elif sellable[j] > 0:
+                        sellable[j] = min(_scaled_quantity(sellable[j], share, whole), new_q)
+                    shares[j] = new_q
+                    cash += c_cash
+                    ca_out[t] += c_cash
+                for i in range(n_orders):
+                    if o_j[i] == j and (o_side[i] == SELL or o_side[i] == COVER):
+                        if old != 0.0 and abs(o_shares[i] - abs(old)) < 1e-9:
+                            o_shares[i] = abs(new_q)
+                        else:
+                            o_shares[i] = _scaled_quantity(o_shares[i], share, whole)
+                last_price[j] = new_last
         if ip[I_T_PLUS] == 0 or new_date[t]:
             for j in range(n):
                 sellable[j] = shares[j] if shares[j] > 0 else 0.0
         day_cost = 0.0
         day_traded = 0.0
         # borrow fee on shorts held overnight, at the previous marks
-        if t > 0 and fp[P_BORROW] > 0:
+        if borrow_years[t] > 0 and fp[P_BORROW] > 0:
             for j in range(n):
                 if shares[j] < 0:
                     fee = -shares[j] * last_price[j] * fp[P_BORROW] * borrow_years[t]
                     cash -= fee
                     day_cost += fee
-        # execute yesterday's orders: sells, covers, shorts, buys
+        # execute the pending orders: sells, covers, shorts, buys
         if n_orders > 0:
             mark[:] = last_price  # prices for exposure checks: last closes, then today's fills
         for side_pass in (SELL, COVER, SHORT, BUY):
@@ -262,10 +353,13 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                 vol = volume[t, j]
                 ref = price if price == price else last_price[j]
                 value_req = o_value[i]
-                step = lot if side == BUY else sell_step
+                step = buy_step[j] if side == BUY else sell_step[j]
+                q_min = buy_min[j] if side == BUY else sell_min[j]
                 if side == BUY:  # the value covers the shares and their costs
-                    req = affordable_shares(value_req, ref, step, fp[P_COMM_RATE], fp[P_MIN_COMM], fp[P_TRANSFER],
+                    req = affordable_shares(value_req, ref, step, fp[P_COMM_RATE], fp[P_MIN_COMM], transfer_rate[t],
                                             fp[P_SLIP], fp[P_IMPACT], sigma[t, j], vol) if ref == ref else 0.0
+                    if req < q_min:
+                        req = 0.0
                 elif side == SHORT:
                     req = round_down(value_req / ref, step) if ref == ref and ref > 0 else 0.0
                 else:
@@ -284,12 +378,14 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                     q = 0.0
                 else:
                     if side == SELL:
-                        whole = shares[j]
+                        whole_pos = shares[j]
                         if q > sellable[j]:
                             q = sellable[j]
                             reason = R_T1
-                        if q < whole or ip[I_ODD_LOT] == 0:
-                            q2 = round_down(q, sell_step)
+                        if q < whole_pos or ip[I_ODD_LOT] == 0:
+                            q2 = round_down(q, step)
+                            if q2 < q_min and q2 < whole_pos:
+                                q2 = 0.0
                             if q2 < q and reason == R_NONE:
                                 reason = R_LOT
                             q = q2
@@ -299,6 +395,8 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                         reason = R_LOT
                     if q > 0 and participation > 0 and q > participation * vol:
                         q = round_down(participation * vol, step)
+                        if q < q_min:
+                            q = 0.0
                         reason = R_VOLUME
                     if q > 0 and (side == BUY or side == COVER):
                         if side == BUY:
@@ -310,9 +408,9 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                             budget = cash if leverage <= 1.0 else math.inf
                         if budget < math.inf:
                             afford = affordable_shares(budget, price, step, fp[P_COMM_RATE], fp[P_MIN_COMM],
-                                                       fp[P_TRANSFER], fp[P_SLIP], fp[P_IMPACT], sigma[t, j], vol)
+                                                       transfer_rate[t], fp[P_SLIP], fp[P_IMPACT], sigma[t, j], vol)
                             if afford < q:
-                                q = afford
+                                q = afford if afford >= q_min else 0.0
                                 reason = R_CASH
                     elif q > 0 and side == SHORT:
                         gross, eq = _gross_equity(cash, shares, mark)
@@ -322,7 +420,7 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                             reason = R_LEVERAGE
                 rec = trades[min(n_trades, capacity - 1)]
                 if q > 0:
-                    c = fill_costs(q, price, is_sell, fp[P_COMM_RATE], fp[P_MIN_COMM], stamp_rate[t], fp[P_TRANSFER],
+                    c = fill_costs(q, price, is_sell, fp[P_COMM_RATE], fp[P_MIN_COMM], stamp_rate[t], transfer_rate[t],
                                    sec_rate[t], fp[P_SLIP], fp[P_IMPACT], sigma[t, j], vol)
                     total = c[0] + c[1] + c[2] + c[3] + c[4] + c[5]
                     v = q * price
@@ -355,17 +453,17 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                     rec[C_PRICE], rec[C_REASON], rec[C_VALUE_REQ] = price, reason, value_req
                 n_trades += 1
         n_orders = 0
-        # mark to market at the close; suspended holdings keep their last price
+        # mark to market at the close; suspended holdings keep their last price; days held count dates
         for j in range(n):
             if close[t, j] == close[t, j]:
                 last_price[j] = close[t, j]
-            if shares[j] != 0.0:
+            if shares[j] != 0.0 and day_end[t]:
                 held_days[j] += 1
             positions[t, j] = shares[j]
         gross, eq = _gross_equity(cash, shares, last_price)
         equity_out[t], cash_out[t], cost_out[t], traded_out[t], gross_out[t] = eq, cash, day_cost, day_traded, gross
-        # decide on t's scores; the orders fill on t + 1
-        if t + 1 < n_t and has_score[t]:
+        # decide on t's scores; the orders fill on the next bar
+        if (t + 1 < n_t or not last_chunk) and has_score[t]:
             for j in range(n):
                 w[j] = np.nan
             if ip[I_STRATEGY] == TOPK:
@@ -386,4 +484,6 @@ def run_kernel(fill_price, close, volume, limit_up, limit_down, sigma, score, ha
                         k += 1
             n_orders = orders_from_targets(w, seq, k, shares, last_price, eq, sell_step, o_j, o_side, o_shares,
                                            o_value)
-    return equity_out, cash_out, cost_out, traded_out, gross_out, positions, trades, n_trades
+    scal[S_CASH] = cash
+    scal[S_N_ORDERS] = n_orders
+    return equity_out, cash_out, cost_out, traded_out, gross_out, ca_out, positions, trades, n_trades

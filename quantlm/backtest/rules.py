@@ -45,6 +45,11 @@ class MarketRules:
     price_tick: limit prices are rounded to this (currency), 0.01 in cn.
     allow_short: short selling allowed by default (BacktestConfig.allow_short overrides).
     borrow_fee_rate: annual fee on the market value of short positions (fraction per 365 days).
+    board_lots: ((board, minimum shares, step shares), ...): boards whose orders differ from
+        `lot_size` / `sell_step`. cn: STAR buys at least 200 shares then 1-share steps (SSE, Special
+        Provisions on STAR Market Trading, 2019, art. 15); BSE buys at least 100 shares then 1-share
+        steps (Beijing Stock Exchange Trading Rules (trial), 2021, 3.3.5). A sale of part of a position
+        follows the same minimum and step; a remainder below the minimum is sold in one order.
     """
 
     name: str
@@ -57,6 +62,7 @@ class MarketRules:
     allow_short: bool = False
     borrow_fee_rate: float = 0.0
     currency: str = "USD"
+    board_lots: tuple[tuple[str, float, float], ...] = ()
 
     def with_(self, **changes) -> MarketRules:
         """A copy with some fields changed."""
@@ -65,7 +71,8 @@ class MarketRules:
 
 PRESETS: dict[str, MarketRules] = {
     "cn": MarketRules("cn", lot_size=100, sell_step=100, odd_lot_sell=True, t_plus=1, price_limits=True,
-                      price_tick=0.01, allow_short=False, borrow_fee_rate=0.08, currency="CNY"),
+                      price_tick=0.01, allow_short=False, borrow_fee_rate=0.08, currency="CNY",
+                      board_lots=(("star", 200.0, 1.0), ("bse", 100.0, 1.0))),
     "us": MarketRules("us", lot_size=1, sell_step=1, t_plus=0, price_limits=False, price_tick=0.01,
                       allow_short=True, borrow_fee_rate=0.005, currency="USD"),
     "crypto": MarketRules("crypto", lot_size=1e-6, sell_step=1e-6, t_plus=0, price_limits=False, price_tick=0.0,
@@ -79,6 +86,23 @@ def market_rules(market: str) -> MarketRules:
         return PRESETS[market]
     except KeyError:
         raise ValueError(f"unknown market '{market}' (expected one of {', '.join(PRESETS)})") from None
+
+
+def lot_arrays(rules: MarketRules, boards: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(buy_min, buy_step, sell_min, sell_step) in shares per symbol, from the rules and each symbol's board.
+
+    Default boards: buys are multiples of `lot_size` (so at least one lot); partial sells are multiples
+    of `sell_step` with no other minimum. Boards in `rules.board_lots` use their own minimum and step.
+    """
+    special = {b: (float(m), float(step)) for b, m, step in rules.board_lots}
+    n = len(boards)
+    buy_min, buy_step = np.full(n, float(rules.lot_size)), np.full(n, float(rules.lot_size))
+    sell_min, sell_step = np.zeros(n), np.full(n, float(rules.sell_step))
+    for j, board in enumerate(boards):
+        if board in special:
+            buy_min[j], buy_step[j] = special[board]
+            sell_min[j], sell_step[j] = special[board]
+    return buy_min, buy_step, sell_min, sell_step
 
 
 def stock_code(symbol: str) -> str:
@@ -284,7 +308,11 @@ def _trading_day_index(days: pd.DatetimeIndex, has_bar: np.ndarray, list_date: p
     """0-based count of the symbol's trading sessions since `list_date` (-1 before listing); `days` are
     the sessions' dates. When the listing predates the data, business days from the listing are added.
     """
-    counted = has_bar & (days >= list_date)
+    first_of_date = np.ones(len(days), dtype=bool)
+    first_of_date[1:] = days[1:] != days[:-1]
+    # a date counts once, however many bars it holds (intraday data): the window is in sessions
+    traded = pd.Series(has_bar & (days >= list_date)).groupby(np.cumsum(first_of_date)).transform("max").to_numpy()
+    counted = traded & first_of_date
     idx = np.cumsum(counted) - 1
     idx = np.where(days >= list_date, idx, -1)
     if len(days) and list_date < days[0]:

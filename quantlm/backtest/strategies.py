@@ -9,6 +9,7 @@ One interface, used by the backtest reference path and, later, live trading:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -112,12 +113,16 @@ class TargetWeights:
         return pd.Series({s: w for s, w in out.items() if w != 0.0 or portfolio.position(s) != 0.0}, dtype="float64")
 
 
-def orders_from_targets(targets: pd.Series, portfolio: Portfolio, sell_step: float = 1.0) -> pd.DataFrame:
+def orders_from_targets(targets: pd.Series, portfolio: Portfolio,
+                        sell_step: float | Mapping[str, float] = 1.0) -> pd.DataFrame:
     """Orders that move `portfolio` to `targets` (weights of equity at the last prices).
 
     Exits sell/cover the whole position; a flip (long -> short) is a sell then a short; a partial
-    reduction is rounded down to `sell_step` shares. Buys and shorts carry a currency `value`.
+    reduction is rounded down to `sell_step` shares (one step for all, or per symbol). Buys and shorts
+    carry a currency `value`.
     """
+    steps = sell_step if isinstance(sell_step, Mapping) else None
+    default_step = 1.0 if steps is not None else float(sell_step)
     equity = portfolio.equity()
     rows: list[tuple[str, str, float, float]] = []
     for symbol, target in targets.items():
@@ -125,6 +130,7 @@ def orders_from_targets(targets: pd.Series, portfolio: Portfolio, sell_step: flo
             continue
         cur = portfolio.position(symbol)
         price = portfolio.last_price.get(symbol, np.nan)
+        sell_step = steps.get(symbol, default_step) if steps is not None else default_step
         if target == 0.0:
             if cur > 0:
                 rows.append((symbol, "sell", cur, 0.0))

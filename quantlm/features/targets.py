@@ -76,8 +76,8 @@ def round_trip_cost_for(market: str, date=None) -> float:
 def _session_costs(market: str, sessions: pd.DatetimeIndex) -> np.ndarray:
     """`round_trip_cost_for(market, s)` for every session s (float64 array)."""
     m = cost_model(market)
-    fixed = 2.0 * (m.commission_rate + m.transfer_fee_rate + m.slippage)
-    return fixed + m.stamp_duty_rates(sessions) + m.sec_fee_rates(sessions)
+    fixed = 2.0 * (m.commission_rate + m.slippage)
+    return fixed + 2.0 * m.transfer_fee_rates(sessions) + m.stamp_duty_rates(sessions) + m.sec_fee_rates(sessions)
 
 
 class _Panel:
