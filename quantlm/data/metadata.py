@@ -109,8 +109,11 @@ def read_table_file(source: str | Path | pd.DataFrame) -> tuple[pd.DataFrame, st
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
     if name.lower().endswith(".parquet"):
-        return pd.read_parquet(path), name
-    if not name.lower().endswith((".csv", ".csv.gz", ".txt")):
+        try:
+            return pd.read_parquet(path), name
+        except (OSError, ValueError) as e:
+            raise DataValidationError(f"cannot read file: {e}", file=name) from None
+    if not name.lower().endswith((".csv", ".csv.gz")):
         raise DataValidationError("unsupported file type (expected .csv, .csv.gz or .parquet)", file=name)
     last: Exception | None = None
     for encoding in ("utf-8-sig", "gb18030"):  # gb18030 is a superset of GBK
