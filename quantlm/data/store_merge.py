@@ -136,7 +136,7 @@ def merge_bars(old: pd.DataFrame, new: pd.DataFrame, replace: bool, file: str | 
     elif old["adj_factor"].isna().all() and np.isfinite(new["adj_factor"].to_numpy()).any():
         n_old = int((~old["ts"].isin(new["ts"])).sum())
         if n_old:
-            notes.append(f"{symbol}: stored bars had no adj_factor; the {source}'s factors are kept and "
+            notes.append(f"{symbol}: stored bars had no adj_factor; the factors of the {source} are kept and "
                          f"{n_old} stored bars outside it stay without one (adjusted prices are undefined there)")
     if replace:
         keep_old, add_new = old[~old["ts"].isin(new["ts"])], new

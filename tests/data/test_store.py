@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -232,3 +233,154 @@ def test_property_two_appends_equal_one_write(bars, data):
         once = validate_bars(bars)  # what one write stores (the round-trip property above)
         pd.testing.assert_frame_equal(twice.bars(), once, check_exact=True)
         assert twice.listing()["rows"].tolist() == once.groupby("symbol").size().sort_index().tolist()
+
+
+# ---------------------------------------------------------------- adj_factor re-basing in merges
+def with_factor(bars: pd.DataFrame, factor: float | np.ndarray) -> pd.DataFrame:
+    out = bars.copy()
+    out["adj_factor"] = factor
+    return out
+
+
+def adjusted_returns(df: pd.DataFrame) -> pd.Series:
+    adj = df["close"] * df["adj_factor"]
+    return adj.pct_change().dropna()
+
+
+def test_constant_adj_factor_change_rescales_stored_history_with_a_note(store):
+    """Yahoo re-bases Adj Close after a dividend: the re-download's factors are the stored ones times a
+    constant. The stored history is rescaled, so there is no fake return at the seam."""
+    bars = make_bars(symbols=("600000.SH",), periods=60)
+    factor = np.linspace(0.8, 1.0, 60)
+    store.write_bars(with_factor(bars.iloc[:40], factor[:40]), market="cn")
+    with store.transaction() as tx:
+        tx.put_bars(with_factor(bars.iloc[20:], factor[20:] * 0.9), market="cn", freq="1d", file="yahoo.csv")
+    assert tx.notes == [f"600000.SH: stored adj_factor rescaled by 0.9 to match the new file yahoo.csv over 20 "
+                        f"overlapping bars ({bars.ts[20].date()}..{bars.ts[39].date()})"]
+    assert store.last_notes == tx.notes
+    got = store.bars()
+    np.testing.assert_allclose(got["adj_factor"], factor * 0.9, rtol=1e-12)
+    np.testing.assert_allclose(adjusted_returns(got), adjusted_returns(with_factor(bars, factor)), rtol=1e-9)
+    store.write_bars(with_factor(bars.iloc[50:], factor[50:] * 0.9), market="cn")  # agreeing factors: no note
+    assert store.last_notes == []
+
+
+def test_non_constant_adj_factor_change_is_refused_unless_replace(store):
+    bars = make_bars(symbols=("600000.SH",), periods=30)
+    store.write_bars(with_factor(bars.iloc[:20], 1.0), market="cn")
+    before = state(store)
+    changed = with_factor(bars.iloc[10:], np.r_[np.full(5, 1.0), np.full(15, 0.5)])  # a dividend moved
+    with pytest.raises(DataValidationError, match=rf"adj_factor of 600000.SH disagrees with the stored one at "
+                                                  rf"{bars.ts[15]}.*--replace") as e:
+        store.write_bars(changed, market="cn", file="new.csv")
+    assert e.value.column == "adj_factor" and e.value.file == "new.csv"
+    assert state(store)[0] == before[0]
+
+    store.write_bars(changed, market="cn", replace=True)  # new rows win; stored rows before join at the seam
+    got = store.bars()
+    assert got["adj_factor"].tolist() == [1.0] * 15 + [0.5] * 15
+    assert len(store.last_notes) == 1 and "new adj_factor replaces the stored one" in store.last_notes[0]
+
+
+def test_replace_rescales_older_history_at_the_seam(store):
+    bars = make_bars(symbols=("600000.SH",), periods=30)
+    store.write_bars(with_factor(bars.iloc[:20], 2.0), market="cn")
+    store.write_bars(with_factor(bars.iloc[15:], np.linspace(1.0, 1.2, 15)), market="cn", replace=True)
+    got = store.bars()
+    np.testing.assert_allclose(got["adj_factor"][:15], 1.0)  # 2.0 rescaled by 1.0 / 2.0 (first overlapping bar)
+    np.testing.assert_allclose(got["adj_factor"][15:], np.linspace(1.0, 1.2, 15))
+    assert "rescaled by 0.5" in store.last_notes[0]
+
+
+def test_new_factors_fill_a_history_stored_without_them(store):
+    bars = make_bars(symbols=("600000.SH",), periods=30)
+    store.write_bars(bars.iloc[:20], market="cn")  # no adj_factor column: all NaN
+    store.write_bars(with_factor(bars.iloc[10:], 0.5), market="cn")
+    got = store.bars()
+    assert got["adj_factor"].isna().tolist() == [True] * 10 + [False] * 20
+    assert store.last_notes == ["600000.SH: stored bars had no adj_factor; the factors of the new bars are kept and 10 "
+                                "stored bars outside it stay without one (adjusted prices are undefined there)"]
+
+
+# ---------------------------------------------------------------- time zones
+def test_tz_aware_timestamps_are_converted_to_exchange_local_time(store):
+    hourly = make_bars(symbols=("600000.SH",), periods=2)
+    hourly["ts"] = pd.to_datetime(["2024-01-02 07:00", "2024-01-03 07:00"]).tz_localize("UTC")
+    store.write_bars(hourly, market="cn", freq="1h")
+    assert store.bars(freq="1h")["ts"].tolist() == [pd.Timestamp("2024-01-02 15:00"), pd.Timestamp("2024-01-03 15:00")]
+
+    us = make_bars(symbols=("AAPL",), periods=2)  # text with offsets across a DST change: 16:00 New York both days
+    us["ts"] = ["2024-03-08T21:00:00Z", "2024-03-11T16:00:00-04:00"]
+    store.write_bars(us, market="us", freq="1h")
+    assert store.bars("AAPL", freq="1h")["ts"].tolist() == [pd.Timestamp("2024-03-08 16:00"),
+                                                           pd.Timestamp("2024-03-11 16:00")]
+    mixed = us.assign(ts=["2024-03-12T20:00:00Z", "2024-03-13 16:00"])
+    with pytest.raises(DataValidationError, match="has no time zone") as e:
+        store.write_bars(mixed, market="us", freq="1h", file="m.csv")
+    assert (e.value.row, e.value.column, e.value.file) == (2, "ts", "m.csv")
+
+
+# ---------------------------------------------------------------- locking and catalog versions
+def test_commit_refuses_when_the_catalog_changed_under_the_transaction(store, bars):
+    """Compare-and-swap: a writer that ignored the lock (simulated) must not be silently overwritten."""
+    store.write_bars(bars, market="cn")
+    before = state(store)
+    with pytest.raises(ValueError, match=rf"store {store.root} was changed by another writer") as e:
+        with store.transaction() as tx:
+            tx.put_bars(make_bars(symbols=("300750.SZ",), periods=5), market="cn", freq="1d")
+            con = store._connect(write=True)
+            con.execute("UPDATE catalog_version SET version = version + 1")
+            con.close()
+    assert getattr(e.value, "user_facing", False)
+    assert state(Store(store.root))[0] == before[0]
+
+
+def test_nested_transaction_is_refused_and_lock_timeout_is_configurable(store, bars, monkeypatch):
+    store.write_bars(bars, market="cn")
+    with store.transaction():
+        with pytest.raises(RuntimeError, match="already open in this thread"):
+            with Store(store.root).transaction():
+                pass
+    assert Store(store.root, lock_timeout=2.5).lock_timeout == 2.5
+    monkeypatch.setenv("QUANTLM_STORE_LOCK_TIMEOUT", "7")
+    assert Store(store.root).lock_timeout == 7.0
+    monkeypatch.setenv("QUANTLM_STORE_LOCK_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="QUANTLM_STORE_LOCK_TIMEOUT='soon' is not a number"):
+        store.write_bars(bars, market="cn")
+
+
+def test_readers_never_open_duckdb(store, bars, monkeypatch):
+    """Reads come from the catalog snapshot, so a writer's DuckDB lock can never get in their way."""
+    store.write_bars(bars, market="cn")
+    store.write_table("flags", pd.DataFrame({"symbol": ["600000.SH"], "flag": ["st"],
+                                             "start": [pd.Timestamp("2023-01-05")], "end": [pd.NaT]}))
+
+    def no_duckdb(*args, **kwargs):
+        raise AssertionError("a reader opened catalog.duckdb")
+
+    monkeypatch.setattr("duckdb.connect", no_duckdb)
+    reader = Store(store.root)
+    assert len(reader.bars()) == 120 and len(reader.listing()) == 2 and len(reader.flags()) == 1
+    assert reader.meta() == {} and reader.symbols() == ["000001.SZ", "600000.SH"]
+
+
+def test_read_retries_when_a_commit_deleted_the_file_it_was_about_to_open(store, bars, monkeypatch):
+    """A reader that got the catalog just before another commit replaced a symbol's file re-reads the
+    catalog and gets the new data instead of FileNotFoundError."""
+    store.write_bars(bars[bars.ts < "2023-02-01"], market="cn")
+    reader = Store(store.root)
+    real = pq.ParquetDataset
+    calls = []
+
+    def dataset_after_a_commit(paths, **kwargs):
+        if not calls:  # between the reader's catalog read and its file open, another writer commits
+            Store(store.root).write_bars(bars, market="cn")
+        calls.append(paths)
+        return real(paths, **kwargs)
+
+    monkeypatch.setattr(pq, "ParquetDataset", dataset_after_a_commit)
+    pd.testing.assert_frame_equal(reader.bars(), validate_bars(bars), check_exact=True)
+    assert len(calls) == 2
+    (store.root / reader._catalog("bars")["path"].iloc[0]).unlink()
+    with pytest.raises(FileNotFoundError):  # a file that is really gone (catalog unchanged) is an error
+        reader.bars()
