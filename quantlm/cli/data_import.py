@@ -9,7 +9,12 @@ import typer
 
 from quantlm.cli.common import StoreOption, console, fail, store_from, user_errors
 
-FORMAT_HELP = "auto | generic | yahoo | tushare | qlib-csv | qlib-bin"
+FORMAT_HELP = "auto | generic | yahoo | tushare | qlib-csv | qlib-bin | cn-vendor | eastmoney | baostock"
+BARE_HELP = ("Market cn, codes without an exchange (600000): refuse (default), sh, sz, or infer by prefix "
+             "(6/9 -> SH, 0/2/3 -> SZ, 4/8/920 -> BJ; an ambiguous 000xxx is refused).")
+DATE_HELP = "strptime format of the dates, e.g. '%d/%m/%Y'; needed for day/month-ambiguous dates like 03/04/2024."
+LABEL_HELP = ("Intraday time stamps label bar starts or ends: auto (cn: from the session anchors 09:30/13:00 vs "
+              "11:30/15:00), start or end. Bars are stored under their start time.")
 SAMPLES = ("sp500",)
 
 
@@ -28,6 +33,8 @@ def _print_report(report, root: Path) -> None:
     table.add_row("rows", f"{report.rows:,} ({report.new_rows:,} new)")
     if report.universes:
         table.add_row("universes", ", ".join(report.universes))
+    for label, value in report.details():
+        table.add_row(label, value)
     console.print(table)
 
 
@@ -46,12 +53,16 @@ def register(app: typer.Typer) -> None:
         symbol: Annotated[str | None, typer.Option("--symbol", help="Symbol for files without a symbol column "
                                                    "(default: the file name).")] = None,
         replace: Annotated[bool, typer.Option("--replace", help="New rows win where they overlap stored bars.")] = False,
+        bare_codes: Annotated[str, typer.Option("--bare-codes", help=BARE_HELP)] = "refuse",
+        date_format: Annotated[str | None, typer.Option("--date-format", help=DATE_HELP)] = None,
+        bar_label: Annotated[str, typer.Option("--bar-label", help=LABEL_HELP)] = "auto",
     ) -> None:
         """Import bars, all or nothing: every file is validated before anything is written."""
         from quantlm.data.importers import import_paths
 
         st = store_from(store)
-        report = import_paths(paths, st, market=market, freq=freq, format=format, replace=replace, symbol=symbol)
+        report = import_paths(paths, st, market=market, freq=freq, format=format, replace=replace, symbol=symbol,
+                              bare_codes=bare_codes, date_format=date_format, bar_label=bar_label)
         _print_report(report, st.root)
 
     @app.command("list")

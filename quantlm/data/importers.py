@@ -16,13 +16,24 @@ Formats (`format=`):
   volume * factor, and adj_factor = factor (adjusted = raw * adj_factor, our convention). Without a
   factor column values are taken as raw. Symbols SH600000 -> 600000.SH (also from file stems).
 - `qlib-bin`: a Qlib data folder (see `quantlm.data.qlib_bin`).
-- `auto`: tushare if `ts_code` + `trade_date|trade_time`; yahoo if `Adj Close`; qlib-csv if there is a
-  `factor` column and either a `change` column or Qlib-style symbols (SH600000); else generic.
+- `cn-vendor`, `eastmoney`, `baostock`: China A-share vendor files with Chinese headers (or Baostock's),
+  any of UTF-8 / UTF-8 with BOM / GBK, free-text lines above the header allowed; see
+  `quantlm.data.vendors` (suspended rows, volume units) and `quantlm.data.derive` (adj_factor from the
+  previous close, ST spans, listing dates, instruments rows written in the same transaction).
+- `auto`: baostock / cn-vendor / eastmoney from their column names; tushare if `ts_code` +
+  `trade_date|trade_time`; yahoo if `Adj Close`; qlib-csv if there is a `factor` column and either a
+  `change` column or Qlib-style symbols (SH600000); else generic.
+
+Market cn: every symbol spelling becomes `600000.SH` (`quantlm.data.symbols`; bare codes need
+`bare_codes`), intraday bars are stored under their START time with the lunch break and call auction
+handled (`quantlm.data.intraday`, `bar_label`; Qlib folders label bar starts). Dates must be unambiguous or follow `date_format`
+(`quantlm.data.timestamps`).
 
 Every file is read, converted and validated before anything is written; then all files land in the
 store in ONE transaction, so a bad file anywhere leaves the store exactly as it was. Errors are
-`DataValidationError`s naming the file, the 1-based data row (header excluded) and the column as
-spelled in the file.
+`DataValidationError`s naming the file, the 1-based data row (counted from the first line after the
+header row, so free-text lines above the header and the header itself are not counted) and the column
+as spelled in the file.
 """
 
 from __future__ import annotations
@@ -36,20 +47,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from quantlm.data import qlib_bin
-from quantlm.data.calendars import TIMEZONES
+from quantlm.data import derive, qlib_bin, vendors
+from quantlm.data.import_report import ImportReport
+from quantlm.data.intraday import align_cn_intraday, check_bar_label
+from quantlm.data.overlaps import combine, upsert
 from quantlm.data.qlib_bin import qlib_symbol
-from quantlm.data.schema import (
-    INSTRUMENT_COLUMNS,
-    DataValidationError,
-    check_freq,
-    check_market,
-    infer_freq,
-    validate_bars,
-)
+from quantlm.data.schema import FREQ_TIMEDELTA, DataValidationError, check_freq, check_market, infer_freq, validate_bars
 from quantlm.data.store import Store
+from quantlm.data.symbols import SymbolError, check_bare_rule, is_index, normalize_cn_symbol, normalize_symbol_column
+from quantlm.data.timestamps import parse_ts
 
-FORMATS = ("auto", "generic", "yahoo", "tushare", "qlib-csv", "qlib-bin")
+FORMATS = ("auto", "generic", "yahoo", "tushare", "qlib-csv", "qlib-bin", *vendors.CN_FORMATS)
 DATA_SUFFIXES = (".csv", ".csv.gz", ".parquet")
 
 # canonical column -> accepted spellings, compared after `_norm` (lower case, no spaces/_/-).
@@ -78,29 +86,11 @@ _REQUIRED = ("ts", "open", "high", "low", "close", "volume")
 _TEXT_COLUMNS = {n for a in (_GENERIC_ALIASES, _TUSHARE_ALIASES) for k in ("symbol", "ts") for n in a[k]}
 # How each format spells a required column, for "missing column" messages.
 _SPELLED = {"generic": {}, "yahoo": {"ts": "Date", **{c: c.title() for c in _REQUIRED[1:]}},
-            "tushare": {"ts": "trade_date", "volume": "vol"}, "qlib-csv": {"ts": "date"}}
-
-
-@dataclass
-class ImportReport:
-    """What an import wrote: counts of input files, symbols and validated input rows."""
-
-    market: str
-    freq: str
-    files: int
-    symbols: list[str]
-    rows: int  # validated input rows
-    new_rows: int = 0  # (symbol, ts) bars that were not in the store before
-    formats: dict[str, int] = field(default_factory=dict)  # format -> number of files read with it
-    universes: list[str] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        fmts = ", ".join(f"{k} x{v}" for k, v in sorted(self.formats.items()))
-        text = (f"imported {self.rows:,} rows ({self.new_rows:,} new) of {len(self.symbols):,} symbol(s) "
-                f"({self.freq}, market {self.market}) from {self.files:,} file(s) [{fmts}]")
-        if self.universes:
-            text += f"; universes: {', '.join(self.universes)}"
-        return text
+            "tushare": {"ts": "trade_date", "volume": "vol"}, "qlib-csv": {"ts": "date"},
+            "cn-vendor": {"ts": "交易日期", "open": "开盘价", "high": "最高价", "low": "最低价", "close": "收盘价",
+                          "volume": "成交量"},
+            "eastmoney": {"ts": "日期", "open": "开盘", "high": "最高", "low": "最低", "close": "收盘", "volume": "成交量"},
+            "baostock": {"ts": "date"}}
 
 
 @dataclass
@@ -111,6 +101,9 @@ class _Source:
     frame: pd.DataFrame  # canonical columns (+ `_row`), timestamps parsed, numbers as float64
     format: str
     columns: dict[str, str] = field(default_factory=dict)  # canonical -> column as spelled in the source
+    encoding: str | None = None  # text encoding of a CSV
+    volume_unit: str | None = None  # vendor formats: how the volume unit was settled
+    suspended: int = 0  # suspended-day rows dropped
 
 
 def _norm(name: object) -> str:
@@ -119,6 +112,9 @@ def _norm(name: object) -> str:
 
 def detect_format(columns: Sequence[object], symbols: Sequence[str] = ()) -> str:
     """Guess a file's format from its column names (and a few symbols, for Qlib-style codes)."""
+    cn = vendors.detect_cn_format(list(columns))
+    if cn is not None:
+        return cn
     cols = {_norm(c) for c in columns}
     if "tscode" in cols and cols & {"tradedate", "tradetime"}:
         return "tushare"
@@ -129,6 +125,9 @@ def detect_format(columns: Sequence[object], symbols: Sequence[str] = ()) -> str
     return "generic"
 
 
+_DATE_TIME = ({"date", "time"}, {"日期", "时间"})
+
+
 def _match_columns(df: pd.DataFrame, aliases: dict[str, tuple[str, ...]], file: str) -> dict[str, str]:
     """canonical -> source column; an ambiguous match (two columns for one meaning) is an error."""
     by_norm: dict[str, str] = {}
@@ -137,8 +136,9 @@ def _match_columns(df: pd.DataFrame, aliases: dict[str, tuple[str, ...]], file: 
     found: dict[str, str] = {}
     for canon, names in aliases.items():
         hits = [by_norm[n] for n in names if n in by_norm]
-        if canon == "ts" and len(hits) > 1 and {_norm(h) for h in hits} == {"date", "time"}:
-            found["ts"] = "date+time"
+        if canon == "ts" and len(hits) == 2 and {_norm(h) for h in hits} in _DATE_TIME:
+            found["_date"], found["_time"] = sorted(hits, key=lambda h: _norm(h) in ("time", "时间"))
+            found["ts"] = f"{found['_date']}+{found['_time']}"
             continue
         if len(hits) > 1:
             raise DataValidationError(f"columns {' and '.join(map(repr, hits))} both look like '{canon}'; keep one",
@@ -161,48 +161,44 @@ def _to_float(raw: pd.Series, file: str, rows: np.ndarray, column: str) -> np.nd
     return values
 
 
-def _parse_ts(raw: pd.Series, market: str, file: str, rows: np.ndarray, column: str,
-              fmt: str | None = None) -> np.ndarray:
-    """Timestamps as tz-naive exchange-local datetime64[ns]; tz-aware input is converted to the market's zone."""
-    if pd.api.types.is_datetime64_any_dtype(raw):
-        ts = raw
-    else:
-        text = raw.astype("str").str.strip().where(raw.notna())
-        try:
-            ts = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce")
-        except ValueError:  # mixed UTC offsets: put them on one clock first, unless some have none
-            has_tz = text.str.contains(r"(?:Z|[+-]\d\d:?\d\d)$", regex=True).fillna(False).to_numpy(dtype=bool)
-            if not has_tz.all():
-                i = int(np.flatnonzero(has_tz != has_tz[0])[0])
-                raise DataValidationError(f"timestamp {raw.iloc[i]!r} {'has' if has_tz[i] else 'lacks'} a UTC offset "
-                                          f"unlike row {int(rows[0])}", file=file, row=int(rows[i]), column=column) from None
-            ts = pd.to_datetime(text, format=fmt or "ISO8601", errors="coerce", utc=True)
-        if fmt == "%Y%m%d":  # strptime would also take 7-digit '2023014'; Tushare dates are exactly 8 digits
-            ts = ts.where(text.str.fullmatch(r"\d{8}").fillna(False).astype(bool))
-        if fmt is None and ts.isna().any():  # other spellings (e.g. 01/05/2023), element by element
-            retry = ts.isna() & text.notna()
-            ts = ts.copy()
-            ts[retry] = pd.to_datetime(text[retry], format="mixed", errors="coerce", utc=ts.dt.tz is not None)
-        bad = ts.isna().to_numpy()
-        if bad.any():
-            i = int(np.flatnonzero(bad)[0])
-            raise DataValidationError(f"unparseable timestamp {raw.iloc[i]!r}", file=file, row=int(rows[i]),
-                                      column=column)
-    if ts.dt.tz is not None:
-        ts = ts.dt.tz_convert(TIMEZONES[market]).dt.tz_localize(None)
-    return ts.to_numpy(dtype="datetime64[ns]")
+def _symbols(df: pd.DataFrame, cols: dict[str, str], fmt: str, file: str, market: str, symbol: str | None,
+             rows: np.ndarray, bare_codes: str) -> np.ndarray | str:
+    """Canonical symbols of the rows (a column) or of the file (`symbol`, else the file stem)."""
+    names = df[cols["name"]] if "name" in cols else None
+    if "symbol" in cols:
+        raw = df[cols["symbol"]]
+        if fmt == "qlib-csv":
+            raw = raw.astype("str").str.strip().map(qlib_symbol).where(raw.notna())
+        return normalize_symbol_column(raw, market, bare_codes, file, rows, cols["symbol"], names=names)
+    name = symbol or _stem(file)
+    if fmt == "qlib-csv":
+        name = qlib_symbol(name)
+    if market != "cn":
+        return name.strip()
+    first_name = names.dropna().astype("str").iloc[0] if names is not None and names.notna().any() else None
+    try:
+        return normalize_cn_symbol(name, bare_codes, name=first_name)
+    except SymbolError as e:
+        where = "--symbol" if symbol else "the file name"
+        raise DataValidationError(f"symbol from {where}: {e}", file=file) from None
 
 
-def _convert(df: pd.DataFrame, fmt: str, file: str, market: str, symbol: str | None) -> _Source:
-    """A raw table in format `fmt` -> canonical bars with `_row`, in currency units and shares."""
+def _convert(df: pd.DataFrame, fmt: str, file: str, market: str, symbol: str | None, bare_codes: str = "refuse",
+             date_format: str | None = None) -> _Source:
+    """A raw table in format `fmt` -> canonical bars with `_row`, in currency units and shares.
+
+    Vendor formats also carry `_preclose`, `_name` and `_st` (1.0 / 0.0 / NaN) columns for `derive`.
+    """
     if fmt == "auto":
         sym_col = next((c for c in df.columns if _norm(c) in ("symbol", "code", "instrument")), None)
         sample = df[sym_col].dropna().astype("str").head(5).tolist() if sym_col is not None else [symbol or _stem(file)]
         fmt = detect_format(list(df.columns), sample)
-    aliases = {"generic": _GENERIC_ALIASES, "yahoo": _YAHOO_ALIASES, "tushare": _TUSHARE_ALIASES,
-               "qlib-csv": _QLIB_CSV_ALIASES}[fmt]
+    aliases = vendors.ALIASES.get(fmt) or {"generic": _GENERIC_ALIASES, "yahoo": _YAHOO_ALIASES,
+                                           "tushare": _TUSHARE_ALIASES, "qlib-csv": _QLIB_CSV_ALIASES}[fmt]
     cols = _match_columns(df, aliases, file)
-    missing = [_SPELLED[fmt].get(c, c) for c in _REQUIRED if c not in cols]
+    if fmt == "baostock" and "time" in {_norm(c) for c in df.columns}:  # minute files: time = YYYYMMDDHHMMSSsss
+        cols["ts"] = next(str(c) for c in df.columns if _norm(c) == "time")
+    missing = [_SPELLED.get(fmt, {}).get(c, c) for c in _REQUIRED if c not in cols]
     if missing:
         hint = "; ts may also be called date, datetime, time, timestamp or trade_date" if fmt == "generic" else ""
         raise DataValidationError(
@@ -211,22 +207,24 @@ def _convert(df: pd.DataFrame, fmt: str, file: str, market: str, symbol: str | N
     if len(df) == 0:
         raise DataValidationError("no data rows (header only)", file=file)
     rows = np.arange(1, len(df) + 1)
+    suspended = 0
+    if fmt in vendors.CN_FORMATS:
+        drop = vendors.suspended_rows(df, cols)
+        if drop.any():
+            suspended = int(drop.sum())
+            df, rows = df[~drop].reset_index(drop=True), rows[~drop]
     out = pd.DataFrame({"_row": rows})
-
-    if "symbol" in cols:
-        sym = df[cols["symbol"]].astype("str").str.strip().where(df[cols["symbol"]].notna(), "")
-        out["symbol"] = sym.map(qlib_symbol).to_numpy() if fmt == "qlib-csv" else sym.to_numpy()
-    else:
-        name = symbol or _stem(file)
-        out["symbol"] = qlib_symbol(name) if fmt == "qlib-csv" else name
-    if cols["ts"] == "date+time":
-        date_col, time_col = (next(c for c in df.columns if _norm(c) == n) for n in ("date", "time"))
-        raw_ts = df[date_col].astype("str").str.strip() + " " + df[time_col].astype("str").str.strip()
-        raw_ts = raw_ts.where(df[date_col].notna() & df[time_col].notna())
+    out["symbol"] = _symbols(df, cols, fmt, file, market, symbol, rows, bare_codes) if len(df) else ""
+    if "_date" in cols:
+        d, t = df[cols["_date"]], df[cols["_time"]]
+        raw_ts = (d.astype("str").str.strip() + " " + t.astype("str").str.strip()).where(d.notna() & t.notna())
     else:
         raw_ts = df[cols["ts"]]
     daily_tushare = fmt == "tushare" and _norm(cols["ts"]) == "tradedate"
-    out["ts"] = _parse_ts(raw_ts, market, file, rows, cols["ts"], fmt="%Y%m%d" if daily_tushare else None)
+    ts_fmt = "%Y%m%d" if daily_tushare else None
+    if fmt == "baostock" and _norm(cols["ts"]) == "time":
+        raw_ts, ts_fmt = raw_ts.astype("str").str.strip().str[:14].where(raw_ts.notna()), "%Y%m%d%H%M%S"
+    out["ts"] = parse_ts(raw_ts, market, file, rows, cols["ts"], fmt=ts_fmt, date_format=date_format)
     for canon in ("open", "high", "low", "close", "volume", "amount", "adj_factor"):
         out[canon] = _to_float(df[cols[canon]], file, rows, cols[canon]) if canon in cols else np.nan
 
@@ -248,7 +246,32 @@ def _convert(df: pd.DataFrame, fmt: str, file: str, market: str, symbol: str | N
         for c in ("open", "high", "low", "close"):
             out[c] = out[c].to_numpy() / factor  # Qlib prices are adjusted: raw = adjusted / factor
         out["volume"] = out["volume"].to_numpy() * factor  # adjusted volume = raw / factor
-    return _Source(name=file, frame=out, format=fmt, columns=cols)
+    unit = None
+    if fmt in vendors.CN_FORMATS:
+        unit = _vendor_extras(out, df, cols, fmt, file, rows)
+    return _Source(name=file, frame=out, format=fmt, columns=cols, volume_unit=unit, suspended=suspended)
+
+
+def _vendor_extras(out: pd.DataFrame, df: pd.DataFrame, cols: dict[str, str], fmt: str, file: str,
+                   rows: np.ndarray) -> str:
+    """Add `_preclose`, `_name`, `_st` to `out`, scale volume to shares; returns the volume-unit label."""
+    names = df[cols["name"]].astype("str").str.strip().where(df[cols["name"]].notna()) if "name" in cols else None
+    out["_name"] = names.to_numpy(dtype=object) if names is not None else None
+    out["_preclose"] = _to_float(df[cols["preclose"]], file, rows, cols["preclose"]) if "preclose" in cols else np.nan
+    if "st" in cols:
+        out["_st"] = _to_float(df[cols["st"]], file, rows, cols["st"])
+    else:
+        out["_st"] = derive.st_from_names(names) if names is not None else np.nan
+    sym = out["symbol"].astype("str")
+    index_rows = sym.map({s: is_index(s) for s in sym.unique()}).to_numpy(dtype=bool)
+    if names is not None:
+        index_rows |= names.fillna("").str.contains("指数").to_numpy(dtype=bool)
+    amount = out["amount"].to_numpy() if "amount" in cols else None
+    mult, label = vendors.volume_unit(out["volume"].to_numpy(), out["close"].to_numpy(), amount, index_rows, fmt,
+                                      file, cols["volume"])
+    if mult != 1.0:
+        out["volume"] = out["volume"].to_numpy() * mult
+    return label
 
 
 def _stem(file: str) -> str:
@@ -259,46 +282,60 @@ def _stem(file: str) -> str:
     return Path(file).stem
 
 
-def _validate(src: _Source, freq: str | None) -> tuple[pd.DataFrame, str]:
-    """Validate one source and settle its frequency (`freq` if given, else inferred from the data)."""
+_EXTRAS = ("_name", "_preclose", "_st")
+
+
+def _spelled(src: _Source, e: DataValidationError) -> DataValidationError:
+    """`e` with its column as spelled in the source file."""
+    spelled = src.columns.get(e.column or "")
+    return dataclasses.replace(e, column=spelled) if spelled and spelled != e.column else e
+
+
+def _settle_freq(src: _Source, freq: str | None, market: str) -> str:
+    """The source's frequency: `freq` if given (checked against the data), else inferred from the time stamps."""
     try:
-        inferred = infer_freq(pd.Series(src.frame["ts"]))
+        inferred = infer_freq(pd.Series(src.frame["ts"]), market)
         if freq is not None and inferred is not None and inferred != freq:
             raise DataValidationError(f"bars look like {inferred} bars, but the frequency asked for is {freq}",
                                       file=src.name, column="ts")
-        target = freq or inferred
-        if target is None:
-            validate_bars(src.frame, file=src.name)  # names the offending row when frequencies are mixed
+        if freq is None and inferred is None:
+            validate_bars(src.frame, file=src.name, market=market)  # names the offending row when mixed
             raise DataValidationError("cannot infer the bar frequency from the timestamps; pass --freq",
                                       file=src.name, column="ts")
-        return validate_bars(src.frame, file=src.name, freq=target), target
     except DataValidationError as e:
-        spelled = src.columns.get(e.column or "")
-        if spelled and spelled != e.column:
-            raise dataclasses.replace(e, column=spelled) from None
-        raise
+        raise _spelled(src, e) from None
+    return freq or str(inferred)
 
 
-def _read_file(path: Path) -> pd.DataFrame:
-    """A CSV (optionally gzipped) or Parquet file as a DataFrame.
+def _validate(src: _Source, target: str, market: str,
+              bar_label: str) -> tuple[pd.DataFrame, pd.DataFrame | None, str | None, int]:
+    """Validate one source at frequency `target` (intraday cn bars relabelled to bar starts first).
 
-    CSV symbol and time columns are read as text (codes keep leading zeros, dates keep their
-    spelling); other columns are parsed by pandas' C parser (fast), and any column that is not
-    numeric stays text so that `_to_float` can name the bad cell.
+    Returns (bars, extras aligned row by row with bars or None, bar label used, auction bars merged).
     """
-    name = str(path)
     try:
-        if name.lower().endswith(".parquet"):
-            return pd.read_parquet(path)
-        header = pd.read_csv(path, nrows=0, skipinitialspace=True).columns
-        text = {c: "str" for c in header if _norm(c) in _TEXT_COLUMNS}
-        return pd.read_csv(path, dtype=text, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise DataValidationError("empty file (no header, no rows)", file=name) from None
-    except (pd.errors.ParserError, UnicodeDecodeError, OSError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise DataValidationError(f"cannot read file: {e}", file=name) from None
+        frame, label, n_auction = src.frame, None, 0
+        if target != "1d":
+            if market == "cn":
+                if bar_label == "auto" and src.format == "qlib-bin":
+                    bar_label = "start"  # Qlib's cn minute calendars label bar starts (09:30 ... 14:59)
+                try:
+                    frame, label, n_auction = align_cn_intraday(frame, target, bar_label, src.name,
+                                                                src.columns.get("ts", "ts"))
+                except DataValidationError:
+                    validate_bars(frame, file=src.name, freq=target, market=market)  # a plainer problem first
+                    raise
+            elif bar_label == "end":
+                frame = frame.assign(ts=frame["ts"] - FREQ_TIMEDELTA[target])
+                label = "end"
+        bars = validate_bars(frame, file=src.name, freq=target, market=market)
+    except DataValidationError as e:
+        raise _spelled(src, e) from None
+    extras = None
+    if any(c in frame.columns for c in _EXTRAS):
+        extras = (frame[["symbol", "ts", *[c for c in _EXTRAS if c in frame.columns]]]
+                  .sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True))
+    return bars, extras, label, n_auction
 
 
 def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
@@ -320,24 +357,30 @@ def expand_paths(paths: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def _check_args(market: str, freq: str | None, format: str) -> None:
+def _check_args(market: str, freq: str | None, format: str, bare_codes: str = "refuse", bar_label: str = "auto") -> None:
     check_market(market)
     if freq is not None:
         check_freq(freq)
     if format not in FORMATS:
         raise DataValidationError(f"unknown format '{format}' (expected one of {', '.join(FORMATS)})")
+    check_bare_rule(bare_codes)
+    check_bar_label(bar_label)
 
 
 def import_paths(paths: Sequence[str | Path], store: Store, market: str, freq: str | None = None,
                  format: str = "auto", replace: bool = False, symbol: str | None = None,
-                 instruments: pd.DataFrame | None = None) -> ImportReport:
+                 instruments: pd.DataFrame | None = None, bare_codes: str = "refuse",
+                 date_format: str | None = None, bar_label: str = "auto") -> ImportReport:
     """Import CSV / Parquet files or folders (or Qlib folders) into `store`, all or nothing.
 
     One file per symbol (symbol from a symbol column, else `symbol`, else the file stem) or long
     files with a symbol column. `freq` is inferred per file when None; all files must agree.
-    `instruments` (optional rows of the instruments table) are upserted in the same transaction.
+    `instruments` (optional rows of the instruments table) are upserted in the same transaction, after
+    (and over) the rows derived from the files. `bare_codes` (infer | sh | sz | refuse) settles codes
+    without an exchange, `date_format` (strptime) reads day/month-ambiguous dates, `bar_label`
+    (auto | start | end) says how intraday time stamps label bars (see the module docstring).
     """
-    _check_args(market, freq, format)
+    _check_args(market, freq, format, bare_codes, bar_label)
     if isinstance(paths, str | Path):
         paths = [paths]
     if not paths:
@@ -353,127 +396,86 @@ def import_paths(paths: Sequence[str | Path], store: Store, market: str, freq: s
         sources += [_Source(name=n, frame=f, format="qlib-bin") for n, f in frames]
         universes = universes_q if universes is None else pd.concat([universes, universes_q], ignore_index=True)
     for path in expand_paths([p for p in paths if Path(p) not in qlib_dirs]):
-        sources.append(_convert(_read_file(path), format, str(path), market, symbol))
-    return _import_sources(sources, store, market, freq, replace, universes=universes, instruments=instruments)
+        df, encoding, _ = vendors.read_table_file(path, _TEXT_COLUMNS)
+        src = _convert(df, format, str(path), market, symbol, bare_codes, date_format)
+        src.encoding = encoding
+        sources.append(src)
+    return _import_sources(sources, store, market, freq, replace, universes=universes, instruments=instruments,
+                           bar_label=bar_label)
 
 
 def import_frame(df: pd.DataFrame, store: Store, market: str, freq: str | None = None, format: str = "generic",
                  replace: bool = False, source: str = "<DataFrame>", symbol: str | None = None,
-                 instruments: pd.DataFrame | None = None) -> ImportReport:
+                 instruments: pd.DataFrame | None = None, bare_codes: str = "refuse",
+                 date_format: str | None = None, bar_label: str = "auto") -> ImportReport:
     """Import a DataFrame in one of the file formats (a named index, or a DatetimeIndex, is used as a column)."""
-    _check_args(market, freq, format)
+    _check_args(market, freq, format, bare_codes, bar_label)
     if format == "qlib-bin":
         raise DataValidationError("format qlib-bin reads folders; use import_paths", file=source)
     if isinstance(df.index, pd.DatetimeIndex) and df.index.name is None:
         df = df.rename_axis("ts")
     if df.index.name is not None or isinstance(df.index, pd.MultiIndex):
         df = df.reset_index()
-    src = _convert(df, format, source, market, symbol)
-    return _import_sources([src], store, market, freq, replace, instruments=instruments)
+    src = _convert(df, format, source, market, symbol, bare_codes, date_format)
+    return _import_sources([src], store, market, freq, replace, instruments=instruments, bar_label=bar_label)
 
 
 def _import_sources(sources: list[_Source], store: Store, market: str, freq: str | None, replace: bool,
-                    universes: pd.DataFrame | None = None, instruments: pd.DataFrame | None = None) -> ImportReport:
-    """Validate every source first, then write everything in one store transaction."""
+                    universes: pd.DataFrame | None = None, instruments: pd.DataFrame | None = None,
+                    bar_label: str = "auto") -> ImportReport:
+    """Validate every source first, derive what the files imply, then write everything in one transaction."""
     if not sources:
         raise DataValidationError("nothing to import (no bars found)")
+    report = ImportReport(market=market, freq="", files=len(sources), symbols=[], rows=0)
     checked: list[tuple[_Source, pd.DataFrame]] = []
+    extras: list[pd.DataFrame | None] = []
+    labels: set[str] = set()
     first: tuple[str, str] | None = None  # (freq, source name) everything must agree with
     for src in sources:
-        bars, f = _validate(src, freq)
+        report.formats[src.format] = report.formats.get(src.format, 0) + 1
+        for counter, key in ((report.encodings, src.encoding), (report.volume_units, src.volume_unit)):
+            if key is not None:
+                counter[key] = counter.get(key, 0) + 1
+        report.suspended_rows += src.suspended
+        if len(src.frame) == 0:  # every row a suspended day
+            continue
+        f = _settle_freq(src, freq, market)
         if first is not None and f != first[0]:
             raise DataValidationError(f"bars are {f}, but {first[1]} is {first[0]}; import one frequency at a time",
                                       file=src.name, column=src.columns.get("ts", "ts"))
         first = first or (f, src.name)
+        bars, ex, label, n_auction = _validate(src, f, market, bar_label)
         checked.append((src, bars))
-    assert first is not None
-    new, n_new = _combine(checked, store, market, first[0], replace)
+        extras.append(ex)
+        labels |= {label} if label else set()
+        report.auction_bars += n_auction
+    if first is None:
+        raise DataValidationError("nothing to import: every row is a suspended day", file=sources[0].name)
+    report.freq = first[0]
+    report.bar_label = ", ".join(sorted(labels)) or None
+    found = derive.derive_for_import([b for _, b in checked], extras, store, market, first[0]) if market == "cn" \
+        else None
+    new, n_new = combine(checked, store, market, first[0], replace)
     with store.transaction() as tx:
         if len(new):  # one put_bars for everything: validation and merging run once, vectorised
             tx.put_bars(new, market=market, freq=first[0], replace=replace, file=checked[0][0].name if
                         len(checked) == 1 else None)
+        report.notes = [str(n) for n in getattr(tx, "notes", [])]
         if universes is not None and len(universes):
-            tx.put("universes", "", _upsert(store.read_table("universes"), universes, "universe"))
+            tx.put("universes", "", upsert(store.read_table("universes"), universes, "universe"))
+        if found is not None and found.st_ranges is not None:
+            tx.put("flags", "", derive.replace_st_spans(store.flags(), found.st_spans, found.st_ranges))
+        inst = store.instruments() if (found is not None and len(found.instruments)) or instruments is not None \
+            else None
+        if found is not None and len(found.instruments):
+            inst = derive.merge_instruments(inst, found.instruments)
         if instruments is not None and len(instruments):
-            tx.put("instruments", "", _upsert(store.read_table("instruments"), instruments, "symbol"))
-    symbols = sorted({s for _, b in checked for s in b["symbol"].unique()})
-    formats: dict[str, int] = {}
-    for src, _ in checked:
-        formats[src.format] = formats.get(src.format, 0) + 1
-    return ImportReport(market=market, freq=first[0], files=len(checked), symbols=symbols,
-                        rows=sum(len(b) for _, b in checked), new_rows=n_new, formats=formats,
-                        universes=sorted(universes["universe"].unique()) if universes is not None else [])
-
-
-def _combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: str, freq: str,
-             replace: bool) -> tuple[pd.DataFrame, int]:
-    """(rows to write, number of (symbol, ts) not yet stored): all sources as one frame, checked against
-    each other and the store before anything is written.
-
-    A (symbol, ts) present twice (in two files, or in a file and the store) must agree on prices and
-    volume within a relative 1e-9 (the store's rule) unless `replace`, where the later file wins.
-    """
-    listing = store.listing() if store.exists() else pd.DataFrame(columns=["symbol", "freq", "market"])
-    listing = listing[listing["freq"] == freq]
-    sources_of: dict[str, list[int]] = {}
-    for i, (_, bars) in enumerate(checked):
-        for sym in bars["symbol"].unique():
-            sources_of.setdefault(sym, []).append(i)
-    other = listing[listing["symbol"].isin(list(sources_of)) & (listing["market"] != market)]
-    if len(other):
-        sym, where = other["symbol"].iloc[0], other["market"].iloc[0]
-        src = checked[sources_of[sym][0]][0]
-        raise DataValidationError(f"symbol {sym} is stored under market '{where}', not '{market}'",
-                                  file=src.name, column=src.columns.get("symbol", "symbol"))
-    allb = pd.concat([bars.assign(_src=i) for i, (_, bars) in enumerate(checked)], ignore_index=True)
-    # Only symbols in two sources, or already stored, can overlap: the (costly) check runs on them alone.
-    stored_syms = sorted(set(sources_of) & set(listing["symbol"]))
-    shared = set(stored_syms) | {s for s, owners in sources_of.items() if len(owners) > 1}
-    if not shared:
-        return allb.drop(columns="_src"), len(allb)
-    in_shared = allb["symbol"].isin(shared).to_numpy()
-    part = allb[in_shared]
-    if stored_syms:
-        stored = store.bars(stored_syms, start=part["ts"].min(), end=part["ts"].max(), freq=freq)
-        part = pd.concat([stored.assign(_src=-1), part], ignore_index=True)
-    part, n_new = _resolve_overlaps(part, checked, replace)
-    out = pd.concat([allb[~in_shared], part], ignore_index=True).drop(columns="_src")
-    return out, int((~in_shared).sum()) + n_new
-
-
-def _resolve_overlaps(part: pd.DataFrame, checked: list[tuple[_Source, pd.DataFrame]],
-                      replace: bool) -> tuple[pd.DataFrame, int]:
-    """Rows of `part` (`_src` = source index, -1 = stored) to write, one per (symbol, ts), and how many are new."""
-    part = part.sort_values(["symbol", "ts", "_src"], kind="stable").reset_index(drop=True)
-    dup = part.duplicated(["symbol", "ts"], keep=False).to_numpy()
-    if dup.any() and not replace:
-        d = part[dup]
-        cols = ["open", "high", "low", "close", "volume"]
-        ref = d.groupby(["symbol", "ts"], sort=False)[cols].transform("first")
-        bad = ~np.isclose(d[cols].to_numpy(), ref.to_numpy(), rtol=1e-9, atol=0.0)
-        if bad.any():
-            r, c = (int(x[0]) for x in np.nonzero(bad))
-            row = d.iloc[r]
-            src, col = checked[int(row["_src"])][0], cols[c]
-            first = d[(d["symbol"] == row["symbol"]) & (d["ts"] == row["ts"])].iloc[0]
-            where = "the stored bar" if first["_src"] < 0 else f"the bar in {checked[int(first['_src'])][0].name}"
-            hit = src.frame[(src.frame["symbol"].astype("str").str.strip() == row["symbol"])
-                            & (src.frame["ts"] == row["ts"])]["_row"]
-            raise DataValidationError(
-                f"{row['symbol']} at {row['ts']}: {col}={float(row[col])!r} disagrees with {where} "
-                f"({col}={float(ref.iloc[r, c])!r}); use --replace to overwrite",
-                file=src.name, row=int(hit.iloc[0]) if len(hit) else None, column=src.columns.get(col, col))
-    stored_key = part.groupby(["symbol", "ts"], sort=False)["_src"].transform("min").to_numpy() < 0
-    keep = ~part.duplicated(["symbol", "ts"], keep="last" if replace else "first").to_numpy()
-    n_new = int((keep & ~stored_key).sum())
-    return part[keep & (part["_src"] >= 0).to_numpy()], n_new
-
-
-def _upsert(old: pd.DataFrame, new: pd.DataFrame, key: str) -> pd.DataFrame:
-    """Rows of `old` whose `key` is not in `new`, then `new` (a whole-table rewrite of a small table)."""
-    if key == "symbol":
-        new = new.reindex(columns=list(INSTRUMENT_COLUMNS))
-    if len(old) == 0:
-        return new.reset_index(drop=True)
-    kept = old[~old[key].isin(new[key])]
-    return pd.concat([kept, new], ignore_index=True)
+            inst = upsert(inst, instruments, "symbol")
+        if inst is not None and len(inst):
+            tx.put("instruments", "", inst.reset_index(drop=True))
+    report.derived = found.counts if found is not None else {}
+    report.symbols = sorted({s for _, b in checked for s in b["symbol"].unique()})
+    report.files = len(sources)
+    report.rows, report.new_rows = sum(len(b) for _, b in checked), n_new
+    report.universes = sorted(universes["universe"].unique()) if universes is not None else []
+    return report

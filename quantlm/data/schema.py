@@ -89,27 +89,53 @@ def _source_rows(df: pd.DataFrame) -> np.ndarray:
     return np.arange(1, len(df) + 1)
 
 
-def infer_freq(ts: pd.Series) -> str | None:
+# China A-share lunch break: the morning session ends 11:30, the afternoon starts 13:00 (ns of the day).
+_NS_MIN = 60 * 10**9
+CN_AM_OPEN, CN_AM_CLOSE, CN_PM_OPEN = 570 * _NS_MIN, 690 * _NS_MIN, 780 * _NS_MIN
+
+
+def _cn_lunch_gap(prev_tod: np.ndarray, next_tod: np.ndarray, step: int) -> np.ndarray:
+    """Same-day gaps across the A-share lunch break with both bars on the session grid of `step` ns.
+
+    A bar before lunch at 09:30 + k*step (<= 11:30) followed by one at 13:00 + j*step: covers start
+    labels (1h: 10:30 -> 13:00) and end labels (11:30 -> 14:00).
+    """
+    return ((prev_tod <= CN_AM_CLOSE) & (next_tod >= CN_PM_OPEN) & ((prev_tod - CN_AM_OPEN) % step == 0)
+            & ((next_tod - CN_PM_OPEN) % step == 0))
+
+
+def infer_freq(ts: pd.Series, market: str | None = None) -> str | None:
     """Most common spacing of sorted unique timestamps mapped to a known frequency (None if unknown).
 
     Daily data is recognised by midnight timestamps (weekends and holidays make spacing irregular).
+    Intraday spacing is taken within days; for `market` "cn" (or None) a gap across the A-share lunch
+    break (11:30 -> 13:00) does not count, so 1h bars at 09:30, 10:30, 13:00, 14:00 are 1h.
     """
-    t = pd.DatetimeIndex(ts.drop_duplicates().sort_values())
+    t = pd.DatetimeIndex(ts.drop_duplicates().sort_values()).as_unit("ns")
     if len(t) == 0:
         return None
     if (t == t.normalize()).all():
         return "1d"
     if len(t) < 2:
         return None
-    gaps = pd.Series(t[1:] - t[:-1])
-    mode = gaps.mode().iloc[0]
+    v = t.asi8
+    day = t.normalize().asi8
+    same = day[1:] == day[:-1]
+    gaps = v[1:] - v[:-1]
+    if market in (None, "cn"):
+        tod = v - day
+        lunch = same & (tod[:-1] <= CN_AM_CLOSE) & (tod[1:] >= CN_PM_OPEN)
+        same &= ~lunch
+    candidates = gaps[same] if same.any() else gaps
+    mode = pd.Timedelta(int(pd.Series(candidates).mode().iloc[0]))
     for name, delta in FREQ_TIMEDELTA.items():
         if name != "1d" and mode == delta:
             return name
     return None
 
 
-def validate_bars(df: pd.DataFrame, file: str | None = None, freq: str | None = None) -> pd.DataFrame:
+def validate_bars(df: pd.DataFrame, file: str | None = None, freq: str | None = None,
+                  market: str | None = None) -> pd.DataFrame:
     """Check a bars frame and return it in canonical form (sorted by symbol, ts; canonical dtypes).
 
     Raises DataValidationError naming file, row and column for: missing required columns,
@@ -117,6 +143,7 @@ def validate_bars(df: pd.DataFrame, file: str | None = None, freq: str | None = 
     max(open, close), low above min(open, close), NaN or negative volume, and a file whose
     timestamps mix frequencies (or do not match `freq` when given).
     If the frame has a `_row` column (1-based source rows set by an importer) errors use it.
+    Intraday bars of `market` "cn" (or an unknown market, None) may skip the A-share lunch break.
     """
     missing = [c for c in REQUIRED_BAR_COLUMNS if c not in df.columns]
     if missing:
@@ -221,13 +248,18 @@ def validate_bars(df: pd.DataFrame, file: str | None = None, freq: str | None = 
             column="ts",
         )
 
-    _check_frequency(out, rows, file, freq)
+    _check_frequency(out, rows, file, freq, market)
     out = out.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
     return out[list(BAR_COLUMNS)]
 
 
-def _check_frequency(out: pd.DataFrame, rows: np.ndarray, file: str | None, freq: str | None) -> None:
-    """Daily files must be all-midnight; intraday files must keep one spacing within sessions."""
+def _check_frequency(out: pd.DataFrame, rows: np.ndarray, file: str | None, freq: str | None,
+                     market: str | None = None) -> None:
+    """Daily files must be all-midnight; intraday files must keep one spacing within sessions.
+
+    For cn (and market None, e.g. the store's own check) a same-day gap across the lunch break
+    between two bars on the A-share session grid is allowed (1h: 10:30 -> 13:00 or 11:30 -> 14:00).
+    """
     ts = pd.DatetimeIndex(out["ts"])
     midnight = (ts == ts.normalize())
     if freq is not None:
@@ -257,6 +289,9 @@ def _check_frequency(out: pd.DataFrame, rows: np.ndarray, file: str | None, freq
     step = FREQ_TIMEDELTA[freq].value if freq is not None else int(np.min(gaps))
     bad = np.zeros(len(t) - 1, dtype=bool)
     bad[same] = (gaps % step) != 0
+    if market in (None, "cn") and bad.any():
+        tod = t - day
+        bad &= ~_cn_lunch_gap(tod[:-1], tod[1:], step)
     if bad.any():
         j = int(np.flatnonzero(bad)[0]) + 1
         i = int(order[j])

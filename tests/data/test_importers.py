@@ -62,7 +62,10 @@ def test_symbol_option_and_separate_date_time_columns(store, tmp_path):
     df = pd.DataFrame({"Date": ts.strftime("%Y-%m-%d"), "Time": ts.strftime("%H:%M"), "open": 10.0, "high": 10.2,
                        "low": 9.9, "close": 10.1, "volume": 500})
     df.to_csv(tmp_path / "whatever.csv", index=False)
-    report = import_paths([tmp_path / "whatever.csv"], store, market="cn", symbol="000001.SZ")
+    with pytest.raises(DataValidationError, match="pass --bar-label") as e:  # no session anchor: start or end?
+        import_paths([tmp_path / "whatever.csv"], store, market="cn", symbol="000001.SZ")
+    assert e.value.column == "Date+Time"
+    report = import_paths([tmp_path / "whatever.csv"], store, market="cn", symbol="000001.SZ", bar_label="start")
     assert report.freq == "1min" and report.symbols == ["000001.SZ"]
     assert store.bars("000001.SZ", freq="1min")["ts"].tolist() == list(ts)
 
@@ -191,8 +194,9 @@ def test_tushare_minute_files_are_not_scaled(store, tmp_path):
     df = pd.DataFrame({"ts_code": "600000.SH", "trade_time": ["2024-01-02 09:31:00", "2024-01-02 09:32:00"],
                        "open": 7.0, "high": 7.1, "low": 6.9, "close": 7.0, "vol": [5300.0, 200.0],
                        "amount": [37100.0, 1400.0]})
-    import_frame(df, store, market="cn", format="auto")
+    import_frame(df, store, market="cn", format="auto", bar_label="end")  # 09:31 and 09:32 label bar ends
     got = store.bars("600000.SH", freq="1min")
+    assert got["ts"].tolist() == [pd.Timestamp("2024-01-02 09:30"), pd.Timestamp("2024-01-02 09:31")]
     assert got["volume"].tolist() == [5300.0, 200.0] and got["amount"].tolist() == [37100.0, 1400.0]
 
 
