@@ -104,7 +104,7 @@ class Store:
     def _connect(self, write: bool) -> duckdb.DuckDBPyConnection:
         """A DuckDB connection to the catalog. Writing: only while holding the write lock."""
         if write:
-            return connect_write(self.root)
+            return connect_write(self.root, self.lock_timeout)
         if not self.exists():
             raise FileNotFoundError(f"no quantlm store at {self.root} (create one with 'quantlm data import' or 'quantlm data synth')")
         return duckdb.connect(str(self.catalog_path), read_only=True)
@@ -173,6 +173,7 @@ class Store:
         keeps it longer than `lock_timeout` seconds). Notes for the user end up in `tx.notes` and,
         after the commit, in `self.last_notes`.
         """
+        self.last_notes = []
         with WriteLock(self.root, self.lock_timeout):
             tx = _Transaction(self)
             try:

@@ -24,7 +24,9 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import duckdb
 import pandas as pd
@@ -38,6 +40,7 @@ SNAPSHOT = "catalog.parquet"
 FILE_COLUMNS = ("tbl", "key", "path", "rows", "min_ts", "max_ts", "market")
 _KEY = b"quantlm.catalog"  # schema metadata: {"version": int, "txid": str}
 _META = b"quantlm.meta"  # schema metadata: the meta table as a JSON object
+T = TypeVar("T")
 _SCHEMA = pa.schema([("tbl", pa.string()), ("key", pa.string()), ("path", pa.string()), ("rows", pa.int64()),
                      ("min_ts", pa.timestamp("us")), ("max_ts", pa.timestamp("us")), ("market", pa.string())])
 
@@ -53,10 +56,15 @@ def empty_files() -> pd.DataFrame:
     return _SCHEMA.empty_table().to_pandas()
 
 
-def connect_write(root: Path) -> duckdb.DuckDBPyConnection:
-    """Open (creating if needed) `catalog.duckdb` for writing. Call only while holding the write lock."""
+def connect_write(root: Path, timeout: float) -> duckdb.DuckDBPyConnection:
+    """Open (creating if needed) `catalog.duckdb` for writing. Call only while holding the write lock.
+
+    Under the write lock only a foreign process can hold DuckDB's own file lock (a quantlm from before
+    the write lock, or a DuckDB shell on the catalog): retried with backoff for up to `timeout`
+    seconds, then StoreBusyError.
+    """
     root.mkdir(parents=True, exist_ok=True)
-    con = duckdb.connect(str(root / CATALOG))
+    con = _retry_duckdb_lock(lambda: duckdb.connect(str(root / CATALOG)), root, timeout)
     con.execute(
         "CREATE TABLE IF NOT EXISTS files (tbl VARCHAR, key VARCHAR, path VARCHAR, rows BIGINT,"
         " min_ts TIMESTAMP, max_ts TIMESTAMP, market VARCHAR, PRIMARY KEY (tbl, key))"
@@ -66,6 +74,30 @@ def connect_write(root: Path) -> duckdb.DuckDBPyConnection:
     if con.execute("SELECT count(*) FROM catalog_version").fetchone()[0] == 0:
         con.execute("INSERT INTO catalog_version VALUES (0)")
     return con
+
+
+def _retry_duckdb_lock(open_: Callable[[], T], root: Path, timeout: float) -> T:
+    """`open_()`, retried with backoff while DuckDB reports a file-lock conflict, for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            return open_()
+        except (duckdb.IOException, duckdb.CatalogException) as e:
+            if not _is_lock_conflict(e):
+                raise
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise StoreBusyError(f"store {root} is busy: its catalog {root / CATALOG} stayed locked by another "
+                                     f"process for {timeout:g} s; try again when it is done ({e})") from None
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 0.2)
+
+
+def _is_lock_conflict(e: duckdb.Error) -> bool:
+    """DuckDB's file lock is held by another process (IOException), or a writer that holds it is still
+    creating the tables (CatalogException, seen by a reader that got in between)."""
+    return isinstance(e, duckdb.CatalogException) or "lock" in str(e).lower()
 
 
 def read_state(con: duckdb.DuckDBPyConnection) -> tuple[int, pd.DataFrame, dict[str, str]]:
@@ -113,6 +145,11 @@ def snapshot_version(root: Path) -> int | None:
         return None
 
 
+def _read_legacy(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return _query_files(con), dict(con.execute("SELECT name, value FROM meta").fetchall())
+
+
 def read_catalog(root: Path, known: str | None, timeout: float) -> tuple[str, pd.DataFrame | None, dict | None]:
     """(cache key, files, meta) of the store at `root`; files and meta are None when the key is `known`.
 
@@ -142,17 +179,14 @@ def read_catalog(root: Path, known: str | None, timeout: float) -> tuple[str, pd
         if key == known:
             return key, None, None
         try:
-            with duckdb.connect(str(path), read_only=True) as con:
-                files = _query_files(con)
-                meta = dict(con.execute("SELECT name, value FROM meta").fetchall())
+            files, meta = _read_legacy(path)
             return key, files, meta
         except (duckdb.IOException, duckdb.CatalogException) as e:
-            # IOException: a writer holds the file lock; CatalogException: a writer is creating the tables.
-            if isinstance(e, duckdb.IOException) and "lock" not in str(e).lower():
+            if not _is_lock_conflict(e):
                 raise
             left = deadline - time.monotonic()
             if left <= 0:
-                raise StoreBusyError(f"store {root} is busy: could not read its catalog for {timeout:g} s "
-                                     f"while another process writes it ({e}); try again later") from None
-            time.sleep(min(delay, left))
+                raise StoreBusyError(f"store {root} is busy: its catalog {path} stayed locked by another process "
+                                     f"for {timeout:g} s; try again when it is done ({e})") from None
+            time.sleep(min(delay, left))  # then look for a snapshot again: a writer may just have made one
             delay = min(delay * 2, 0.2)

@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
-from quantlm.data.store import Store
+from quantlm.data.store import Store, StoreBusyError
 from tests.conftest import make_bars
 
 REPO = Path(__file__).parents[2]
@@ -126,7 +127,7 @@ def test_writer_gives_up_after_lock_timeout_with_a_clear_message(tmp_path):
 
 def test_reader_polling_during_repeated_commits_never_raises(tmp_path):
     root = tmp_path / "store"
-    n = 40
+    n = 15
     Store(root).write_bars(make_bars(symbols=("X",), periods=n + 5).iloc[:5], market="cn")
     writer = run_py(REPEATED_WRITER, root, n)
     reader = Store(root)
@@ -197,8 +198,8 @@ def test_transaction_that_read_a_symbol_before_another_process_wrote_it_loses_no
 
 
 def test_reader_of_a_store_without_snapshot_retries_while_duckdb_is_locked(tmp_path):
-    """Stores written before catalog snapshots existed are read from catalog.duckdb; a writer holding
-    DuckDB's file lock makes the reader wait and retry, never crash."""
+    """Stores written before catalog snapshots existed are read from catalog.duckdb; another process
+    holding DuckDB's file lock makes the reader wait and retry, never crash."""
     root = tmp_path / "store"
     Store(root).write_bars(make_bars(symbols=("X",), periods=5), market="cn")
     (root / "catalog.parquet").unlink()
@@ -211,5 +212,8 @@ def test_reader_of_a_store_without_snapshot_retries_while_duckdb_is_locked(tmp_p
     """)
     proc = run_py(hold, root / "catalog.duckdb", tmp_path / "ready")
     wait_for(tmp_path / "ready", proc)
+    # A writer meets the foreign DuckDB lock too: it retries, then says the store is busy (no DuckDB traceback).
+    with pytest.raises(StoreBusyError, match=rf"store {root} is busy: its catalog .* stayed locked"):
+        Store(root, lock_timeout=0.2).write_bars(make_bars(symbols=("Y",), periods=5), market="cn")
     assert Store(root).listing()["rows"].tolist() == [5]
     assert finish(proc)[0] == 0
