@@ -71,6 +71,7 @@ _GENERIC_ALIASES = {
     "volume": ("volume", "vol"),
     "amount": ("amount", "turnover", "value"),
     "adj_factor": ("adjfactor", "factor"),
+    "name": ("name", "stockname"),  # only used to resolve an ambiguous bare 000xxx code (an index name)
 }
 _TUSHARE_ALIASES = {
     "symbol": ("tscode",), "ts": ("tradedate", "tradetime"), "open": ("open",), "high": ("high",),
@@ -265,7 +266,7 @@ def _vendor_extras(out: pd.DataFrame, df: pd.DataFrame, cols: dict[str, str], fm
     sym = out["symbol"].astype("str")
     index_rows = sym.map({s: is_index(s) for s in sym.unique()}).to_numpy(dtype=bool)
     if names is not None:
-        index_rows |= names.fillna("").str.contains("指数").to_numpy(dtype=bool)
+        index_rows = index_rows | names.fillna("").str.contains("指数").to_numpy(dtype=bool)
     amount = out["amount"].to_numpy() if "amount" in cols else None
     mult, label = vendors.volume_unit(out["volume"].to_numpy(), out["close"].to_numpy(), amount, index_rows, fmt,
                                       file, cols["volume"])
