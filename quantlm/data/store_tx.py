@@ -33,7 +33,6 @@ def _safe_key(key: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "._-" else f"%{ord(ch):02X}" for ch in key) or "_"
 
 
-
 class _Transaction:
     """Staged writes that become visible together in `commit`; created holding the write lock.
 
