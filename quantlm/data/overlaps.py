@@ -11,10 +11,10 @@ from quantlm.data.schema import INSTRUMENT_COLUMNS, DataValidationError
 from quantlm.data.store import Store
 
 if TYPE_CHECKING:
-    from quantlm.data.importers import _Source
+    from quantlm.data.convert import Source
 
 
-def combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: str, freq: str,
+def combine(checked: list[tuple[Source, pd.DataFrame]], store: Store, market: str, freq: str,
              replace: bool) -> tuple[pd.DataFrame, int]:
     """(rows to write, number of (symbol, ts) not yet stored): all sources as one frame, checked against
     each other and the store before anything is written.
@@ -50,7 +50,7 @@ def combine(checked: list[tuple[_Source, pd.DataFrame]], store: Store, market: s
     return out, int((~in_shared).sum()) + n_new
 
 
-def resolve_overlaps(part: pd.DataFrame, checked: list[tuple[_Source, pd.DataFrame]],
+def resolve_overlaps(part: pd.DataFrame, checked: list[tuple[Source, pd.DataFrame]],
                       replace: bool) -> tuple[pd.DataFrame, int]:
     """Rows of `part` (`_src` = source index, -1 = stored) to write, one per (symbol, ts), and how many are new."""
     part = part.sort_values(["symbol", "ts", "_src"], kind="stable").reset_index(drop=True)
