@@ -7,6 +7,10 @@
    on. Prints the cold first call (JIT compile, fresh numba cache, in a subprocess), the cached first call,
    warm seconds split into array preparation / kernel / result tables, bars/s against the backtrader
    anchor (15,000 bars/s), and the Python reference path on one year for a ratio.
+3. Intraday: `symbols` x 1 year of A-share 1-minute bars (240 a day across the lunch break, ~17M bars),
+   TopkDropout(50, 5) on scores every 30 minutes, all cn rules. Prints warm seconds and the peak memory
+   the backtest itself allocates (tracemalloc), beside the same run forced into ONE chunk (the dense
+   bars x symbols grid the engine used to build) as the baseline. Targets: < 10 s, < 4 GiB.
 2. Signal backtests on one symbol: a single moving-average long/flat signal and a `grid`-variant grid
    (windows 2..grid+1), ours (`run_signal_grid`) beside vectorbt's `Portfolio.from_signals` on the same
    data and semantics (checked equal), both warm; prints seconds and the ratio.
@@ -108,13 +112,14 @@ def bench_topk(n_symbols: int, years: int) -> None:
     cached = cold_first_call(n_symbols, years, fresh_cache=False)
     E.run_backtest(scores, bars, cfg, instruments=inst, flags=flags)  # warm up in this process
     total, res = timed(lambda: E.run_backtest(scores, bars, cfg, instruments=inst, flags=flags))
-    prep, arrays = timed(lambda: E.prepare_arrays(scores, bars, cfg, inst, flags))
-    kern, out = timed(lambda: E._run_numba(arrays, cfg))
+    prep, prepared = timed(lambda: E.prepare(scores, bars, cfg, inst, flags))
+    kern, out = timed(lambda: E._run_numba(prepared, cfg))
     t = res.trades
     print(f"first call, fresh numba cache (JIT compile): {jit:8.3f} s")
     print(f"first call, numba cache on disk:             {cached:8.3f} s")
     print(f"warm run_backtest:                           {total:8.3f} s  (target < 1 s)")
-    print(f"   prepare arrays {prep:.3f} s | kernel + trades table {kern:.3f} s | rest {max(total - prep - kern, 0):.3f} s")
+    print(f"   prepare {prep:.3f} s | per-bar state + kernel + trades table {kern:.3f} s | "
+          f"rest {max(total - prep - kern, 0):.3f} s")
     print(f"   {len(t):,} orders ({(t['status'] == 'rejected').sum():,} rejected: "
           f"{t.loc[t['status'] != 'filled', 'reason'].value_counts().to_dict()})")
     print(f"throughput: {n_bars / total:,.0f} bars/s = {n_bars / total / BACKTRADER_BARS_PER_S:,.0f}x the backtrader "
@@ -169,16 +174,69 @@ def bench_signals(grid: int, years: int) -> None:
               f"({n_bars / t_us / BACKTRADER_BARS_PER_S:,.0f}x backtrader) | max rel diff {diff:.1e}")
 
 
+def minute_market(n_symbols: int = 300, days: int = 242, seed: int = 0):
+    """(bars, scores) of 1-minute cn bars, labelled by bar start (09:30..11:29, 13:00..14:59)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2023-01-03", periods=days).as_unit("ns")
+    minutes = np.r_[np.arange(0, 120), np.arange(210, 330)] * 60 * 10**9 + (9 * 60 + 30) * 60 * 10**9
+    ts = (dates.asi8[:, None] + minutes[None, :]).ravel()
+    n_t = len(ts)
+    symbols = [f"60{i:04d}.SH" for i in range(n_symbols)]
+    close = np.empty(n_t * n_symbols)
+    for j in range(n_symbols):
+        close[j * n_t:(j + 1) * n_t] = np.round(10 * np.exp(np.cumsum(rng.normal(0, 0.0008, n_t))), 2)
+    open_ = np.round(close * (1 + rng.normal(0, 0.0003, len(close))), 2)
+    bars = pd.DataFrame({"symbol": pd.Categorical.from_codes(np.repeat(np.arange(n_symbols), n_t), symbols),
+                         "ts": np.tile(ts, n_symbols).view("datetime64[ns]"), "open": open_,
+                         "high": np.maximum(open_, close), "low": np.minimum(open_, close), "close": close,
+                         "volume": np.round(rng.lognormal(10, 0.5, len(close)) / 100) * 100, "amount": np.nan})
+    half_hour = (np.tile(ts, n_symbols) // (60 * 10**9)) % 30 == 0
+    scores = bars.loc[half_hour, ["symbol", "ts"]].assign(score=rng.normal(size=int(half_hour.sum())))
+    return bars, scores
+
+
+def bench_intraday(n_symbols: int, days: int) -> None:
+    import tracemalloc
+
+    from quantlm.backtest import engine as E
+
+    bars, scores = minute_market(n_symbols, days)
+    cfg = E.BacktestConfig(topk=50, n_drop=5)
+    print(f"\n== 3. intraday: {n_symbols} symbols x {days} days of 1-minute bars = {len(bars):,} bars, "
+          f"{len(scores):,} scores (every 30 min), TopkDropout(50, 5), all cn rules")
+    E.run_backtest(scores.iloc[:1000], bars.iloc[:10_000], cfg)  # JIT warm-up
+    rows = []
+    for label, cells in (("chunked (default)", E.MAX_CHUNK_CELLS), ("one dense chunk (baseline)", 10**12)):
+        t, res = timed(lambda cells=cells: E.run_backtest(scores, bars, cfg, max_chunk_cells=cells), repeat=2)
+        tracemalloc.start()
+        E.run_backtest(scores, bars, cfg, max_chunk_cells=cells)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        rows.append((label, t, peak, res))
+        print(f"{label:>28}: {t:6.2f} s warm ({len(bars) / t:,.0f} bars/s) | peak allocated by the backtest "
+              f"{peak / 2**30:5.2f} GiB | {len(res.trades):,} orders")
+    (_, t0, m0, r0), (_, t1, m1, r1) = rows
+    same = np.allclose(r0.equity.to_numpy(), r1.equity.to_numpy(), rtol=1e-12)
+    print(f"ratios chunked / dense: time {t0 / t1:.2f}x, memory {m0 / m1:.2f}x; equity identical: {same}; "
+          f"input bars frame {bars.memory_usage(deep=True).sum() / 2**30:.2f} GiB (not counted above)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--symbols", type=int, default=300)
     p.add_argument("--years", type=int, default=10)
     p.add_argument("--grid", type=int, default=100)
+    p.add_argument("--intraday-days", type=int, default=242)
+    p.add_argument("--only", choices=("topk", "signals", "intraday"), default=None)
     args = p.parse_args()
     print(f"python {sys.version.split()[0]}, numpy {np.__version__}, pandas {pd.__version__}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-    bench_topk(args.symbols, args.years)
-    bench_signals(args.grid, args.years)
+    if args.only in (None, "topk"):
+        bench_topk(args.symbols, args.years)
+    if args.only in (None, "signals"):
+        bench_signals(args.grid, args.years)
+    if args.only in (None, "intraday"):
+        bench_intraday(args.symbols, args.intraday_days)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from quantlm.backtest.engine import BacktestConfig, run_backtest
-from quantlm.backtest.prepare import prepare
+from quantlm.backtest.prepare import iter_chunks, prepare
 
 HOURS = ("09:30", "10:30", "13:00", "14:00")  # cn 1h bars, labelled by bar start
 
@@ -73,8 +73,9 @@ def test_ipo_window_counts_dates_on_intraday_bars():
     bars = hourly(("301999.SZ",), days=8)
     inst = pd.DataFrame({"symbol": ["301999.SZ"], "board": ["chinext"], "list_date": [pd.Timestamp("2024-03-04")]})
     p = prepare(bars[["symbol", "ts"]].assign(score=1.0), bars, BacktestConfig(), instruments=inst)
-    free = ~np.isfinite(p.limit_up)
-    days = pd.DatetimeIndex(p.sessions[p.row_t]).normalize()
+    up = np.concatenate([ch.limit_up[:, 0] for ch in iter_chunks(p, max_cells=8)])  # 2 dates per chunk
+    free = ~np.isfinite(up)
+    days = p.sessions.normalize()
     assert free[days < pd.Timestamp("2024-03-11")].all()  # the first 5 trading dates: 20 bars
     assert not free[days >= pd.Timestamp("2024-03-11")].any()
 
@@ -86,3 +87,31 @@ def test_daily_scores_on_intraday_bars_act_at_the_dates_last_bar():
     r = run_backtest(sig, bars, BacktestConfig(strategy="weights", participation=0.0))
     assert r.trades["ts"].iloc[0] == pd.Timestamp("2024-03-05 09:30")  # decided at day 1's close
     assert (r.equity.index == pd.DatetimeIndex(sorted(bars["ts"].unique()))).all()
+
+
+def test_bar_state_limits_equal_the_rules_module():
+    """The incremental limit state gives the same prices as rules.limit_price_arrays on a daily grid."""
+    from quantlm.backtest.rules import limit_price_arrays
+
+    symbols = ["600001.SH", "300002.SZ", "688003.SH", "430004.BJ", "000005.SZ", "300006.SZ"]
+    dates = pd.bdate_range("2020-08-10", periods=30)
+    rng = np.random.default_rng(4)
+    rows = []
+    for s in symbols:
+        c = 10 * np.exp(np.cumsum(rng.normal(0, 0.03, len(dates))))
+        rows.append(pd.DataFrame({"symbol": s, "ts": dates, "open": c, "high": c, "low": c, "close": c,
+                                  "volume": 1e6, "amount": np.nan}))
+    bars = pd.concat(rows, ignore_index=True)
+    flags = pd.DataFrame({"symbol": ["600001.SH", "300006.SZ"], "flag": ["st", "*st"],
+                          "start": [dates[3], dates[0]], "end": [dates[12], pd.NaT]})
+    inst = pd.DataFrame({"symbol": ["300002.SZ", "000005.SZ", "688003.SH"], "board": ["chinext", "main", "star"],
+                         "list_date": [dates[0], dates[0], dates[10]], "issue_price": [np.nan, 9.0, np.nan]})
+    p = prepare(bars[["symbol", "ts"]].assign(score=1.0), bars, BacktestConfig(), instruments=inst, flags=flags)
+    ch = next(iter_chunks(p))
+    close = bars.pivot(index="ts", columns="symbol", values="close")[p.symbols].to_numpy()
+    prev = np.vstack([np.full((1, len(symbols)), np.nan), close[:-1]])
+    up, down = limit_price_arrays(p.symbols, dates, np.ones_like(close, dtype=bool), prev, inst, flags)
+    np.testing.assert_array_equal(np.isfinite(ch.limit_up), np.isfinite(up))
+    np.testing.assert_allclose(ch.limit_up[np.isfinite(up)], up[np.isfinite(up)])
+    np.testing.assert_allclose(ch.limit_down[np.isfinite(down)], down[np.isfinite(down)])
+    assert np.isfinite(up).sum() > 100 and (~np.isfinite(up)).sum() > len(symbols)
