@@ -357,3 +357,34 @@ def test_cli_import_summary_and_list_filter(tmp_path):
     assert listing.exit_code == 0 and "0 series" in listing.output
     missing = runner.invoke(app, ["data", "list", "--store", str(tmp_path / "nope")])
     assert missing.exit_code == 2 and "no quantlm store" in missing.stderr
+
+
+def test_store_notes_reach_the_report_and_the_cli(tmp_path, monkeypatch):
+    """Messages the store leaves on the transaction (`tx.notes`, e.g. a rescaled adj_factor) are reported."""
+    from quantlm.data import store as store_mod
+
+    real = store_mod.Store.transaction
+
+    def noting(self, *args, **kwargs):
+        cm = real(self, *args, **kwargs)
+
+        class Wrapped:
+            def __enter__(self_inner):
+                tx = cm.__enter__()
+                if not hasattr(tx, "notes"):
+                    tx.notes = []
+                tx.notes.append("600000.SH: stored adj_factor rescaled by 2")
+                return tx
+
+            def __exit__(self_inner, *exc):
+                return cm.__exit__(*exc)
+
+        return Wrapped()
+
+    monkeypatch.setattr(store_mod.Store, "transaction", noting)
+    write_generic(RAW, tmp_path / "bars.csv")
+    report = import_paths([tmp_path / "bars.csv"], Store(tmp_path / "s1"), market="cn")
+    assert report.notes == ["600000.SH: stored adj_factor rescaled by 2"] and "rescaled by 2" in str(report)
+    result = CliRunner().invoke(app, ["data", "import", str(tmp_path / "bars.csv"), "--store", str(tmp_path / "s2"),
+                                      "--market", "cn"])
+    assert result.exit_code == 0 and "rescaled by 2" in result.output
