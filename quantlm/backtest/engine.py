@@ -29,6 +29,7 @@ from quantlm.backtest.exchange import TRADE_COLUMNS
 from quantlm.backtest.prepare import MAX_CHUNK_CELLS, Prepared, PrepareError, _ns, iter_chunks, prepare
 from quantlm.backtest.reference import ReferenceRunner
 from quantlm.backtest.rules import MarketRules, market_rules
+from quantlm.data.schema import FREQS
 
 STRATEGIES = ("topk", "threshold", "weights")
 FILLS = ("open", "close", "vwap")
@@ -96,6 +97,8 @@ class BacktestConfig:
             bad(f"participation must be in [0, 1], got {self.participation}")
         if not self.leverage > 0:
             bad(f"leverage must be positive, got {self.leverage}")
+        if self.freq is not None and self.freq not in FREQS:
+            bad(f"unknown freq '{self.freq}' (expected one of {', '.join(FREQS)})")
         if self.corporate_actions not in CORPORATE_ACTIONS:
             bad(f"unknown corporate_actions '{self.corporate_actions}' (expected one of {', '.join(CORPORATE_ACTIONS)})")
 

@@ -37,6 +37,12 @@ def register(app: typer.Typer) -> None:
         leverage: Annotated[float, typer.Option("--leverage", help="Max gross exposure / equity.")] = 1.0,
         start: Annotated[str | None, typer.Option("--start", help="First session (inclusive).")] = None,
         end: Annotated[str | None, typer.Option("--end", help="Last session (inclusive).")] = None,
+        freq: Annotated[str | None, typer.Option("--freq", help="Bar frequency to read from the store (default: the "
+                                                 "only one stored for the signals' symbols; with several, intraday when "
+                                                 "the signals carry times of day, else 1d).")] = None,
+        corporate_actions: Annotated[str, typer.Option("--corporate-actions", help="How adj_factor steps reach "
+                                                       "holdings: cash (bonus shares as shares, dividends as cash), "
+                                                       "reinvest (all as shares) or off (raw shares).")] = "cash",
     ) -> None:
         """Backtest a signals file with market rules (lots, T+1, price limits, suspensions) and costs.
 
@@ -54,7 +60,7 @@ def register(app: typer.Typer) -> None:
             market=market or meta.get("market") or "cn", strategy=strategy, topk=topk, n_drop=n_drop,
             hold_thresh=hold_thresh, long_threshold=long_threshold, short_threshold=short_threshold, cash=cash,
             fill=fill, costs=not no_costs, participation=participation, benchmark=benchmark, start=start, end=end,
-            allow_short=allow_short, leverage=leverage)
+            allow_short=allow_short, leverage=leverage, freq=freq, corporate_actions=corporate_actions)
         config.validate()
         scores = read_signals(signals, market=config.market)
         inputs = load_from_store(scores, st, config)
@@ -65,7 +71,9 @@ def register(app: typer.Typer) -> None:
         metrics = written.get("metrics", {})
         trades = result.trades
         n_rej = int((trades["status"] == "rejected").sum()) if len(trades) else 0
-        console.print(f"backtest {config.market}/{config.strategy}: {len(result.equity)} sessions, "
+        n_days = len(result.equity.index.normalize().unique())
+        bars_note = f" ({len(result.equity):,} {config.freq} bars)" if config.freq not in (None, "1d") else ""
+        console.print(f"backtest {config.market}/{config.strategy}: {n_days} sessions{bars_note}, "
                       f"{len(trades) - n_rej} fills, {n_rej} rejections; final equity {result.equity.iloc[-1]:,.2f}")
         for key in ("annual_return", "sharpe", "max_drawdown", "annual_excess_return", "information_ratio"):
             if isinstance(metrics, dict) and key in metrics and metrics[key] is not None:
