@@ -134,6 +134,14 @@ def write_snapshot(root: Path, version: int, txid: str, files: pd.DataFrame, met
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable before the caller deletes the files the old snapshot names
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError:  # pragma: no cover - platforms that cannot fsync a directory
+        pass
 
 
 def snapshot_version(root: Path) -> int | None:
