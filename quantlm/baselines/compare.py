@@ -145,10 +145,15 @@ class BaselineScores:
 
 def split_benchmark(bars: pd.DataFrame, benchmark: str | None, instruments: pd.DataFrame | None
                     ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """(tradable bars, benchmark bars or None): the benchmark and index-board symbols are not traded."""
+    """(tradable bars, benchmark bars or None): the benchmark and index symbols are not traded.
+
+    An index is a symbol whose instruments row says board=index or, without a board, whose code is an
+    index code (000xxx.SH, 399xxx.SZ: `rules.board_from_code`)."""
+    from quantlm.backtest.rules import symbol_boards
+
     not_traded = {benchmark} if benchmark else set()
-    if instruments is not None and len(instruments) and "board" in instruments.columns:
-        not_traded |= set(instruments.loc[instruments["board"] == "index", "symbol"].astype(str))
+    symbols = [str(s) for s in pd.unique(bars["symbol"])]
+    not_traded |= {s for s, b in zip(symbols, symbol_boards(symbols, instruments)) if b == "index"}
     bench = bars[bars["symbol"] == benchmark].reset_index(drop=True) if benchmark else None
     if bench is not None and len(bench) == 0:
         bench = None
