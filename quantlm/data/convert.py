@@ -216,7 +216,12 @@ def _vendor_extras(out: pd.DataFrame, df: pd.DataFrame, cols: dict[str, str], fm
     """Add `_preclose`, `_name`, `_st` to `out`, scale volume to shares; returns the volume-unit label."""
     names = df[cols["name"]].astype("str").str.strip().where(df[cols["name"]].notna()) if "name" in cols else None
     out["_name"] = names.to_numpy(dtype=object) if names is not None else None
-    out["_preclose"] = _to_float(df[cols["preclose"]], file, rows, cols["preclose"]) if "preclose" in cols else np.nan
+    if "preclose" in cols:
+        out["_preclose"] = _to_float(df[cols["preclose"]], file, rows, cols["preclose"])
+    elif "change" in cols or "pct_change" in cols:
+        out["_preclose"] = _preclose_from_change(out, df, cols, file, rows)
+    else:
+        out["_preclose"] = np.nan
     if "st" in cols:
         out["_st"] = _to_float(df[cols["st"]], file, rows, cols["st"])
     else:
@@ -231,6 +236,36 @@ def _vendor_extras(out: pd.DataFrame, df: pd.DataFrame, cols: dict[str, str], fm
     if mult != 1.0:
         out["volume"] = out["volume"].to_numpy() * mult
     return label
+
+
+def _preclose_from_change(out: pd.DataFrame, df: pd.DataFrame, cols: dict[str, str], file: str,
+                          rows: np.ndarray) -> np.ndarray:
+    """The ex-rights previous close implied by 涨跌额 (close - change) or 涨跌幅 (close / (1 + pct / 100)).
+
+    Vendors compute both against the ex-rights reference, so a dividend or bonus issue shows up as a
+    previous close below the day before's close. 涨跌幅 is rounded (usually to 0.01%), so the implied
+    price is uncertain by about close x 5e-5: within that (plus half a tick) of the day before's close
+    it is snapped to it, and only larger gaps count as corporate actions.
+    """
+    close = out["close"].to_numpy()
+    if "change" in cols:
+        est = close - _to_float(df[cols["change"]], file, rows, cols["change"])
+        tol = np.full(len(close), 0.005)
+    else:
+        pct = _to_float(df[cols["pct_change"]], file, rows, cols["pct_change"])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            est = close / (1.0 + pct / 100.0)
+        tol = 0.005 + np.abs(close) * 5e-5
+    order = np.lexsort((out["ts"].to_numpy(), out["symbol"].astype("str").to_numpy()))
+    sym = out["symbol"].astype("str").to_numpy()[order]
+    prev = np.r_[np.nan, close[order][:-1]]
+    prev[np.r_[True, sym[1:] != sym[:-1]]] = np.nan
+    snapped = est[order].copy()
+    near = np.abs(snapped - prev) <= tol[order]
+    snapped[near] = prev[near]
+    result = np.empty(len(close))
+    result[order] = snapped
+    return result
 
 
 def stem(file: str) -> str:

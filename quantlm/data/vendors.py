@@ -42,6 +42,7 @@ _CN_ALIASES = {
     "volume": ("成交量",), "amount": ("成交额", "成交金额"), "adj_factor": ("复权因子",),
     "name": ("股票名称", "名称", "证券名称", "股票简称", "证券简称"),
     "preclose": ("前收盘价", "前收盘", "昨收", "昨收盘", "前收"),
+    "change": ("涨跌额",), "pct_change": ("涨跌幅",),
 }
 _BAOSTOCK_ALIASES = {
     "symbol": ("code",), "ts": ("date",), "open": ("open",), "high": ("high",), "low": ("low",),
