@@ -227,10 +227,19 @@ def _import_sources(sources: list[Source], store: Store, market: str, freq: str 
         raise DataValidationError("nothing to import: every row is a suspended day", file=sources[0].name)
     report.freq = first[0]
     report.bar_label = ", ".join(sorted(labels)) or None
-    found = derive.derive_for_import([b for _, b in checked], extras, store, market, first[0]) if market == "cn" \
-        else None
-    new, n_new = combine(checked, store, market, first[0], replace)
+    def plan() -> tuple[derive.Derived | None, pd.DataFrame, int]:
+        found = derive.derive_for_import([b for _, b in checked], extras, store, market, first[0]) \
+            if market == "cn" else None
+        return (found, *combine(checked, store, market, first[0], replace))
+
+    # An existing store is read under its write lock, so what the derivation and the overlap check saw
+    # cannot change before the commit; a new store is planned first, so a refused import creates nothing.
+    fresh = not store.exists()
+    if fresh:
+        found, new, n_new = plan()
     with store.transaction() as tx:
+        if not fresh:
+            found, new, n_new = plan()
         if len(new):  # one put_bars for everything: validation and merging run once, vectorised
             tx.put_bars(new, market=market, freq=first[0], replace=replace, file=checked[0][0].name if
                         len(checked) == 1 else None)
