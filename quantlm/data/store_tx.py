@@ -90,7 +90,7 @@ class _Transaction:
         the stored ones (see `merge_bars`) and stage the results. Returns {symbol: rows after write}."""
         check_market(market)
         check_freq(freq)
-        new = validate_bars(to_exchange_local(bars, market, file=file), file=file, freq=freq)
+        new = validate_bars(to_exchange_local(bars, market, file=file), file=file, freq=freq, market=market)
         counts: dict[str, int] = {}
         tbl = f"bars/{freq}"
         cat = self.base_files[self.base_files["tbl"] == tbl]
