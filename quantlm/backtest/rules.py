@@ -25,6 +25,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
+# Sources of the dated rules:
+# - CHINEXT_REFORM: SZSE, ChiNext Market Trading Special Provisions (registration-system reform), first
+#   trades under the new rules on 2020-08-24: +/-20% limits and no limit in a new listing's first 5 days.
+# - STAR_START: SSE, Special Provisions on STAR Market Trading (2019); first STAR listings 2019-07-22.
+# - MAIN_BOARD_REGISTRATION: SSE / SZSE main-board registration-system rules; first main-board
+#   registration-system listings traded 2023-04-10 with no limit in their first 5 days.
+# - MAIN_ST_10PCT_FROM: SSE / SZSE notices of 2025 raising main-board ST / *ST limits from 5% to 10%,
+#   effective 2025-07-07.
 CHINEXT_REFORM = pd.Timestamp("2020-08-24")  # ChiNext +/-20%, no limit in the first 5 days
 STAR_START = pd.Timestamp("2019-07-22")  # STAR market opened with +/-20% and the 5-day rule
 MAIN_BOARD_REGISTRATION = pd.Timestamp("2023-04-10")  # main-board IPOs: no limit in the first 5 days
