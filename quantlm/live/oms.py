@@ -13,12 +13,9 @@ resolve as a mismatch; `ReconcileReport.raise_if_mismatched()` raises `Reconcile
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-
-import pandas as pd
 
 from quantlm.live.journal import Journal
 from quantlm.live.types import SIDES, TERMINAL, TRANSITIONS, Fill, Order, OrderStatus
@@ -200,16 +197,18 @@ class OrderManager:
                 order = self.order(cid)
                 if order is None or order.status in (OrderStatus.NEW, OrderStatus.RISK_CHECKED, OrderStatus.HELD):
                     continue
+                if abs(order.filled_shares - filled) > _EPS:  # status left alone: fills are missing
+                    rep.mismatches.append(f"order {cid}: broker says {status.value} with {filled:g} shares filled, "
+                                          f"the journal {order.status.value} with {order.filled_shares:g} "
+                                          "(fills missing on one side)")
+                    continue
                 both_closed = order.status in TERMINAL and status in TERMINAL  # e.g. expired vs cancelled
-                if order.status != status and not both_closed:  # (the filled shares are compared below)
+                if order.status != status and not both_closed:
                     if status in TRANSITIONS[order.status]:
-                        order = self._move(rep, order, status, ts)
+                        self._move(rep, order, status, ts)
                     else:
                         rep.mismatches.append(f"order {cid}: journal says {order.status.value}, broker says "
                                               f"{status.value}")
-                if abs(order.filled_shares - filled) > _EPS:
-                    rep.mismatches.append(f"order {cid}: broker reports {filled:g} shares filled, the journal "
-                                          f"{order.filled_shares:g} (fills missing on one side)")
             for order in list(self._book.values()):
                 if order.client_id in broker:
                     continue
@@ -244,8 +243,3 @@ class OrderManager:
             self.apply_fill(fill, complete=False if fill.client_id in broker else None)
             rep.applied_fills.append(fill.fill_id)
 
-
-def book_frame(orders: Iterable[Order]) -> pd.DataFrame:
-    """Orders as a DataFrame (one row per order, `Order.to_dict` columns)."""
-    rows = [o.to_dict() for o in orders]
-    return pd.DataFrame(rows, columns=[f.name for f in dataclasses.fields(Order)])
