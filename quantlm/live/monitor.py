@@ -30,7 +30,7 @@ import math
 import time
 from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import pandas as pd
@@ -295,20 +295,22 @@ class FallbackConfig:
         return cls(**{f.name: get(f.name, f.default) for f in fields(cls)})
 
 
-@dataclass
-class ModelEvent:
+class ModelEvent(dict):
     """A model switch: at decision `ts`, from one model to the other, why (error | non_finite | latency |
-    ic_drift | recovered | backup_error) and the numbers."""
+    ic_drift | recovered | backup_error) and the numbers. A dict (keys ts, from, to, reason, detail) with
+    attribute access (ts, from_model, to_model, reason, detail)."""
 
-    ts: pd.Timestamp
-    from_model: str
-    to_model: str
-    reason: str
-    detail: str = ""
+    def __init__(self, ts, from_model: str, to_model: str, reason: str, detail: str = "") -> None:
+        super().__init__(ts=pd.Timestamp(ts), reason=reason, detail=detail, **{"from": from_model, "to": to_model})
+
+    ts = property(lambda self: self["ts"])
+    from_model = property(lambda self: self["from"])
+    to_model = property(lambda self: self["to"])
+    reason = property(lambda self: self["reason"])
+    detail = property(lambda self: self["detail"])
 
     def to_dict(self) -> dict:
-        return {"ts": str(self.ts), "from": self.from_model, "to": self.to_model, "reason": self.reason,
-                "detail": self.detail}
+        return dict(self) | {"ts": str(self["ts"])}
 
 
 class ScoringError(RuntimeError):
@@ -344,15 +346,19 @@ class FallbackScorer:
       its next update (its buffers may be half advanced).
 
     Every switch is a `ModelEvent`, appended to `events` and passed to `on_event`. `active` is
-    "primary" or "backup"; `names` label the models in events.
+    "primary" or "backup"; `names` label the models in events (default: the scorers' `name`).
+    FallbackConfig fields may also be given as keywords (they win over `config`); `clock` (seconds)
+    times each model's update (tests inject a fake one).
     """
 
     def __init__(self, primary, backup, monitor: LiveMonitor | None = None, config=None,
                  on_event: Callable[[ModelEvent], None] | None = None, names: tuple[str, str] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, **overrides) -> None:
         self.scorers = {PRIMARY: primary, BACKUP: backup}
         self.monitor = monitor if monitor is not None else LiveMonitor()
         self.config = FallbackConfig.from_any(config)
+        if overrides:  # FallbackConfig fields given as keywords win over `config`
+            self.config = FallbackConfig(**(asdict(self.config) | overrides))
         self.monitor.keep_sessions(self.config.ic_window)
         self.on_event, self.clock = on_event, clock
         self.names = dict(zip((PRIMARY, BACKUP), names or (getattr(primary, "name", PRIMARY),

@@ -287,6 +287,12 @@ def test_ic_drift_switches_and_recovers_by_the_rule():
     assert snap["score.primary_latency_p50_ms"] == pytest.approx(1.0)
 
 
-def test_config_from_a_mapping_ignores_other_keys():
+def test_config_from_a_mapping_ignores_other_keys_and_keywords_win():
     c = FallbackConfig.from_any({"latency_budget_ms": 2.0, "window_sessions": 20})
     assert c.latency_budget_ms == 2.0 and c.latency_strikes == 3 and c.min_ic is None
+    fs = FallbackScorer(object(), object(), None, c, latency_strikes=7)
+    assert fs.config.latency_budget_ms == 2.0 and fs.config.latency_strikes == 7
+    with pytest.raises(TypeError):
+        FallbackScorer(object(), object(), latency_strike=7)
+    ev = ModelEvent(DAYS[0], "a", "b", "error", "boom")
+    assert ev["from"] == ev.from_model == "a" and ev.get("to") == "b" and ev.to_dict()["ts"] == str(DAYS[0])
