@@ -44,6 +44,7 @@ from quantlm.live.types import TERMINAL, TRANSITIONS, Fill, Order, OrderStatus
 
 SCHEMA_VERSION = 1
 COUNTER_KEY = "client_id_counter"
+ID_BLOCK = 1000  # client ids reserved per committed counter write
 ORDER_COLUMNS = ("client_id", "symbol", "side", "shares", "value", "limit_price", "created", "reason", "model",
                  "score", "status", "filled_shares", "avg_price", "actor", "updated")
 FILL_COSTS = ("commission", "stamp_duty", "transfer_fee", "sec_fee", "slippage", "impact", "total_cost")
@@ -116,6 +117,8 @@ class Journal:
         self._aborted = False  # SQLite rolled back the open batch (an error inside was caught by the caller)
         self._rollback_hooks: list[Callable[[], None]] = []
         self._next_id: int | None = None  # next counter value to hand out (in memory, never decreases)
+        self._limit = 0  # end of the reserved block of counter values
+        self._reserved_in_batch = False  # the block was reserved inside the open batch (undone by a rollback)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn = sqlite3.connect(str(self.path), timeout=self.busy_timeout, isolation_level=None)
@@ -135,6 +138,7 @@ class Journal:
                 for stmt in filter(str.strip, _SCHEMA.split(";")):
                     self._conn.execute(stmt)
                 self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._reserve_ids()  # committed now: even ids handed out in the first batch are durable
         except sqlite3.Error as e:
             self._conn.close()
             raise self._error(e, "open") from e
@@ -181,6 +185,7 @@ class Journal:
                 if self._conn.in_transaction:
                     self._conn.execute(f"ROLLBACK TO {name}")
                     self._conn.execute(f"RELEASE {name}")
+                    self._after_rollback()
                 else:
                     self._aborted = True
                 raise
@@ -189,6 +194,8 @@ class Journal:
             finally:
                 self._depth -= 1
             return
+        if self._next_id is not None and self._limit - self._next_id < ID_BLOCK // 2:
+            self._reserve_ids()  # top up outside the batch: ids handed out inside it are durable already
         try:
             self._conn.execute("BEGIN IMMEDIATE")  # take the write lock now: waits happen here, not mid-way
         except sqlite3.Error as e:
@@ -200,6 +207,7 @@ class Journal:
                 raise JournalError(f"cannot write: journal {self.path}: the batch was rolled back by an error "
                                    "inside it; nothing was written, the order (if any) is refused")
             self._conn.execute("COMMIT")
+            self._reserved_in_batch = False
         except BaseException as e:
             self._rollback()
             if isinstance(e, sqlite3.Error):
@@ -214,6 +222,11 @@ class Journal:
                 self._conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+        self._after_rollback()
+
+    def _after_rollback(self) -> None:
+        if self._reserved_in_batch:
+            self._limit = 0  # that reservation is undone: reserve again (this process's counter never goes back)
         for hook in self._rollback_hooks:
             hook()
 
@@ -258,22 +271,39 @@ class Journal:
             self._conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, _json(value)))
 
     def next_client_id(self, prefix: str = "Q") -> str:
-        """A client order id never handed out before, in this process or any earlier one: `{prefix}-{n:08d}`.
+        """A client order id never handed out before, by this process or an earlier one: `{prefix}-{n:08d}`.
 
-        The counter `n` is shared by all prefixes and committed (with the batch, inside one) before the
-        id is returned. Ids already present in `orders` (e.g. typed by a user) are skipped.
+        `n` (shared by all prefixes) comes from a block of ID_BLOCK numbers reserved in `state` by a
+        committed transaction (at open) before any is handed out; a batch tops the block up before it begins, so an
+        id handed out inside a batch is already durable even if the process dies before the batch commits
+        (only a batch handing out more than ID_BLOCK / 2 ids reserves inside itself). Restarts skip the
+        rest of a block. Ids already in `orders` (e.g. typed by a user) are skipped.
         """
-        with self.batch():
-            stored = int(self.get_state(COUNTER_KEY, 1))
-            n = max(stored, self._next_id or 1)
-            while True:
-                cid = f"{prefix}-{n:08d}"
-                n += 1
-                if not self._query("SELECT 1 FROM orders WHERE client_id = ?", (cid,)):
-                    break
-            self._conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (COUNTER_KEY, _json(n)))
-        self._next_id = max(n, self._next_id or 1)  # a rolled-back batch never makes this process reuse an id
-        return cid
+        while True:
+            if self._next_id is None or self._next_id >= self._limit:
+                self._reserve_ids()
+            cid = f"{prefix}-{self._next_id:08d}"
+            self._next_id += 1
+            if not self._query("SELECT 1 FROM orders WHERE client_id = ?", (cid,)):
+                return cid
+
+    def _reserve_ids(self) -> None:
+        """Reserve the next ID_BLOCK counter values (in the open batch, else in a committed transaction)."""
+        own = self._depth == 0
+        try:
+            if own:
+                self._conn.execute("BEGIN IMMEDIATE")
+            rows = self._conn.execute("SELECT value FROM state WHERE key = ?", (COUNTER_KEY,)).fetchall()
+            first = max(int(json.loads(rows[0][0])) if rows else 1, self._next_id or 1)
+            self._conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
+                               (COUNTER_KEY, _json(first + ID_BLOCK)))
+            if own:
+                self._conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if own and self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise self._error(e, "reserve client order ids") from e
+        self._next_id, self._limit, self._reserved_in_batch = first, first + ID_BLOCK, not own
 
     # -- orders -------------------------------------------------------------------------------------------
 

@@ -166,11 +166,20 @@ def test_client_ids_never_repeat(tmp_path):
         with Journal(path) as j:
             seen += [j.next_client_id() for _ in range(5)]
             seen.append(j.next_client_id(prefix="M"))
-    assert len(set(seen)) == len(seen) and seen[0] == "Q-00000001"
+    assert len(set(seen)) == len(seen) and seen[:2] == ["Q-00000001", "Q-00000002"]
+    with Journal(path) as j:  # a reserved block is durable before its first id is handed out
+        j.next_client_id()
+        assert j.get_state("client_id_counter") > int(seen[-1].split("-")[1]) + 1
+    with Journal(path) as j:  # an id handed out in a batch that dies with its process is never reused
+        with pytest.raises(RuntimeError), j.batch():
+            inside = j.next_client_id()
+            raise RuntimeError("killed")
     with Journal(path) as j:
-        j.add_order(order("Q-00000100"))  # typed by a user: skipped
-        j.set_state("client_id_counter", 100)
-        assert j.next_client_id() == "Q-00000101"
+        assert j.next_client_id() > inside
+        j.add_order(order("Q-00050000"))  # typed by a user: skipped
+        j.set_state("client_id_counter", 50_000)
+    with Journal(path) as j:
+        assert j.next_client_id() == "Q-00050001"
         with pytest.raises(RuntimeError), j.batch():
             rolled = j.next_client_id()
             raise RuntimeError
@@ -215,8 +224,10 @@ def test_locked_journal_raises_after_busy_timeout(tmp_path):
     other.execute("BEGIN EXCLUSIVE")
     with pytest.raises(JournalError, match="locked by another writer"):
         j.add_order(order("E1"))
+    with pytest.raises(JournalError, match="locked"), j.batch():
+        pass
     with pytest.raises(JournalError, match="locked"):
-        j.next_client_id()
+        Journal(path, busy_timeout=0.1)
     other.execute("ROLLBACK")
     other.close()
     assert j.order("E1") is None
