@@ -17,6 +17,7 @@ from quantlm.cli import data_synth as _data_synth
 from quantlm.cli import demo as _demo
 from quantlm.cli import evaluate as _evaluate
 from quantlm.cli import finetune as _finetune
+from quantlm.cli import live as _live
 from quantlm.cli import model as _model
 from quantlm.cli import run as _run
 
@@ -40,3 +41,4 @@ _model.register(app)
 _demo.register(app)
 _run.register(app)
 _finetune.register(app)
+_live.register(app)

@@ -1,0 +1,241 @@
+"""`quantlm live replay` and `quantlm orders`: the live engine over stored bars on a simulated clock.
+
+`run_replay(config, store, start, end, out)` writes journal.sqlite, orders.csv, fills.csv,
+equity.csv, risk_events.csv, model_events.csv and metrics.json to `out`. Re-running it with the same
+`out` after a crash resumes from the journal (every bar is one journal transaction) and ends in the
+same positions, cash and equity as an uninterrupted run. `QUANTLM_LIVE_CRASH_AFTER` (a number of
+bars) makes the process kill itself with SIGKILL inside that bar's transaction, for crash tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantlm.live.config import LiveConfig, LiveConfigError
+from quantlm.live.engine import LiveEngine, backtest_config
+
+CRASH_ENV = "QUANTLM_LIVE_CRASH_AFTER"
+
+
+def tradable_symbols(store, market: str, benchmark: str | None, freq: str = "1d") -> list[str]:
+    """Stored symbols of `market` without the benchmark and index symbols."""
+    from quantlm.backtest.rules import symbol_boards
+
+    syms = store.symbols(freq, market=market)
+    boards = symbol_boards(syms, store.instruments())
+    return [s for s, b in zip(syms, boards) if b != "index" and s != benchmark]
+
+
+def build_scorer(cfg: LiveConfig, monitor, on_event):
+    """The primary scorer, wrapped with automatic fallback when a backup is configured."""
+    primary = _one_scorer(cfg.primary)
+    if cfg.backup is None:
+        return primary
+    from quantlm.live.monitor import FallbackScorer
+
+    backup = _one_scorer(cfg.backup)
+    m = cfg.monitor
+    return FallbackScorer(primary, backup, monitor, latency_budget_ms=m.latency_budget_ms,
+                          latency_strikes=m.latency_strikes, min_ic=m.min_ic, ic_window=m.ic_window,
+                          recover_sessions=m.recover_sessions, on_event=on_event)
+
+
+def _one_scorer(section):
+    from quantlm.live.scorers import FrameScorer, ModelScorer
+
+    if section.signals:
+        from quantlm.backtest.signals import read_signals
+
+        return FrameScorer(read_signals(section.signals), name=section.name or Path(section.signals).stem)
+    if section.path:
+        return ModelScorer(section.path, backend=section.backend, name=section.name)
+    raise LiveConfigError("a model section needs 'path' (a model folder) or 'signals' (a Scores file)")
+
+
+class Session:
+    """Everything a replay (or the service) holds: engine, journal, OMS, risk manager, monitor."""
+
+    def __init__(self, cfg: LiveConfig, store, out: str | Path, scorer=None) -> None:
+        from quantlm.live.journal import Journal
+        from quantlm.live.monitor import LiveMonitor
+        from quantlm.live.oms import OrderManager
+        from quantlm.live.risk import RiskManager
+
+        self.cfg, self.store, self.out = cfg, store, Path(out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        meta = store.meta()
+        self.market = cfg.market or meta.get("market") or "cn"
+        self.benchmark = cfg.benchmark or meta.get("benchmark")
+        self.journal = Journal(Path(cfg.journal) if cfg.journal else self.out / "journal.sqlite")
+        self.oms = OrderManager(self.journal)
+        risk_cfg = cfg.risk_config()
+        self.risk = RiskManager(risk_cfg)
+        saved = self.journal.get_state("risk")
+        if saved:
+            self.risk.load_state_dict(saved)
+        self.monitor = LiveMonitor(window_sessions=cfg.monitor.window_sessions)
+        self.scorer = scorer if scorer is not None else build_scorer(cfg, self.monitor, self._model_event)
+        self.bt = backtest_config(cfg, self.market)
+        self.symbols = tradable_symbols(store, self.market, self.benchmark)
+        if not self.symbols:
+            raise LiveConfigError(f"the store at {store.root} has no tradable {self.market} symbols")
+        self.engine = LiveEngine(self.bt, self.symbols, self.scorer, self.oms, self.journal, self.risk,
+                                 instruments=_or_none(store.instruments()), flags=_or_none(store.flags()),
+                                 first_bar=self._first_bars(), benchmark=self.benchmark, monitor=self.monitor,
+                                 review_mode=getattr(risk_cfg, "review_mode", "hold"))
+
+    def _first_bars(self) -> dict:
+        listing = self.store.listing()
+        listing = listing[listing["freq"] == "1d"]
+        return dict(zip(listing["symbol"], pd.to_datetime(listing["first_ts"])))
+
+    def _model_event(self, event) -> None:
+        e = event if isinstance(event, dict) else getattr(event, "__dict__", {"event": str(event)})
+        self.journal.add_model_event(ts=e.get("ts"), event=e.get("event", "switch"), model_from=e.get("from", ""),
+                                     model_to=e.get("to", ""), reason=e.get("reason", ""), detail=e.get("detail"))
+
+
+def models_from_run(run_dir: str | Path) -> tuple[Path, Path | None]:
+    """(deployed student, backup teacher) model folders of a `quantlm run` folder: the main chain's
+    last distill and SFT stages (seed order, last fold), read from summary.json's stage list."""
+    from quantlm.workflow.stages import dir_name
+
+    run_dir = Path(run_dir)
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        raise LiveConfigError(f"{run_dir}: no summary.json (run `quantlm run CONFIG --out {run_dir}` first)")
+    stages = json.loads(summary.read_text()).get("stages", {})
+
+    def last(kind: str) -> Path | None:
+        ids = [sid for sid in stages if sid.split("/")[0].split("[")[0] == kind and "ablation" not in sid]
+        for sid in reversed(ids):
+            folder = run_dir / "stages" / f"{dir_name(sid)}-{stages[sid]['key'][:12]}" / "run" / "model"
+            if folder.exists():
+                return folder
+        return None
+
+    student = last("distill") or last("rl") or last("sft")
+    if student is None:
+        raise LiveConfigError(f"{run_dir}: no trained model folder found among its stages")
+    teacher = last("sft")
+    return student, (teacher if teacher != student else None)
+
+
+def _or_none(df: pd.DataFrame) -> pd.DataFrame | None:
+    return df if len(df) else None
+
+
+def run_replay(cfg: LiveConfig, store, start, end, out: str | Path, scorer=None) -> dict:
+    """A paper session over stored bars between `start` and `end` (inclusive); returns metrics.json."""
+    start, end = pd.Timestamp(start), pd.Timestamp(end)
+    s = Session(cfg, store, out, scorer)
+    history_start = start - pd.Timedelta(days=cfg.history_days)
+    wanted = s.symbols + ([s.benchmark] if s.benchmark else [])
+    bars = store.bars(wanted, start=history_start, end=end)
+    if not len(bars[bars["ts"] >= start]):
+        raise LiveConfigError(f"no bars between {start.date()} and {end.date()} in the store at {store.root}")
+    history = bars[(bars["ts"] < start) & bars["symbol"].isin(s.symbols)]
+    s.scorer.start(history, s.symbols)
+    last_done = s.journal.get_state("last_bar")
+    last_done = pd.Timestamp(last_done) if last_done else None
+    crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
+    stamps = np.sort(bars["ts"].unique())
+    groups = dict(tuple(bars.groupby("ts", sort=True)))
+    days = pd.DatetimeIndex(stamps).normalize()
+    day_end = np.r_[days[1:] != days[:-1], True]
+    restored, n_traded = last_done is None, 0
+    for k, ts in enumerate(pd.DatetimeIndex(stamps)):
+        group = groups[ts]
+        if ts < start or (last_done is not None and ts <= last_done):
+            s.engine.warm(ts, group)
+            continue
+        if not restored:
+            _recover(s)
+            restored = True
+        with s.journal.batch():
+            s.engine.on_bar(ts, group, day_end=bool(day_end[k]))
+            s.journal.set_state("portfolio", s.engine.snapshot())
+            s.journal.set_state("risk", s.risk.state_dict())
+            s.journal.set_state("last_bar", str(ts))
+            n_traded += 1
+            if crash_after and n_traded >= crash_after:
+                os.kill(os.getpid(), signal.SIGKILL)
+    if not restored:
+        _recover(s)
+    return write_outputs(s)
+
+
+def _recover(s: Session) -> None:
+    """Crash-only start-up: the portfolio from the journal, open orders back to the broker, reconciled."""
+    snap = s.journal.get_state("portfolio")
+    if snap:
+        s.engine.restore(snap)
+    s.engine.requeue_open_orders()
+    report = s.oms.reconcile(s.engine.broker.query_orders(), s.engine.broker.query_fills())
+    mismatches = getattr(report, "mismatches", [])
+    if mismatches:
+        from quantlm.live.oms import ReconcileError
+
+        raise ReconcileError(f"journal and broker disagree: {mismatches[:3]}")
+
+
+def write_outputs(s: Session) -> dict:
+    """orders.csv, fills.csv, equity.csv, risk_events.csv, model_events.csv and metrics.json in the out folder."""
+    from quantlm.backtest.metrics import compute_metrics
+
+    s.journal.export_csv(s.out)
+    equity = pd.read_csv(s.out / "equity.csv", parse_dates=["ts"]).set_index("ts")
+    fills = s.journal.fills()
+    metrics: dict = {}
+    if len(equity):
+        result = _Result(s, equity, fills)
+        metrics = compute_metrics(result, market=s.market)
+    risk_events = s.journal.risk_events()
+    hist = np.asarray(s.engine.timing.history)
+    metrics.update({
+        "decision_ms_p50": float(np.percentile(hist, 50)) if len(hist) else float("nan"),
+        "decision_ms_p99": float(np.percentile(hist, 99)) if len(hist) else float("nan"),
+        "n_orders": float(len(s.journal.orders())),
+        "n_fills": float(len(fills)),
+        "final_equity": float(equity["equity"].iloc[-1]) if len(equity) else float("nan"),
+        "final_cash": float(equity["cash"].iloc[-1]) if len(equity) else float("nan"),
+    })
+    counts = risk_events.groupby(["action", "rule"]).size() if len(risk_events) else pd.Series(dtype=int)
+    out = {"metrics": {k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in metrics.items()},
+           "risk_events": {f"{a}:{r}": int(n) for (a, r), n in counts.items()},
+           "monitor": s.monitor.snapshot() if hasattr(s.monitor, "snapshot") else {},
+           "positions": s.engine.portfolio.shares, "model": getattr(s.scorer, "active", getattr(s.scorer, "name", ""))}
+    (s.out / "metrics.json").write_text(json.dumps(out, indent=1, default=str))
+    return out
+
+
+class _Result:
+    """What backtest.metrics.compute_metrics reads, from the journal's equity and fills."""
+
+    def __init__(self, s: Session, equity: pd.DataFrame, fills: pd.DataFrame) -> None:
+        self.equity = equity["equity"].astype("float64")
+        self.costs = equity["costs"].astype("float64") if "costs" in equity else self.equity * 0
+        traded = (fills.assign(v=fills["shares"] * fills["price"]).groupby("ts")["v"].sum()
+                  if len(fills) else pd.Series(dtype="float64"))
+        traded.index = pd.DatetimeIndex(traded.index)
+        prev = self.equity.shift(1).fillna(s.cfg.cash)
+        self.turnover = traded.reindex(self.equity.index, fill_value=0.0) / prev
+        self.trades = pd.DataFrame({"status": ["filled"] * len(fills)})
+        self.benchmark = None
+        if s.benchmark:
+            b = s.store.bars([s.benchmark], start=self.equity.index[0], end=self.equity.index[-1])
+            if len(b):
+                self.benchmark = pd.Series(b["close"].to_numpy(), index=pd.DatetimeIndex(b["ts"])).reindex(
+                    self.equity.index).ffill()
+        self._cash = s.cfg.cash
+
+    def returns(self) -> pd.Series:
+        prev = self.equity.shift(1)
+        prev.iloc[:1] = self._cash
+        return (self.equity / prev - 1.0).rename("returns")
