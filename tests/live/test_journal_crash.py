@@ -65,6 +65,8 @@ def run_and_kill(path, n_acks: int, jitter_s: float) -> tuple[list[str], list[st
     lines: list[str] = []
     acks = 0
     for line in proc.stdout:
+        if not line.endswith("\n"):  # the worker died mid-line
+            break
         lines.append(line.split())
         acks += lines[-1][0] == "ACK"
         if acks >= n_acks:
@@ -72,7 +74,8 @@ def run_and_kill(path, n_acks: int, jitter_s: float) -> tuple[list[str], list[st
     time.sleep(jitter_s)
     proc.send_signal(signal.SIGKILL)
     rest, err = proc.communicate(timeout=10)  # printed before the kill: acknowledged too
-    lines += [x.split() for x in rest.splitlines()]
+    # a line cut by the kill was never fully delivered: not an acknowledgement
+    lines += [x.split() for x in rest.splitlines(keepends=True) if x.endswith("\n")]
     assert acks >= n_acks, f"worker stopped early (rc {proc.returncode}): {err[-2000:]}"
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
     return [cid for kind, cid in lines if kind == "ID"], [cid for kind, cid in lines if kind == "ACK"]
