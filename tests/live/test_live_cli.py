@@ -29,7 +29,7 @@ def root(tmp_path_factory):
 
 def write_cfg(root, **overrides) -> str:
     cfg = {"history_days": 40, "primary": {"signals": str(root / "scores.csv"), "name": "signals"},
-           "strategy": {"topk": 4, "n_drop": 1}, "risk": {"review_threshold": 200_000.0, "review_mode": "hold"}}
+           "strategy": {"topk": 4, "n_drop": 1}, "risk": {"review_threshold": 200_000.0, "review_mode": "hold", "max_position_fraction": 0.5}}
     cfg.update(overrides)
     path = root / f"live-{len(list(root.glob('live-*.yaml')))}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -59,7 +59,7 @@ def test_replay_writes_the_session_and_holds_large_orders(root, tmp_path):
 
 
 def test_replay_with_review_approved_trades(root, tmp_path):
-    cfg = write_cfg(root, risk={"review_threshold": 200_000.0, "review_mode": "approve"})
+    cfg = write_cfg(root, risk={"review_threshold": 200_000.0, "review_mode": "approve", "max_position_fraction": 0.5})
     invoke("live", "replay", "--config", cfg, "--store", root / "store", "--start", "2022-03-01", "--end",
            "2022-04-29", "--out", tmp_path / "s")
     orders = pd.read_csv(tmp_path / "s" / "orders.csv")
@@ -69,7 +69,7 @@ def test_replay_with_review_approved_trades(root, tmp_path):
 
 
 def test_orders_file_for_the_next_session(root, tmp_path):
-    cfg = write_cfg(root, risk={"review_threshold": 1e12})
+    cfg = write_cfg(root, risk={"review_threshold": None, "max_position_fraction": 0.5})
     out = invoke("orders", "--config", cfg, "--store", root / "store", "--date", "2022-04-29", "--start", "2022-03-01",
                  "--out", tmp_path / "next.csv")
     rows = pd.read_csv(tmp_path / "next.csv")
