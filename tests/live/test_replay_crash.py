@@ -75,7 +75,7 @@ def test_kill_9_at_several_points_resumes_to_the_same_end(setup, tmp_path):
 
 def test_random_wall_clock_kills_then_resume(setup, tmp_path):
     root = setup
-    clean = replay(root, tmp_path / "clean")
+    assert replay(root, tmp_path / "clean").returncode == 0
     want, _, _ = final_state(tmp_path / "clean")
     out = tmp_path / "crashed"
     rng = np.random.default_rng(7)
