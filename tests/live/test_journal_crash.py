@@ -73,11 +73,15 @@ def run_and_kill(path, n_acks: int, jitter_s: float) -> tuple[list[str], list[st
             break
     time.sleep(jitter_s)
     proc.send_signal(signal.SIGKILL)
-    rest, err = proc.communicate(timeout=10)  # printed before the kill: acknowledged too
+    proc.wait(timeout=10)
+    # what the worker printed before the kill is acknowledged too (read through the same buffered file:
+    # communicate() would read the raw pipe and drop what the line iterator already buffered)
+    rest, err = proc.stdout.read(), proc.stderr.read()
     # a line cut by the kill was never fully delivered: not an acknowledgement
     lines += [x.split() for x in rest.splitlines(keepends=True) if x.endswith("\n")]
     assert acks >= n_acks, f"worker stopped early (rc {proc.returncode}): {err[-2000:]}"
     assert proc.returncode == -signal.SIGKILL, err[-2000:]
+    assert all(len(x) == 2 and x[0] in ("ID", "ACK") for x in lines), [x for x in lines if len(x) != 2]
     return [cid for kind, cid in lines if kind == "ID"], [cid for kind, cid in lines if kind == "ACK"]
 
 
