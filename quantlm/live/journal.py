@@ -30,6 +30,7 @@ prices, values and costs in the account currency; NaN is stored as NULL.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sqlite3
@@ -94,7 +95,7 @@ class UnknownOrder(ValueError):
 
 def _ts(ts: object | None) -> str:
     """ISO text of a timestamp (now, local wall clock, when None)."""
-    return str(pd.Timestamp.now() if ts is None else pd.Timestamp(ts))
+    return str(ts if isinstance(ts, pd.Timestamp) else pd.Timestamp.now() if ts is None else pd.Timestamp(ts))
 
 
 def _num(x: object) -> float:
@@ -313,8 +314,9 @@ class Journal:
 
     def add_order(self, order: Order) -> bool:
         """Insert `order` and its first event; False (nothing changed) when its client_id already exists."""
-        d = order.to_dict()
+        d = {c: getattr(order, c) for c in ORDER_COLUMNS[:-1]}
         d["status"] = OrderStatus(order.status).value
+        d["created"] = None if order.created is None else _ts(order.created)
         d["updated"] = _ts(order.created)
         with self.batch():
             cur = self._conn.execute(f"INSERT OR IGNORE INTO orders({', '.join(ORDER_COLUMNS)}) VALUES "
@@ -365,11 +367,12 @@ class Journal:
                 raise InvalidTransition(f"order {client_id}: {old.status.value} -> {new.value} is not allowed "
                                         f"(from {old.status.value}: {allowed})")
             when = _ts(ts)
+            fields = {k: float(v) for k, v in fields.items()}
             sets = {"status": new.value, "updated": when, **fields}
             self._conn.execute(f"UPDATE orders SET {', '.join(k + ' = ?' for k in sets)} WHERE client_id = ?",
                                [*sets.values(), client_id])
             self._event(client_id, when, new.value, reason, actor)
-        return self.order(client_id)  # type: ignore[return-value]
+        return dataclasses.replace(old, status=new, **fields)
 
     # -- fills --------------------------------------------------------------------------------------------
 

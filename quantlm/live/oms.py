@@ -102,10 +102,14 @@ class OrderManager:
     def _refresh(self, client_id: str) -> Order:
         order = self.journal.order(client_id)
         assert order is not None
+        return self._keep(order)
+
+    def _keep(self, order: Order) -> Order:
+        """Put `order` (as the journal holds it) in the book, or take it out when terminal."""
         if order.status in TERMINAL:
-            self._book.pop(client_id, None)
+            self._book.pop(order.client_id, None)
         else:
-            self._book[client_id] = order
+            self._book[order.client_id] = order
         return order
 
     # -- changes ------------------------------------------------------------------------------------------
@@ -113,10 +117,15 @@ class OrderManager:
     def submit(self, order: Order) -> tuple[Order, bool]:
         """Journal `order` as NEW (committed before this returns, unless inside a batch). A client_id
         already known returns the stored order and False: the same id twice makes one order."""
-        known = self.order(order.client_id)
-        if known is not None:
+        if order.client_id in self._book:
+            return self._book[order.client_id], False
+        try:
+            validate_order(order)
+        except InvalidOrder:
+            known = self.journal.order(order.client_id) if isinstance(order.client_id, str) else None
+            if known is None:
+                raise
             return known, False
-        validate_order(order)
         if not self.journal.add_order(order):
             return self._refresh(order.client_id), False
         return self._refresh(order.client_id), True
@@ -124,8 +133,7 @@ class OrderManager:
     def mark(self, client_id: str, status: str | OrderStatus, reason: str = "", actor: str = "engine",
              ts: object | None = None, **fields: float) -> Order:
         """Move an order to `status` (journaled; `InvalidTransition` when not allowed). Returns it."""
-        self.journal.transition(client_id, status, reason=reason, actor=actor, ts=ts, **fields)
-        return self._refresh(client_id)
+        return self._keep(self.journal.transition(client_id, status, reason=reason, actor=actor, ts=ts, **fields))
 
     def apply_fill(self, fill: Fill, complete: bool | None = None) -> bool:
         """Record `fill` once (False for a fill_id already recorded); see `Journal.add_fill`."""
