@@ -48,11 +48,22 @@ class TopkDropout:
 
     def targets(self, scores: pd.Series, portfolio: Portfolio) -> pd.Series:
         held = {s for s, q in portfolio.shares.items() if q > 0}
-        universe = scores.index.union(pd.Index(sorted(held)))
-        ranked = _rank(scores.reindex(universe))
-        candidates = [s for s in ranked.index if s not in held and np.isfinite(ranked[s])]
-        today = candidates[: max(self.n_drop + self.topk - len(held), 0)]
-        comb = [s for s in ranked.index if s in held or s in set(today)]
+        names = [str(s) for s in scores.index]
+        values = scores.to_numpy(dtype="float64")
+        extra = sorted(held.difference(names))
+        if extra:
+            names += extra
+            values = np.r_[values, np.full(len(extra), np.nan)]
+        # best first, NaN last, ties in symbol order (as `_rank`), with numpy instead of two pandas sorts
+        by_name = np.argsort(np.asarray(names, dtype=object), kind="stable")
+        key = np.where(np.isfinite(values), -values, np.inf)[by_name]
+        order = by_name[np.argsort(key, kind="stable")]
+        ranked = [names[i] for i in order]
+        finite = np.isfinite(values)
+        n_today = max(self.n_drop + self.topk - len(held), 0)
+        today = [names[i] for i in order if finite[i] and names[i] not in held][:n_today]
+        today_set = set(today)
+        comb = [s for s in ranked if s in held or s in today_set]
         worst = comb[max(len(comb) - self.n_drop, 0):] if self.n_drop > 0 else []
         sell = [s for s in worst if s in held]
         out: dict[str, float] = {}

@@ -66,7 +66,7 @@ class LiveEngine:
                  review_mode: str = "hold") -> None:
         bt.validate()
         self.bt, self.symbols = bt, list(symbols)
-        self.index = pd.Index(self.symbols)
+        self.index = pd.Index(self.symbols, dtype=object)  # object, not Arrow strings: iterated every decision
         self.rules, self.costs = bt.market_rules(), bt.cost_model_used()
         n = len(self.symbols)
         boards = symbol_boards(self.symbols, instruments)
@@ -207,19 +207,23 @@ class LiveEngine:
             self.monitor.record_scores(ts, self.symbols, scores)
         out: list[Order] = []
         if np.isfinite(scores).any():
-            targets = self.strategy.targets(pd.Series(scores, index=self.symbols), self.portfolio)
+            targets = self.strategy.targets(pd.Series(scores, index=self.index), self.portfolio)
             orders = orders_from_targets(targets, self.portfolio, self.sell_steps)
+            self._account = self.account_view()  # one view per decision (the risk manager counts pending orders)
             for row in orders.itertuples(index=False):
                 j = self.index.get_loc(row.symbol)
                 order = Order(client_id=self.journal.next_client_id(), symbol=row.symbol, side=row.side,
                               shares=float(row.shares), value=float(row.value), created=ts, reason="strategy",
                               model=str(model), score=float(scores[j]))
                 out.append(self.submit(order, ts))
+            self._account = None
         t2 = time.perf_counter()
         self.timing.score_ms, self.timing.decide_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         self.timing.history.append((t2 - t0) * 1e3)
         if self.monitor is not None and hasattr(self.monitor, "record_latency"):
             self.monitor.record_latency((t2 - t0) * 1e3)
+        if hasattr(self.scorer, "flush"):
+            self.scorer.flush()  # the backup model's update, after the orders are out
         return out
 
     def market_view(self, symbol: str) -> MarketView:
@@ -245,8 +249,8 @@ class LiveEngine:
         stored, is_new = self.oms.submit(order)
         if not is_new:
             return stored
-        decision = self.risk.check(order, self.market_view(order.symbol), self.account_view(), ts,
-                                   self.benchmark_view())
+        account = getattr(self, "_account", None) or self.account_view()
+        decision = self.risk.check(order, self.market_view(order.symbol), account, ts, self.benchmark_view())
         if decision.action == "reject":
             self.journal.add_risk_event(ts=ts, client_id=order.client_id, symbol=order.symbol, rule=decision.rule,
                                         action="reject", reason=decision.reason)

@@ -369,12 +369,24 @@ class FallbackScorer:
         self._strikes = self._healthy = 0
         self._counted: pd.Timestamp | None = None  # the last session date counted (or spoiled) toward recovery
         self._broken: set[str] = set()
+        self._pending: tuple | None = None
 
     def start(self, history: pd.DataFrame, symbols: list[str]) -> None:
         self.symbols = list(symbols)
         self._history, self._stream = history, []
         for s in self.scorers.values():
             s.start(history, self.symbols)
+
+    def flush(self) -> None:
+        """Run the backup's deferred update for the last bar (the engine calls this after a decision)."""
+        pending, self._pending = getattr(self, "_pending", None), None
+        if pending is None:
+            return
+        bars, ts, kw = pending
+        b = self._run(BACKUP, bars, ts, kw)
+        if b.error is None:
+            self.monitor.record_scores(ts, self.symbols, b.scores, model=BACKUP)
+            self.monitor.record_latency(b.ms, stage=f"score.{BACKUP}")
 
     def _restart(self, role: str) -> None:
         rows = [pd.DataFrame({"symbol": self.symbols, "ts": pd.Timestamp(ts), **b}) for ts, b in self._stream]
@@ -424,10 +436,18 @@ class FallbackScorer:
                text_weight: np.ndarray | None = None) -> np.ndarray:
         """bars as LiveScorer.update -> the served scores [S] (the active model's; see the class docstring)."""
         kw = {} if text is None else {"text": text, "text_weight": text_weight}
+        self.flush()
         has = np.isfinite(np.asarray(bars["close"], np.float64))
-        p, b = self._run(PRIMARY, bars, ts, kw), self._run(BACKUP, bars, ts, kw)
+        p = self._run(PRIMARY, bars, ts, kw)
         self._stream.append((ts, {k: np.array(v, np.float64) for k, v in bars.items()}))
         fault = self._fault(p, has)
+        if self.active == PRIMARY and fault is None:
+            # the backup's update is off the decision's critical path: `flush` runs it after the orders
+            # are out (or first thing at the next update), so it is warm should the primary fail later
+            b = _Run(None, None, 0.0)
+            self._pending = (bars, ts, kw)
+        else:
+            b = self._run(BACKUP, bars, ts, kw)
         # a decision slow only by itself (fewer than latency_strikes in a row) is not healthy for recovery
         healthy = fault is None and p.ms <= self.config.latency_budget_ms
         date = pd.Timestamp(ts).normalize()
@@ -450,7 +470,7 @@ class FallbackScorer:
                 self._switch(ts, PRIMARY, "backup_error", b.error)
         served = p if self.active == PRIMARY and p.error is None else b
         for role, r in ((PRIMARY, p), (BACKUP, b)):
-            if r.error is None:
+            if r.error is None and r.scores is not None:
                 self.monitor.record_scores(ts, self.symbols, r.scores, model=role)
                 self.monitor.record_latency(r.ms, stage=f"score.{role}")
         self.monitor.record_scores(ts, self.symbols, served.scores, model="live")

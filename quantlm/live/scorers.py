@@ -33,27 +33,26 @@ class FrameScorer:
 
     def start(self, history: pd.DataFrame, symbols: list[str]) -> None:
         self.symbols = list(symbols)
-        self.index = pd.Index(self.symbols)
+        index = pd.Index(self.symbols)
         self._intraday = bool(len(history)) and bool((_ns(history["ts"]) % NS_PER_DAY != 0).any())
         stamps = self.scores["_ns"].to_numpy()
         if self._intraday and self._daily:
             stamps = stamps + (NS_PER_DAY - 1)
-        self._stamps = stamps
-        self._order = np.argsort(stamps, kind="stable")
+        order = np.argsort(stamps, kind="stable")
+        self._stamps = stamps[order]
+        self._j = index.get_indexer(self.scores["symbol"].astype(str))[order]
+        self._v = self.scores["score"].to_numpy(dtype="float64")[order]
         self._prev_ns = None
 
     def update(self, bars: dict[str, np.ndarray], ts) -> np.ndarray:
         """Scores stamped after the previous bar and at or before this one (the last per symbol)."""
         now = _ns([ts])[0]
-        lo = -np.inf if self._prev_ns is None else self._prev_ns
-        st = self._stamps[self._order]
-        a = np.searchsorted(st, lo, side="right") if np.isfinite(lo) else 0
-        b = np.searchsorted(st, now, side="right")
-        rows = self.scores.iloc[self._order[a:b]]
+        a = 0 if self._prev_ns is None else int(np.searchsorted(self._stamps, self._prev_ns, side="right"))
+        b = int(np.searchsorted(self._stamps, now, side="right"))
         out = np.full(len(self.symbols), np.nan)
-        j = self.index.get_indexer(rows["symbol"].astype(str))
+        j, v = self._j[a:b], self._v[a:b]
         ok = j >= 0
-        out[j[ok]] = rows["score"].to_numpy(dtype="float64")[ok]
+        out[j[ok]] = v[ok]
         self._prev_ns = now
         return out
 
