@@ -30,6 +30,8 @@ install-dev: $(VENV)/.installed-dev
 
 demo: install
 	$(VENV)/bin/quantlm run configs/demo.yaml --store $(STORE) --out runs/demo
+	$(VENV)/bin/quantlm live replay --config configs/live.yaml --store $(STORE) --from-run runs/demo \
+		--start 2024-07-01 --end 2024-12-31 --out runs/demo-live
 
 test: install-dev
 	$(PY) -m pytest -n 2 -q
