@@ -231,6 +231,11 @@ class Journal:
         for hook in self._rollback_hooks:
             hook()
 
+    def _insert(self, table: str, row: dict, verb: str = "INSERT") -> int:
+        """`verb` INTO `table` one row (column -> value); the number of rows written (0 when ignored)."""
+        sql = f"{verb} INTO {table}({', '.join(row)}) VALUES ({', '.join('?' * len(row))})"
+        return self._conn.execute(sql, list(row.values())).rowcount
+
     def _query(self, sql: str, args: Iterable = ()) -> list[sqlite3.Row]:
         try:
             cur = self._conn.execute(sql, tuple(args))
@@ -269,7 +274,7 @@ class Journal:
     def set_state(self, key: str, value: object) -> None:
         """Store `value` (JSON-serialisable; timestamps become strings) under `key`."""
         with self.batch():
-            self._conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)", (key, _json(value)))
+            self._insert("state", dict(key=key, value=_json(value)), "INSERT OR REPLACE")
 
     def next_client_id(self, prefix: str = "Q") -> str:
         """A client order id never handed out before, by this process or an earlier one: `{prefix}-{n:08d}`.
@@ -296,8 +301,7 @@ class Journal:
                 self._conn.execute("BEGIN IMMEDIATE")
             rows = self._conn.execute("SELECT value FROM state WHERE key = ?", (COUNTER_KEY,)).fetchall()
             first = max(int(json.loads(rows[0][0])) if rows else 1, self._next_id or 1)
-            self._conn.execute("INSERT OR REPLACE INTO state(key, value) VALUES (?, ?)",
-                               (COUNTER_KEY, _json(first + ID_BLOCK)))
+            self._insert("state", dict(key=COUNTER_KEY, value=_json(first + ID_BLOCK)), "INSERT OR REPLACE")
             if own:
                 self._conn.execute("COMMIT")
         except sqlite3.Error as e:
@@ -309,8 +313,8 @@ class Journal:
     # -- orders -------------------------------------------------------------------------------------------
 
     def _event(self, client_id: str, ts: str, status: str, reason: str, actor: str) -> None:
-        self._conn.execute("INSERT INTO order_events(client_id, ts, status, reason, actor, wall) VALUES "
-                           "(?, ?, ?, ?, ?, ?)", (client_id, ts, status, reason, actor, time.time()))
+        self._insert("order_events", dict(client_id=client_id, ts=ts, status=status, reason=reason, actor=actor,
+                                          wall=time.time()))
 
     def add_order(self, order: Order) -> bool:
         """Insert `order` and its first event; False (nothing changed) when its client_id already exists."""
@@ -319,9 +323,7 @@ class Journal:
         d["created"] = None if order.created is None else _ts(order.created)
         d["updated"] = _ts(order.created)
         with self.batch():
-            cur = self._conn.execute(f"INSERT OR IGNORE INTO orders({', '.join(ORDER_COLUMNS)}) VALUES "
-                                     f"({', '.join('?' * len(ORDER_COLUMNS))})", [d[c] for c in ORDER_COLUMNS])
-            if cur.rowcount == 0:
+            if not self._insert("orders", d, "INSERT OR IGNORE"):
                 return False
             self._event(order.client_id, d["updated"], d["status"], order.reason, order.actor)
         return True
@@ -385,16 +387,16 @@ class Journal:
         backtest, the exchange converts the value to whole lots at once). A fill on an order whose state
         cannot move (e.g. already CANCELLED) is still recorded: the money moved; its event says so.
         """
+        if not (math.isfinite(fill.shares) and fill.shares > 0 and math.isfinite(fill.price) and fill.price > 0):
+            raise ValueError(f"fill {fill.fill_id}: shares and price must be positive, got {fill.shares} @ {fill.price}")
         with self.batch():
             order = self.order(fill.client_id)
             if order is None:
                 raise UnknownOrder(f"fill {fill.fill_id}: order {fill.client_id!r} is not in the journal")
-            cur = self._conn.execute(
-                f"INSERT OR IGNORE INTO fills(fill_id, client_id, symbol, side, shares, price, ts, "
-                f"{', '.join(FILL_COSTS)}, wall) VALUES ({', '.join('?' * (8 + len(FILL_COSTS)))})",
-                [fill.fill_id, fill.client_id, fill.symbol, fill.side, float(fill.shares), float(fill.price),
-                 _ts(fill.ts), *(float(getattr(fill, c)) for c in FILL_COSTS), time.time()])
-            if cur.rowcount == 0:
+            row = dict(fill_id=fill.fill_id, client_id=fill.client_id, symbol=fill.symbol, side=fill.side,
+                       shares=float(fill.shares), price=float(fill.price), ts=_ts(fill.ts),
+                       **{c: float(getattr(fill, c)) for c in FILL_COSTS}, wall=time.time())
+            if not self._insert("fills", row, "INSERT OR IGNORE"):
                 return False
             filled = order.filled_shares + float(fill.shares)
             old_value = 0.0 if order.filled_shares <= 0 else order.avg_price * order.filled_shares
@@ -403,16 +405,12 @@ class Journal:
                 complete = filled >= order.shares - _EPS if order.shares > 0 else True
             status = OrderStatus.FILLED if complete else OrderStatus.PARTIAL
             when = _ts(fill.ts)
-            if status in TRANSITIONS[order.status]:
-                self._conn.execute("UPDATE orders SET filled_shares = ?, avg_price = ?, status = ?, updated = ? "
-                                   "WHERE client_id = ?", (filled, avg, status.value, when, fill.client_id))
-                self._event(fill.client_id, when, status.value, f"fill {fill.fill_id}: {fill.shares:g} @ "
-                            f"{fill.price:g}", "broker")
-            else:
-                self._conn.execute("UPDATE orders SET filled_shares = ?, avg_price = ?, updated = ? "
-                                   "WHERE client_id = ?", (filled, avg, when, fill.client_id))
-                self._event(fill.client_id, when, order.status.value, f"fill {fill.fill_id}: {fill.shares:g} @ "
-                            f"{fill.price:g} on a {order.status.value} order (status kept)", "broker")
+            note = f"fill {fill.fill_id}: {fill.shares:g} @ {fill.price:g}"
+            if status not in TRANSITIONS[order.status]:
+                status, note = order.status, f"{note} on a {order.status.value} order (status kept)"
+            self._conn.execute("UPDATE orders SET filled_shares = ?, avg_price = ?, status = ?, updated = ? "
+                               "WHERE client_id = ?", (filled, avg, status.value, when, fill.client_id))
+            self._event(fill.client_id, when, status.value, note, "broker")
         return True
 
     def has_fill(self, fill_id: str) -> bool:
@@ -421,13 +419,15 @@ class Journal:
 
     def fills(self, client_id: str | None = None) -> pd.DataFrame:
         """Recorded fills (of one order, or all), in the order they were recorded."""
-        where, args = ("WHERE client_id = ?", (client_id,)) if client_id is not None else ("", ())
-        return self._frame(f"SELECT * FROM fills {where} ORDER BY rowid", args)
+        return self._rows("fills", client_id)
 
     def events(self, client_id: str | None = None) -> pd.DataFrame:
         """Order events (of one order, or all), oldest first."""
+        return self._rows("order_events", client_id)
+
+    def _rows(self, table: str, client_id: str | None = None) -> pd.DataFrame:
         where, args = ("WHERE client_id = ?", (client_id,)) if client_id is not None else ("", ())
-        return self._frame(f"SELECT * FROM order_events {where} ORDER BY seq", args)
+        return self._frame(f"SELECT * FROM {table} {where} ORDER BY rowid", args)
 
     # -- risk, model and equity records -------------------------------------------------------------------
 
@@ -435,33 +435,29 @@ class Journal:
                        reason: str) -> None:
         """Record one risk decision (action: accept | hold | reject | pause | resume | kill ...)."""
         with self.batch():
-            self._conn.execute("INSERT INTO risk_events(ts, client_id, symbol, rule, action, reason, wall) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (_ts(ts), client_id, symbol, rule, action, reason, time.time()))
+            self._insert("risk_events", dict(ts=_ts(ts), client_id=client_id, symbol=symbol, rule=rule, action=action,
+                                             reason=reason, wall=time.time()))
 
     def risk_events(self) -> pd.DataFrame:
-        return self._frame("SELECT * FROM risk_events ORDER BY seq")
+        return self._rows("risk_events")
 
     def add_model_event(self, ts: object | None, event: str, model_from: str = "", model_to: str = "",
                         reason: str = "", detail: dict | None = None) -> None:
         """Record a model event (e.g. event='fallback', from the primary to the backup, and why)."""
         with self.batch():
-            self._conn.execute("INSERT INTO model_events(ts, event, model_from, model_to, reason, detail, wall) "
-                               "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                               (_ts(ts), event, model_from, model_to, reason, _json(detail or {}), time.time()))
+            self._insert("model_events", dict(ts=_ts(ts), event=event, model_from=model_from, model_to=model_to,
+                                              reason=reason, detail=_json(detail or {}), wall=time.time()))
 
     def model_events(self) -> pd.DataFrame:
-        return self._frame("SELECT * FROM model_events ORDER BY seq")
+        return self._rows("model_events")
 
     def record_equity(self, ts: object, **values: float) -> None:
         """Record the account at `ts` (currency): equity, cash, gross, net, costs, turnover; other keys
         go to the `extra` JSON column. Recording the same ts again replaces the row."""
-        extra = {k: v for k, v in values.items() if k not in EQUITY_COLUMNS}
-        cols = [c for c in EQUITY_COLUMNS if c in values]
+        extra = _json({k: v for k, v in values.items() if k not in EQUITY_COLUMNS})
         with self.batch():
-            self._conn.execute(f"INSERT OR REPLACE INTO equity(ts, {''.join(c + ', ' for c in cols)}extra) "
-                               f"VALUES ({', '.join('?' * (len(cols) + 2))})",
-                               [_ts(ts), *(float(values[c]) for c in cols), _json(extra)])
+            self._insert("equity", dict(ts=_ts(ts), **{c: float(values[c]) for c in EQUITY_COLUMNS if c in values},
+                                        extra=extra), "INSERT OR REPLACE")
 
     def equity(self) -> pd.DataFrame:
         """Equity rows by ts, with the `extra` keys as columns."""

@@ -131,6 +131,9 @@ def test_fills_are_idempotent_and_update_the_order(journal):
     with pytest.raises(UnknownOrder):
         journal.add_fill(fill("f6", "nope", 100, 10.0))
     assert not journal.has_fill("f6")
+    with pytest.raises(ValueError, match="positive"):
+        journal.add_fill(fill("f7", "B1", -100, 10.0))
+    assert not journal.has_fill("f7") and journal.order("B1").filled_shares == 1000
 
 
 def test_batch_is_one_transaction(journal, tmp_path):
