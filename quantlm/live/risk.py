@@ -190,9 +190,9 @@ class RiskManager:
         return list(self.active)
 
     def resume(self, symbol: str | None = None, now: pd.Timestamp | None = None) -> None:
-        """Lift a pause by hand until the session ends: one symbol, or (None) the market pause and
-        every symbol."""
-        keys = [symbol] if symbol is not None else [MARKET, *self._paused]
+        """Lift a pause by hand until the session ends: one symbol, or (None) the market pause and every
+        symbol pause in force now (symbols not paused now can still pause later in the session)."""
+        keys = [symbol] if symbol is not None else [MARKET, *(k for k, v in self._paused.items() if v)]
         for k in keys:
             self._resumed.add(k)
             if self._paused.get(k):
@@ -256,12 +256,12 @@ class RiskManager:
         """Accept, hold (manual review) or reject `order`, in the documented order of rules."""
         now = self._now(now)
         c = self.config
+        self.on_market(order.symbol, market, now, benchmark)
         if c.check_validity and (bad := check_validity(order)):
             return RiskDecision("reject", "invalid", bad)
         price = reference_price(order, market)
         pos = float(account.positions.get(order.symbol, 0.0))
         reduce = self.reducing(order, pos, price)
-        self.on_market(order.symbol, market, now, benchmark)
 
         if self.state == TradingState.HALTED:
             return RiskDecision("reject", "halted", "trading is HALTED (kill switch): no new orders")
