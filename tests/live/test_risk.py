@@ -207,9 +207,11 @@ def test_daily_turnover_against_start_equity():
     assert decide(rm, order(value=500_000.0), a=a).accepted
     d = decide(rm, order(value=500_000.01), a=a)
     assert (d.action, d.rule) == ("reject", "turnover")
-    rm.on_submitted(order(value=400_000.0), T0)  # active orders count as traded
+    live = order(value=400_000.0)
+    rm.on_submitted(live, T0)  # active orders count as traded
     assert decide(rm, order(value=100_000.0), a=a).accepted
     assert decide(rm, order(value=100_000.01), a=a).rule == "turnover"
+    rm.on_order_done(live)
     rm.new_session("2024-03-05")  # base = equity at the first check
     assert decide(rm, order(value=1_800_000.0), a=acct(equity=900_000.0)).accepted
     assert decide(rm, order(value=1_800_001.0), a=acct(equity=900_000.0)).rule == "turnover"
