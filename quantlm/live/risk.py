@@ -34,16 +34,15 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable
-from typing import Literal
 
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantlm.live.risk_rules import (
     DIRECTION,
     EPS,
     MARKET,
     ActiveOrder,
+    RiskConfig,
     check_validity,
     finite_pos,
     fmt,
@@ -58,71 +57,6 @@ from quantlm.live.risk_rules import (
 from quantlm.live.types import AccountView, MarketView, Order, RiskDecision, TradingState
 
 __all__ = ["RiskConfig", "RiskManager", "is_reducing"]
-
-_Pos = Field(default=None, ge=0)
-
-
-class RiskConfig(BaseModel):
-    """Every rule of the risk manager; a value of None (or 0) switches that rule off.
-
-    Defaults follow the seed (review at 1,000,000; pause on a 5% move) and vn.py's
-    vnpy_riskmanager 2.0 (`OrderSizeRule` 500 / 1,000,000, `ActiveOrderRule` 50, `DailyLimitRule`
-    20,000 orders / 10,000 trades) and vn.py 1.x (`order_cancel_limit` 500 per symbol), with
-    NautilusTrader's submit throttle (100 per second). vn.py's 1,000,000 value cap becomes the review
-    threshold here; the hard value cap sits above it (5,000,000) so that the review rule is not dead.
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    check_validity: bool = True  # reject unknown sides and orders without a size
-    # manual review: value >= threshold (currency) -> hold. review_mode is for the engine in replay:
-    # hold = stays held until approved / rejected, expires at the session end; approve / reject = the
-    # engine's stand-in reviewer decides at once. The risk manager itself only ever returns "hold".
-    review_threshold: float | None = Field(default=1_000_000.0, ge=0)
-    review_mode: Literal["hold", "approve", "reject"] = "hold"
-    # pauses on moves (fractions of the previous close); resume_move None = half the pause move,
-    # 0 = no automatic resume (manual `resume()` or the next session only)
-    pause_move: float | None = Field(default=0.05, ge=0)
-    market_pause_move: float | None = Field(default=0.05, ge=0)
-    resume_move: float | None = _Pos
-    pause_allows_reducing: bool = True
-    price_collar: float | None = Field(default=0.05, ge=0)  # fraction of the last price
-    max_order_shares: float | None = Field(default=50_000.0, ge=0)  # shares (500 lots of 100)
-    max_order_value: float | None = Field(default=5_000_000.0, ge=0)  # currency, hard cap
-    max_position_fraction: float | None = Field(default=0.2, ge=0)  # |position value| / equity
-    max_daily_turnover: float | None = Field(default=2.0, ge=0)  # traded value / start-of-day equity
-    max_orders_per_second: int | None = Field(default=100, ge=0)  # sliding 1 s of the engine clock
-    max_active_orders: int | None = Field(default=50, ge=0)
-    max_cancels_per_symbol_day: int | None = Field(default=500, ge=0)
-    max_daily_orders: int | None = Field(default=20_000, ge=0)
-    max_daily_trades: int | None = Field(default=10_000, ge=0)  # fills (executions), not shares
-    duplicate_window_s: float | None = Field(default=1.0, ge=0)  # seconds of the engine clock
-
-    @model_validator(mode="after")
-    def _consistent(self) -> RiskConfig:
-        if self.max_order_value and self.review_threshold and self.max_order_value <= self.review_threshold:
-            raise ValueError(f"max_order_value {self.max_order_value:,.0f} must be above review_threshold "
-                             f"{self.review_threshold:,.0f} (else no order is ever held for review); "
-                             "set one of them to null to switch it off")
-        if self.resume_move and self.pause_move and self.resume_move > self.pause_move:
-            raise ValueError(f"resume_move {self.resume_move} must not exceed pause_move {self.pause_move}")
-        return self
-
-    @classmethod
-    def off(cls) -> RiskConfig:
-        """Every extra rule off: the live engine then accepts what the backtest would (parity runs)."""
-        return cls(check_validity=False, review_threshold=None, pause_move=None, market_pause_move=None,
-                   price_collar=None, max_order_shares=None, max_order_value=None,
-                   max_position_fraction=None, max_daily_turnover=None, max_orders_per_second=None,
-                   max_active_orders=None, max_cancels_per_symbol_day=None, max_daily_orders=None,
-                   max_daily_trades=None, duplicate_window_s=None)
-
-    def resume_at(self, pause_at: float) -> float:
-        """The move (fraction) below which a pause of `pause_at` lifts by itself (0 = never)."""
-        if self.resume_move is None:
-            return pause_at / 2
-        return self.resume_move
-
 
 def _secs(ts: pd.Timestamp) -> float:
     return pd.Timestamp(ts).value / 1e9
@@ -149,7 +83,11 @@ class RiskManager:
         self.session: str | None = None
         self.start_equity: float = math.nan  # equity at the session start (currency)
         self.active: dict[str, ActiveOrder] = {}
+        self._by_symbol: dict[str, list[ActiveOrder]] = {}  # the same records by symbol
+        self._ref_total: float | None = None  # unfilled value of all active orders at their ref prices
+        self._last: dict[str, float] = {}  # last price seen per symbol (values market orders on submit)
         self._window: deque[tuple[float, str]] = deque()  # (engine seconds, client id) passed checks
+        self._window_ids: set[str] = set()
         self._paused: dict[str, bool] = {}  # symbol (or MARKET) -> paused
         self._resumed: set[str] = set()  # manual overrides until the session ends
         self.daily_orders = 0
@@ -233,6 +171,8 @@ class RiskManager:
                   benchmark: MarketView | None = None) -> None:
         """Update the pause latches from a new bar (optional; `check` does it too)."""
         if symbol is not None:
+            if market is not None:
+                self._last[symbol] = market.last_price
             self._update_latch(symbol, market, self.config.pause_move, now)
         if benchmark is not None:
             self._update_latch(MARKET, benchmark, self.config.market_pause_move, now)
@@ -240,15 +180,23 @@ class RiskManager:
     # -- the check -------------------------------------------------------------------------------
     def _pending(self, symbol: str, direction: float, price: float) -> float:
         """Unfilled shares of active orders in `symbol` whose side moves the position in `direction`."""
-        return sum(a.remaining_shares(price) for a in self.active.values()
-                   if a.symbol == symbol and DIRECTION[a.side] == direction)
+        return sum(a.remaining_shares(price) for a in self._by_symbol.get(symbol, ())
+                   if DIRECTION[a.side] == direction)
+
+    def _pending_value(self, symbol: str, price: float) -> float:
+        """Unfilled value of all active orders: `symbol`'s at `price`, the others at their ref prices."""
+        if self._ref_total is None:
+            self._ref_total = sum(a.remaining_value(math.nan) for a in self.active.values())
+        mine = self._by_symbol.get(symbol, ())
+        return (self._ref_total - sum(a.remaining_value(math.nan) for a in mine)
+                + sum(a.remaining_value(price) for a in mine))
 
     def reducing(self, order: Order, position_shares: float, price: float) -> bool:
         """`is_reducing`, counting the same-side active orders of the symbol as already filled."""
         if order.side not in ("sell", "cover"):
             return False
-        pending = sum(a.remaining_shares(price) for a in self.active.values()
-                      if a.symbol == order.symbol and a.side == order.side)
+        pending = sum(a.remaining_shares(price) for a in self._by_symbol.get(order.symbol, ())
+                      if a.side == order.side)
         return is_reducing(order, position_shares, price, pending)
 
     def check(self, order: Order, market: MarketView, account: AccountView, now: pd.Timestamp | None = None,
@@ -313,8 +261,7 @@ class RiskManager:
                 self.start_equity = float(account.equity)
             base = self.start_equity
             traded = max(self.traded_today, float(account.traded_today))
-            pending = sum(a.remaining_value(price if a.symbol == order.symbol else math.nan)
-                          for a in self.active.values())
+            pending = self._pending_value(order.symbol, price)
             total = traded + pending + value
             if not finite_pos(base) or total > c.max_daily_turnover * base * (1 + EPS):
                 return RiskDecision("reject", "turnover", f"turnover today {fmt(traded)} + active {fmt(pending)} + "
@@ -323,9 +270,8 @@ class RiskManager:
         t = _secs(now)
         if c.max_orders_per_second:
             while self._window and self._window[0][0] <= t - 1.0:
-                self._window.popleft()
-            seen = any(cid == order.client_id for _, cid in self._window)
-            if not seen and len(self._window) >= c.max_orders_per_second:
+                self._window_ids.discard(self._window.popleft()[1])
+            if order.client_id not in self._window_ids and len(self._window) >= c.max_orders_per_second:
                 return RiskDecision("reject", "rate", f"{len(self._window)} orders in the last second >= "
                                     f"limit {c.max_orders_per_second} per second")
         if c.max_active_orders and order.client_id not in self.active and len(self.active) >= c.max_active_orders:
@@ -339,13 +285,14 @@ class RiskManager:
             return RiskDecision("reject", "cancels", f"{n_cancel} cancels in {order.symbol} today >= limit "
                                 f"{c.max_cancels_per_symbol_day}")
         if c.duplicate_window_s:
-            for a in self.active.values():
+            for a in self._by_symbol.get(order.symbol, ()):
                 if a.client_id != order.client_id and a.same_request(order) and t - a.submitted < c.duplicate_window_s:
                     return RiskDecision("reject", "duplicate", f"same as active order {a.client_id} submitted "
                                         f"{t - a.submitted:.3f} s ago (window {c.duplicate_window_s:g} s)")
 
-        if c.max_orders_per_second and not any(cid == order.client_id for _, cid in self._window):
+        if c.max_orders_per_second and order.client_id not in self._window_ids:
             self._window.append((t, order.client_id))
+            self._window_ids.add(order.client_id)
         if c.review_threshold and value >= c.review_threshold:
             return RiskDecision("hold", "review", f"order value {fmt(value)} >= review threshold {fmt(c.review_threshold)}")
         return RiskDecision("accept")
@@ -353,14 +300,15 @@ class RiskManager:
     # -- hooks -----------------------------------------------------------------------------------
     def on_submitted(self, order: Order, now: pd.Timestamp | None = None, price: float = math.nan) -> None:
         """The order went to the broker: it is active and counts toward today's orders (idempotent).
-        `price` (currency) values a value-sized order when no limit price is set."""
+        `price` (currency) values it when it has no limit price (default: the last price `check` saw)."""
         if order.client_id in self.active:
             return
         now = self._now(now)
+        if not finite_pos(price):
+            price = self._last.get(order.symbol, math.nan)
         ref = float(order.limit_price) if finite_pos(order.limit_price) else float(price)
-        self.active[order.client_id] = ActiveOrder(order.client_id, order.symbol, order.side, float(order.shares),
-                                                   float(order.value), float(order.limit_price), _secs(now), ref,
-                                                   float(order.filled_shares), 0.0)
+        self._add(ActiveOrder(order.client_id, order.symbol, order.side, float(order.shares), float(order.value),
+                              float(order.limit_price), _secs(now), ref, float(order.filled_shares), 0.0))
         self.daily_orders += 1
 
     def on_fill(self, order: Order, shares: float, price: float, now: pd.Timestamp | None = None) -> None:
@@ -371,6 +319,7 @@ class RiskManager:
         if a is not None:
             a.filled_shares += abs(shares)
             a.filled_value += abs(shares) * price
+            self._ref_total = None
 
     def on_cancel(self, order: Order, now: pd.Timestamp | None = None) -> None:
         """A confirmed cancel: counts toward the symbol's daily cancels (once per client id)."""
@@ -380,7 +329,15 @@ class RiskManager:
 
     def on_order_done(self, order: Order) -> None:
         """The order reached a terminal state: it leaves the active set."""
-        self.active.pop(order.client_id, None)
+        a = self.active.pop(order.client_id, None)
+        if a is not None:
+            self._by_symbol[a.symbol].remove(a)
+            self._ref_total = None
+
+    def _add(self, a: ActiveOrder) -> None:
+        self.active[a.client_id] = a
+        self._by_symbol.setdefault(a.symbol, []).append(a)
+        self._ref_total = None
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -400,8 +357,11 @@ class RiskManager:
         self.session = d.get("session")
         se = d.get("start_equity")
         self.start_equity = math.nan if se is None else float(se)
-        self.active = {a["client_id"]: ActiveOrder.from_dict(a) for a in d.get("active", [])}
+        self.active, self._by_symbol = {}, {}
+        for a in d.get("active", []):
+            self._add(ActiveOrder.from_dict(a))
         self._window = deque((float(t), str(cid)) for t, cid in d.get("window", []))
+        self._window_ids = {cid for _, cid in self._window}
         self._paused = dict.fromkeys(d.get("paused", []), True)
         self._resumed = set(d.get("resumed", []))
         self.daily_orders = int(d.get("daily_orders", 0))

@@ -1,5 +1,5 @@
-"""Pure helpers of the live risk manager (`quantlm.live.risk`): order sizes, reducing orders, moves,
-the pause latch and the manager's record of an active order.
+"""The live risk manager's config and pure helpers (`quantlm.live.risk`): `RiskConfig`, order sizes,
+reducing orders, moves, the pause latch and the manager's record of an active order.
 
 Units: shares are shares (never lots); values and prices are in the account currency; moves and
 fractions are fractions (0.05 = 5%), never percent.
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from quantlm.live.types import SIDES, MarketView, Order
 
@@ -161,3 +164,82 @@ class ActiveOrder:
         for k in ("limit_price", "ref_price"):
             d[k] = math.nan if d.get(k) is None else float(d[k])
         return cls(**d)
+
+
+class RiskConfig(BaseModel):
+    """Every rule of the risk manager (`quantlm.live.risk`); None or 0 switches a rule off.
+
+    Fields (units): `review_threshold` currency, orders valued AT OR ABOVE it are held for manual review;
+    `review_mode` what stands in for the reviewer in replay (the engine applies it: hold = held until
+    approved / rejected, expired at the session end; approve / reject = decided at once); `pause_move`
+    / `market_pause_move` fractions of the previous close (symbol / benchmark) at which new orders pause;
+    `resume_move` the move below which a pause lifts by itself (None = half the pause move; 0 = only by
+    hand, `RiskManager.resume`, or at the next session); `pause_allows_reducing` lets orders that only
+    shrink a position through a pause; `price_collar` fraction of the last price a limit price may be
+    away; `max_order_shares` shares (50,000 = 500 lots of 100); `max_order_value` currency, hard cap
+    (rejected, not held); `max_position_fraction` |position x price| / equity after the order and the
+    symbol's active orders; `max_daily_turnover` (traded + active + order value) / equity at the session
+    start; `max_orders_per_second` orders passed in a sliding 1 s of the engine clock; `max_active_orders`
+    orders live at the broker; `max_cancels_per_symbol_day`, `max_daily_orders`, `max_daily_trades`
+    (fills, not shares) daily counters; `duplicate_window_s` seconds of the engine clock in which an
+    order equal to an active one is rejected; `check_validity` rejects unknown sides and size-less orders.
+
+    Defaults follow the seed (review at 1,000,000; pause on a 5% move) and vn.py's
+    vnpy_riskmanager 2.0 (`OrderSizeRule` 500 / 1,000,000, `ActiveOrderRule` 50, `DailyLimitRule`
+    20,000 orders / 10,000 trades) and vn.py 1.x (`order_cancel_limit` 500 per symbol), with
+    NautilusTrader's submit throttle (100 per second). vn.py's 1,000,000 value cap becomes the review
+    threshold here; the hard value cap sits above it (5,000,000) so that the review rule is not dead.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    check_validity: bool = True  # reject unknown sides and orders without a size
+    # manual review: value >= threshold (currency) -> hold. review_mode is for the engine in replay:
+    # hold = stays held until approved / rejected, expires at the session end; approve / reject = the
+    # engine's stand-in reviewer decides at once. The risk manager itself only ever returns "hold".
+    review_threshold: float | None = Field(default=1_000_000.0, ge=0)
+    review_mode: Literal["hold", "approve", "reject"] = "hold"
+    # pauses on moves (fractions of the previous close); resume_move None = half the pause move,
+    # 0 = no automatic resume (manual `resume()` or the next session only)
+    pause_move: float | None = Field(default=0.05, ge=0)
+    market_pause_move: float | None = Field(default=0.05, ge=0)
+    resume_move: float | None = Field(default=None, ge=0)
+    pause_allows_reducing: bool = True
+    price_collar: float | None = Field(default=0.05, ge=0)  # fraction of the last price
+    max_order_shares: float | None = Field(default=50_000.0, ge=0)  # shares (500 lots of 100)
+    max_order_value: float | None = Field(default=5_000_000.0, ge=0)  # currency, hard cap
+    max_position_fraction: float | None = Field(default=0.2, ge=0)  # |position value| / equity
+    max_daily_turnover: float | None = Field(default=2.0, ge=0)  # traded value / start-of-day equity
+    max_orders_per_second: int | None = Field(default=100, ge=0)  # sliding 1 s of the engine clock
+    max_active_orders: int | None = Field(default=50, ge=0)
+    max_cancels_per_symbol_day: int | None = Field(default=500, ge=0)
+    max_daily_orders: int | None = Field(default=20_000, ge=0)
+    max_daily_trades: int | None = Field(default=10_000, ge=0)  # fills (executions), not shares
+    duplicate_window_s: float | None = Field(default=1.0, ge=0)  # seconds of the engine clock
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RiskConfig:
+        if self.max_order_value and self.review_threshold and self.max_order_value <= self.review_threshold:
+            raise ValueError(f"max_order_value {self.max_order_value:,.0f} must be above review_threshold "
+                             f"{self.review_threshold:,.0f} (else no order is ever held for review); "
+                             "set one of them to null to switch it off")
+        for name in ("pause_move", "market_pause_move"):
+            at = getattr(self, name)
+            if self.resume_move and at and self.resume_move > at:
+                raise ValueError(f"resume_move {self.resume_move} must not exceed {name} {at}")
+        return self
+
+    @classmethod
+    def off(cls) -> RiskConfig:
+        """Every extra rule off: the live engine then accepts what the backtest would (parity runs)."""
+        return cls(check_validity=False, review_threshold=None, pause_move=None, market_pause_move=None,
+                   price_collar=None, max_order_shares=None, max_order_value=None,
+                   max_position_fraction=None, max_daily_turnover=None, max_orders_per_second=None,
+                   max_active_orders=None, max_cancels_per_symbol_day=None, max_daily_orders=None,
+                   max_daily_trades=None, duplicate_window_s=None)
+
+    def resume_at(self, pause_at: float) -> float:
+        """The move (fraction) below which a pause of `pause_at` lifts by itself (0 = never)."""
+        if self.resume_move is None:
+            return pause_at / 2
+        return self.resume_move
