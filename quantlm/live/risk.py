@@ -26,7 +26,16 @@ Order of checks (the first rule that fails decides; `RiskDecision.rule` names it
                    pass every other rule are held)
 
 An order is valued at its reference price: its limit price, else the market's last price
-(`risk_rules.reference_price`); a value-sized order's shares are value / that price.
+(`risk_rules.reference_price`); a value-sized order's shares are value / that price. "Reducing" means a
+sell of a long or a cover of a short no larger than the position left after the same-side active
+orders of the symbol (`RiskManager.reducing`); buys and shorts never reduce.
+
+Pauses are latches with hysteresis, fed by every market view `check` (or `on_market`) sees: a symbol
+pauses when |last / prev_close - 1| >= `pause_move` and stays paused until its move falls below
+`resume_move` (default half the pause move; 0 = no automatic resume); the benchmark latch does the same
+for all symbols. `resume(symbol)` lifts a pause by hand for the rest of the session (`resume()` lifts
+the market pause and every symbol pause in force); `new_session` clears latches and manual resumes
+(the move is measured from the new previous close).
 """
 
 from __future__ import annotations
