@@ -297,3 +297,14 @@ def test_invalid_orders():
     rm = RiskManager(RiskConfig())
     assert decide(rm, order(side="long", value=10)).rule == "invalid"
     assert decide(rm, order(value=0.0)).rule == "invalid"
+
+
+def test_active_market_order_valued_at_the_last_price_seen():
+    rm = RiskManager(only(max_daily_turnover=1.0))
+    rm.new_session("2024-03-04", start_equity=1_000_000.0)
+    a = acct({"000001.SZ": 50_000}, equity=1_000_000.0)
+    sell = order(side="sell", shares=50_000, symbol="000001.SZ")  # market order, 500,000 at 10
+    assert decide(rm, sell, a=a).accepted
+    rm.on_submitted(sell, T0)  # no price given: the last price check() saw
+    assert decide(rm, order(value=500_000.0), a=a).accepted
+    assert decide(rm, order(value=500_000.01), a=a).rule == "turnover"
