@@ -303,6 +303,8 @@ class LiveEngine:
                 continue
             self.broker.cancel_order(cid)
             self.oms.mark(cid, OrderStatus.CANCELLED, "kill switch", actor, ts)
+            self.risk.on_cancel(order, ts)
+            self.risk.on_order_done(order)
         self.journal.add_risk_event(ts=ts, client_id="", symbol="", rule="kill_switch", action="halt",
                                     reason=f"kill switch by {actor}")
         self.journal.set_state("risk", self.risk.state_dict())

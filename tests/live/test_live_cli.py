@@ -93,3 +93,25 @@ def test_config_errors_name_the_key(root, tmp_path):
                                    "2022-03-01", "--end", "2022-03-10", "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "risk.reveiw_threshold" in " ".join(res.output.split())
     assert not (tmp_path / "x").exists()
+
+
+def test_kill_switch_cancels_open_orders_and_halts_across_restarts(root, tmp_path):
+    from quantlm.live.config import load_live_config
+    from quantlm.live.replay import Session, run_replay
+    from quantlm.live.types import OrderStatus, TradingState
+
+    cfg = load_live_config(write_cfg(root, risk={"review_threshold": None, "max_position_fraction": 0.5}))
+    store = Store(root / "store")
+    run_replay(cfg, store, "2022-03-01", "2022-03-15", tmp_path / "s")
+    s = Session(cfg, store, tmp_path / "s")
+    open_before = [o.client_id for o in s.oms.open_orders()]
+    assert open_before  # the last bar's decisions wait for the next bar
+    cancelled = s.engine.kill("admin", pd.Timestamp("2022-03-15"))
+    assert set(open_before) <= set(cancelled)
+    assert all(s.oms.order(c).status == OrderStatus.CANCELLED for c in open_before)
+    again = Session(cfg, store, tmp_path / "s")  # a restart: still halted, so no new order is accepted
+    assert again.risk.state == TradingState.HALTED
+    run_replay(cfg, store, "2022-03-01", "2022-03-31", tmp_path / "s")
+    orders = pd.read_csv(tmp_path / "s" / "orders.csv", parse_dates=["created"])
+    later = orders[orders["created"] > pd.Timestamp("2022-03-15")]
+    assert len(later) and (later["status"] == "rejected").all()
