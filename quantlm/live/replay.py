@@ -90,6 +90,19 @@ class Session:
                                  first_bar=self._first_bars(), benchmark=self.benchmark, monitor=self.monitor,
                                  review_mode=getattr(risk_cfg, "review_mode", "hold"))
 
+    def process_bar(self, ts: pd.Timestamp, bars: pd.DataFrame, day_end: bool = True, crash: bool = False) -> list[dict]:
+        """One bar through the engine as ONE journal transaction that ends with the portfolio snapshot,
+        the risk state and the bar's time (what a restart resumes from). `crash` kills the process
+        inside the transaction (crash tests)."""
+        with self.journal.batch():
+            records = self.engine.on_bar(ts, bars, day_end=day_end)
+            self.journal.set_state("portfolio", self.engine.snapshot())
+            self.journal.set_state("risk", self.risk.state_dict())
+            self.journal.set_state("last_bar", str(ts))
+            if crash:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return records
+
     def _first_bars(self) -> dict:
         listing = self.store.listing()
         listing = listing[listing["freq"] == "1d"]
@@ -158,14 +171,8 @@ def run_replay(cfg: LiveConfig, store, start, end, out: str | Path, scorer=None)
         if not restored:
             _recover(s)
             restored = True
-        with s.journal.batch():
-            s.engine.on_bar(ts, group, day_end=bool(day_end[k]))
-            s.journal.set_state("portfolio", s.engine.snapshot())
-            s.journal.set_state("risk", s.risk.state_dict())
-            s.journal.set_state("last_bar", str(ts))
-            n_traded += 1
-            if crash_after and n_traded >= crash_after:
-                os.kill(os.getpid(), signal.SIGKILL)
+        n_traded += 1
+        s.process_bar(ts, group, bool(day_end[k]), crash=bool(crash_after) and n_traded >= crash_after)
     if not restored:
         _recover(s)
     return write_outputs(s)
