@@ -144,37 +144,77 @@ def _or_none(df: pd.DataFrame) -> pd.DataFrame | None:
     return df if len(df) else None
 
 
+class ReplayClock:
+    """Stored bars from `start` to `end` (inclusive) driven through a Session one bar at a time.
+
+    `warm_up()` starts the scorer on the history before `start` (`cfg.history_days`), advances the
+    market over the history and over the bars a previous run already committed (the journal's
+    `last_bar`), then recovers (portfolio, open orders, broker reconciliation): the crash-only start-up
+    of `run_replay`. `step()` then trades the next bar through `Session.process_bar` (one journal
+    transaction). Used by `run_replay` and by the service's replayed clock (`quantlm serve`).
+    `require_bars=False` allows an empty trading range (a service that only warms up from the store).
+    """
+
+    def __init__(self, s: Session, start, end, require_bars: bool = True) -> None:
+        self.s = s
+        self.start, self.end = pd.Timestamp(start), pd.Timestamp(end)
+        history_start = self.start - pd.Timedelta(days=s.cfg.history_days)
+        wanted = s.symbols + ([s.benchmark] if s.benchmark else [])
+        bars = s.store.bars(wanted, start=history_start, end=self.end)
+        if require_bars and not len(bars[bars["ts"] >= self.start]):
+            raise LiveConfigError(f"no bars between {self.start.date()} and {self.end.date()} in the store at "
+                                  f"{s.store.root}")
+        self.history = bars[(bars["ts"] < self.start) & bars["symbol"].isin(s.symbols)]
+        self.stamps = pd.DatetimeIndex(np.sort(bars["ts"].unique()))
+        self.groups = dict(tuple(bars.groupby("ts", sort=True)))
+        days = self.stamps.normalize()
+        self.day_end = np.r_[days[1:] != days[:-1], True] if len(days) else np.zeros(0, dtype=bool)
+        self.pos = 0  # index of the next stamp
+
+    def warm_up(self) -> None:
+        """Start the scorer, warm over the history and the committed bars, recover (see the class docstring)."""
+        s = self.s
+        s.scorer.start(self.history, s.symbols)
+        last_done = s.journal.get_state("last_bar")
+        last_done = pd.Timestamp(last_done) if last_done else None
+        while self.pos < len(self.stamps):
+            ts = self.stamps[self.pos]
+            if not (ts < self.start or (last_done is not None and ts <= last_done)):
+                break
+            s.engine.warm(ts, self.groups[ts])
+            self.pos += 1
+        _recover(s)
+
+    @property
+    def done(self) -> bool:
+        """No stored bar is left to trade."""
+        return self.pos >= len(self.stamps)
+
+    @property
+    def next_ts(self) -> pd.Timestamp | None:
+        """The time of the next bar to trade (None when done)."""
+        return None if self.done else self.stamps[self.pos]
+
+    def step(self, crash: bool = False) -> pd.Timestamp | None:
+        """Trade the next stored bar (one journal transaction); its time, or None when done."""
+        if self.done:
+            return None
+        k, ts = self.pos, self.stamps[self.pos]
+        self.s.process_bar(ts, self.groups[ts], bool(self.day_end[k]), crash=crash)
+        self.pos += 1
+        return ts
+
+
 def run_replay(cfg: LiveConfig, store, start, end, out: str | Path, scorer=None) -> dict:
     """A paper session over stored bars between `start` and `end` (inclusive); returns metrics.json."""
-    start, end = pd.Timestamp(start), pd.Timestamp(end)
     s = Session(cfg, store, out, scorer)
-    history_start = start - pd.Timedelta(days=cfg.history_days)
-    wanted = s.symbols + ([s.benchmark] if s.benchmark else [])
-    bars = store.bars(wanted, start=history_start, end=end)
-    if not len(bars[bars["ts"] >= start]):
-        raise LiveConfigError(f"no bars between {start.date()} and {end.date()} in the store at {store.root}")
-    history = bars[(bars["ts"] < start) & bars["symbol"].isin(s.symbols)]
-    s.scorer.start(history, s.symbols)
-    last_done = s.journal.get_state("last_bar")
-    last_done = pd.Timestamp(last_done) if last_done else None
+    clock = ReplayClock(s, start, end)
+    clock.warm_up()
     crash_after = int(os.environ.get(CRASH_ENV, "0") or 0)
-    stamps = np.sort(bars["ts"].unique())
-    groups = dict(tuple(bars.groupby("ts", sort=True)))
-    days = pd.DatetimeIndex(stamps).normalize()
-    day_end = np.r_[days[1:] != days[:-1], True]
-    restored, n_traded = last_done is None, 0
-    for k, ts in enumerate(pd.DatetimeIndex(stamps)):
-        group = groups[ts]
-        if ts < start or (last_done is not None and ts <= last_done):
-            s.engine.warm(ts, group)
-            continue
-        if not restored:
-            _recover(s)
-            restored = True
+    n_traded = 0
+    while not clock.done:
         n_traded += 1
-        s.process_bar(ts, group, bool(day_end[k]), crash=bool(crash_after) and n_traded >= crash_after)
-    if not restored:
-        _recover(s)
+        clock.step(crash=bool(crash_after) and n_traded >= crash_after)
     return write_outputs(s)
 
 
