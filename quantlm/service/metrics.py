@@ -5,7 +5,10 @@ connection, usable only from the thread that opened it) and the monitor belong t
 thread. A scrape therefore runs `session_snapshot(session)` ON THE WORKER (through the service), which
 returns a plain dict, and the custom collector turns that dict into metric families (`collect_from`).
 The decision latency histogram is fed on the worker too, from the engine's per-decision timings
-(`ServiceMetrics.sync_decisions`, called by the snapshot and, optionally, by the service after each bar).
+(`ServiceMetrics.sync_decisions`, called by the snapshot and by the listener `attach` registers).
+
+Use from the app: `attach(service)` once after building the LiveService (registers the listener), and
+in the route `body, ctype = await render(service)` -> `Response(body, media_type=ctype)`.
 
 Metrics (all prefixed `quantlm_`; currency = the account currency):
 
@@ -41,11 +44,12 @@ The snapshot (`session_snapshot`, also usable for a status route; JSON-safe: NaN
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
@@ -239,6 +243,7 @@ class ServiceMetrics:
         self.snapshot_errors = _counter(self.registry, "snapshot_errors", "Scrapes whose session snapshot failed.")
         self._seen = 0  # decisions of engine.timing.history already observed
         self._history_id: int | None = None
+        self._service: weakref.ref | None = None  # set by `attach`
         self._lock = threading.Lock()
 
     def sync_decisions(self, history: list[float]) -> int:
@@ -254,6 +259,13 @@ class ServiceMetrics:
     def after_bar(self, session) -> None:
         """Hook for the service after each processed bar (worker thread): feed the latency histogram."""
         self.sync_decisions(session.engine.timing.history)
+
+    def on_event(self, event: str, detail: dict) -> None:
+        """A `LiveService.listeners` callback (worker thread): sync the histogram after any operation."""
+        service = self._service() if self._service is not None else None
+        session = getattr(service, "session", None)
+        if session is not None:
+            self.after_bar(session)
 
     def snapshot(self, session) -> dict:
         """Worker thread: sync the histogram and take the session snapshot."""
@@ -290,26 +302,33 @@ def metrics_for(service) -> ServiceMetrics:
     return m
 
 
-def _on_worker(service) -> Callable[[Callable[[], Any]], Any]:
-    """A function running a callable on the service's worker thread and returning its result."""
-    for name in ("call", "run_sync", "run", "submit"):
-        fn = getattr(service, name, None)
-        if callable(fn):
-            def run(f, _fn=fn):
-                r = _fn(f)
-                return r.result() if hasattr(r, "result") else r
-            return run
-    return lambda f: f()  # no worker: a plain session (tests)
+def attach(service) -> ServiceMetrics:
+    """The service's ServiceMetrics, fed after every operation: a listener (run on the worker by
+    `LiveService.notify`) observes the new decisions in the latency histogram."""
+    m = metrics_for(service)
+    listeners = getattr(service, "listeners", None)
+    if isinstance(listeners, list) and not any(getattr(fn, "__self__", None) is m for fn in listeners):
+        m._service = weakref.ref(service)
+        listeners.append(m.on_event)
+    return m
 
 
-def render(service) -> tuple[bytes, str]:
-    """(body, content type) of `GET /metrics` for a LiveService: the snapshot is taken on its worker thread."""
+async def render(service) -> tuple[bytes, str]:
+    """(body, content type) of `GET /metrics` for a LiveService: the snapshot is taken on its worker
+    thread (`await service.call(...)`); a service without `call` (a bare Session in tests) is read here."""
     m = metrics_for(service)
     snap: dict | None = None
     try:
         session = getattr(service, "session", service)
-        snap = _on_worker(service)(lambda: m.snapshot(session))
+        call = getattr(service, "call", None)
+        if call is None:
+            snap = m.snapshot(session)
+        else:
+            snap = call(m.snapshot, session)
+            if inspect.isawaitable(snap):
+                snap = await snap
     except Exception:  # noqa: BLE001 - a scrape must not fail because the engine is busy or broken
         log.exception("metrics snapshot failed")
         m.snapshot_errors.inc()
+        snap = None
     return m.render(snap)

@@ -3,6 +3,7 @@ Prometheus text parses and carries the expected series with the journal's number
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import numpy as np
@@ -170,10 +171,10 @@ def test_a_failing_snapshot_still_serves_and_counts():
     class Broken:
         session = None
 
-        def call(self, fn):
+        async def call(self, fn, *args):
             raise RuntimeError("worker gone")
 
     svc = Broken()
-    body, _ = M.render(svc)
+    body, _ = asyncio.run(M.render(svc))
     assert value(samples(body), "quantlm_snapshot_errors_total") == 1
     assert M.metrics_for(svc) is M.metrics_for(svc)
