@@ -1,0 +1,89 @@
+"""Test doubles for the fault tests: a paper broker that loses messages, a scorer that scores nothing,
+and a small synthetic set-up (store, scores, live config) shared by the fault tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from quantlm.live.gateway import PaperBroker
+from quantlm.live.types import Order
+
+
+class LossyBroker(PaperBroker):
+    """A PaperBroker whose messages to the engine can be lost, one order at a time.
+
+    - `timeout_after_send`: client ids whose `send_order` reaches the broker (queued, it will execute)
+      but whose acknowledgement is lost: `send_order` raises TimeoutError;
+    - `timeout_before_send`: client ids whose `send_order` never reaches it (raises TimeoutError, nothing queued);
+    - `drop_fill`: client ids whose execution report `on_bar` does not return (the broker filled the
+      order and knows it: `query_orders` / `query_fills` say so; the engine is not told).
+    """
+
+    name = "lossy-paper"
+
+    def __init__(self, exchange, timeout_after_send=(), timeout_before_send=(), drop_fill=()) -> None:
+        super().__init__(exchange)
+        self.timeout_after_send, self.timeout_before_send = set(timeout_after_send), set(timeout_before_send)
+        self.drop_fill = set(drop_fill)
+        self.dropped: list[dict] = []
+
+    def send_order(self, order: Order) -> None:
+        if order.client_id in self.timeout_before_send:
+            raise TimeoutError(f"broker did not answer the order {order.client_id} (never received)")
+        super().send_order(order)
+        if order.client_id in self.timeout_after_send:
+            raise TimeoutError(f"broker did not acknowledge the order {order.client_id} (acknowledgement lost)")
+
+    def on_bar(self, ts, fields, account) -> list[dict]:
+        records = super().on_bar(ts, fields, account)
+        kept = [r for r in records if r["client_id"] not in self.drop_fill]
+        self.dropped += [r for r in records if r["client_id"] in self.drop_fill]
+        return kept
+
+
+class Silent:
+    """A scorer that scores nothing (NaN): the strategy places no orders, only manual ones trade."""
+
+    name = "silent"
+
+    def start(self, history: pd.DataFrame, symbols: list[str]) -> None:
+        self.n = len(symbols)
+
+    def update(self, bars, ts, **kw) -> np.ndarray:
+        return np.full(self.n, np.nan)
+
+
+class Raising:
+    """A scorer that raises from its `fail_at`-th update on (`fail_at` = 0: never)."""
+
+    def __init__(self, inner, fail_at: int = 0) -> None:
+        self.inner, self.fail_at, self.calls = inner, fail_at, 0
+        self.name = getattr(inner, "name", "raising")
+
+    def start(self, history, symbols) -> None:
+        self.inner.start(history, symbols)
+
+    def update(self, bars, ts, **kw):
+        self.calls += 1
+        if self.fail_at and self.calls >= self.fail_at:
+            raise RuntimeError("primary model crashed")
+        return self.inner.update(bars, ts, **kw)
+
+
+def make_market(root: Path, n_symbols: int = 10) -> dict:
+    """A synthetic cn store and two random Scores files in `root`; a dict of their paths."""
+    from quantlm.data.store import Store
+    from quantlm.data.synth import SynthConfig, write_market
+
+    store = Store(root / "store")
+    write_market(store, SynthConfig(n_symbols=n_symbols, start="2022-01-04", end="2022-06-30", news=False))
+    bars = store.bars()
+    rng = np.random.default_rng(0)
+    paths = {"store": root / "store"}
+    for name in ("primary", "backup"):
+        paths[name] = root / f"{name}.csv"
+        bars[["symbol", "ts"]].assign(score=rng.normal(size=len(bars))).to_csv(paths[name], index=False)
+    return paths
