@@ -20,6 +20,7 @@ from quantlm.cli import finetune as _finetune
 from quantlm.cli import live as _live
 from quantlm.cli import model as _model
 from quantlm.cli import run as _run
+from quantlm.cli import serve as _serve
 
 app = typer.Typer(
     name="quantlm",
@@ -42,3 +43,4 @@ _demo.register(app)
 _run.register(app)
 _finetune.register(app)
 _live.register(app)
+_serve.register(app)
