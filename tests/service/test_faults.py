@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from quantlm.live.types import Order, OrderStatus
-from tests.service.fault_broker import LossyBroker, Silent, make_market
+from tests.service.fault_helpers import LossyBroker, Silent, make_market
 
 START, END = "2022-03-01", "2022-05-31"
 

@@ -178,3 +178,54 @@ def test_a_failing_snapshot_still_serves_and_counts():
     body, _ = asyncio.run(M.render(svc))
     assert value(samples(body), "quantlm_snapshot_errors_total") == 1
     assert M.metrics_for(svc) is M.metrics_for(svc)
+
+
+# ---------------------------------------------------------------------- through the service's /metrics route
+@pytest.fixture
+def fallback_client(market, keys, tmp_path):
+    from tests.service.fault_helpers import fallback_config, open_client
+
+    c = open_client(market, fallback_config(market, tmp_path), keys.path, tmp_path / "out")
+    yield c
+    c.__exit__(None, None, None)
+
+
+def test_metrics_route_after_orders_holds_rejections_and_a_fallback(fallback_client, keys):
+    from tests.service.fault_helpers import Raising, on_worker, shares_worth
+
+    c, svc = fallback_client, fallback_client.service
+    admin, trader = keys.headers("admin"), keys.headers("trader")
+    assert c.post("/api/v1/clock/step", json={"n": 8}, headers=admin).status_code == 200
+    a, b = svc.session.symbols[:2]
+    held = c.post("/api/v1/orders", json={"symbol": a, "side": "buy", "shares": shares_worth(c, a, 3_000_000)},
+                  headers=trader)
+    assert held.status_code == 201 and held.json()["order"]["status"] == "held", held.text
+    big = c.post("/api/v1/orders", json={"symbol": b, "side": "buy", "shares": shares_worth(c, b, 6_000_000)},
+                 headers=trader)
+    assert big.status_code == 201 and big.json()["order"]["status"] == "rejected", big.text
+    fb = svc.session.scorer
+    on_worker(c, lambda: fb.scorers.__setitem__("primary", Raising(fb.scorers["primary"], fail_at=1)))
+    assert c.post("/api/v1/clock/step", json={"n": 3}, headers=admin).status_code == 200
+
+    r = c.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    got = samples(r.content)
+
+    s = svc.session
+    orders, events, hist = on_worker(c, lambda: (s.journal.orders_frame(), s.journal.risk_events(),
+                                                 list(s.engine.timing.history)))
+    counts = orders["status"].value_counts()
+    assert counts.get("filled", 0) and counts.get("expired", 0) and counts.get("rejected", 0)  # held, then expired
+    for st in OrderStatus:
+        assert value(got, "quantlm_orders", status=st.value) == counts.get(st.value, 0)
+    assert value(got, "quantlm_risk_holds_total", rule="review") == (events["action"] == "hold").sum() >= 1
+    assert value(got, "quantlm_risk_rejections_total", rule="order_value") == 1
+    assert value(got, "quantlm_model_active", model="teacher", role="backup") == 1.0
+    assert value(got, "quantlm_model_active", model="student", role="primary") == 0.0
+    assert value(got, "quantlm_model_switches_total", from_model="student", to_model="teacher", reason="error") == 1
+    assert value(got, "quantlm_decision_latency_seconds_count") == len(hist) == 11
+    account = c.get("/api/v1/account", headers=trader).json()
+    assert value(got, "quantlm_equity") == pytest.approx(account["equity"])
+    assert value(got, "quantlm_cash") == pytest.approx(account["cash"])
+    assert value(got, "quantlm_gross_exposure_ratio") == pytest.approx(account["exposure"])
+    assert account["exposure"] > 0

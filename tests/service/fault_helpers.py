@@ -87,3 +87,59 @@ def make_market(root: Path, n_symbols: int = 10) -> dict:
         paths[name] = root / f"{name}.csv"
         bars[["symbol", "ts"]].assign(score=rng.normal(size=len(bars))).to_csv(paths[name], index=False)
     return paths
+
+
+# ---------------------------------------------------------------------- a service with a backup model
+def fallback_config(market: Path, folder: Path) -> Path:
+    """A live config on the shared test market (conftest `market`) with a primary ("student", the
+    market's scores) and a backup ("teacher", other random scores); strategy buys (~1.9M) pass risk,
+    orders >= 2.5M are held for review, > 5M rejected; pauses off (the synthetic benchmark jumps); the
+    backup, once serving, stays (no recovery within a test)."""
+    import yaml
+
+    backup = folder / "teacher.csv"
+    if not backup.exists():
+        scores = pd.read_csv(market / "scores.csv")
+        rng = np.random.default_rng(1)
+        scores.assign(score=rng.normal(size=len(scores))).to_csv(backup, index=False)
+    cfg = {"cash": 10_000_000.0, "history_days": 40,
+           "primary": {"signals": str(market / "scores.csv"), "name": "student"},
+           "backup": {"signals": str(backup), "name": "teacher"},
+           "strategy": {"topk": 5, "n_drop": 1},
+           "risk": {"review_threshold": 2_500_000.0, "max_order_value": 5_000_000.0, "max_position_fraction": 0.5,
+                    "max_order_shares": 1_000_000, "pause_move": None, "market_pause_move": None},
+           "monitor": {"recover_sessions": 1000}}
+    path = folder / "live-fallback.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def open_client(market: Path, config: Path, keys_path: Path, out: Path, **service_kwargs):
+    """A started in-process TestClient around a fresh LiveService (replay from 2022-03-01); close with
+    `client.__exit__(None, None, None)`. `client.service` is the LiveService."""
+    from fastapi.testclient import TestClient
+
+    from quantlm.data.store import Store
+    from quantlm.live.config import load_live_config
+    from quantlm.service.app import create_app
+    from quantlm.service.state import LiveService
+
+    service_kwargs.setdefault("start", "2022-03-01")
+    service_kwargs.setdefault("end", "2022-06-30")
+    svc = LiveService(load_live_config(config), Store(market / "store"), out, **service_kwargs)
+    app = create_app(svc, keys_path, secret=b"test-secret")
+    client = TestClient(app, client=("127.0.0.1", 50000))
+    client.__enter__()
+    client.service = svc
+    return client
+
+
+def on_worker(client, fn, *args):
+    """Run `fn(*args)` on the service's engine worker thread (the journal's thread) and return its result."""
+    return client.service._executor.submit(fn, *args).result(timeout=60)
+
+
+def shares_worth(client, symbol: str, value: float) -> int:
+    """Whole lots of `symbol` worth about `value` at its last price."""
+    price = on_worker(client, lambda: float(client.service.session.engine.portfolio.last_price[symbol]))
+    return int(value / price / 100 + 1) * 100
