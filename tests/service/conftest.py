@@ -11,7 +11,8 @@
 - `make_client(mode="replay", **service_kwargs)`: a started FastAPI TestClient (in-process, peer
   127.0.0.1) around a fresh LiveService in a fresh out folder (`client.out`, `client.service`);
   replay mode starts at REPLAY_START (nothing traded until a step). Push mode warms up from the store.
-- `client`: `make_client()` in replay mode; `push_client`: `make_client("push")`.
+- `client`: `make_client()` in replay mode; `push_client`: `make_client("push")`; `shared_client`: one
+  replay client per test module (wrong-key limit raised); `build_client(...)` builds one by hand.
 - helpers: `order_body(...)`, `big_buy(client)` (an order worth ~1.2M: held for review).
 """
 
@@ -74,9 +75,10 @@ def keys(tmp_path_factory):
     return Keys(path, key, dict(ROLE_NAMES, trader2="tara"))
 
 
-@pytest.fixture
-def make_client(market, live_config_path, keys, tmp_path):
-    """Factory: make_client(mode="replay", **LiveService kwargs) -> a started TestClient (closed after the test)."""
+def build_client(market, live_config_path, keys, out, mode: str = "replay", app_kwargs: dict | None = None,
+                 **kwargs):
+    """A started TestClient (peer 127.0.0.1) around a new LiveService writing to `out`; call
+    `client.__exit__(None, None, None)` to stop it. `client.out`, `client.service` are set."""
     from fastapi.testclient import TestClient
 
     from quantlm.data.store import Store
@@ -84,24 +86,41 @@ def make_client(market, live_config_path, keys, tmp_path):
     from quantlm.service.app import create_app
     from quantlm.service.state import LiveService
 
+    if mode == "replay":
+        kwargs.setdefault("start", REPLAY_START)
+        kwargs.setdefault("end", REPLAY_END)
+    svc = LiveService(load_live_config(live_config_path), Store(market / "store"), out, mode=mode, **kwargs)
+    app = create_app(svc, keys.path, secret=b"test-secret", **(app_kwargs or {}))
+    c = TestClient(app, client=("127.0.0.1", 50000))
+    c.__enter__()
+    c.out, c.service = out, svc
+    return c
+
+
+@pytest.fixture
+def make_client(market, live_config_path, keys, tmp_path):
+    """Factory: make_client(mode="replay", app_kwargs=None, **LiveService kwargs) -> a started TestClient
+    in a fresh out folder (stopped after the test). app_kwargs go to create_app (e.g. login_limit)."""
     opened = []
 
-    def make(mode: str = "replay", app_kwargs: dict | None = None, **kwargs) -> TestClient:
-        out = tmp_path / f"out-{len(opened)}"
-        if mode == "replay":
-            kwargs.setdefault("start", REPLAY_START)
-            kwargs.setdefault("end", REPLAY_END)
-        svc = LiveService(load_live_config(live_config_path), Store(market / "store"), out, mode=mode, **kwargs)
-        app = create_app(svc, keys.path, secret=b"test-secret", **(app_kwargs or {}))
-        c = TestClient(app, client=("127.0.0.1", 50000))
-        c.__enter__()
-        c.out, c.service = out, svc
+    def make(mode: str = "replay", app_kwargs: dict | None = None, **kwargs):
+        c = build_client(market, live_config_path, keys, tmp_path / f"out-{len(opened)}", mode, app_kwargs, **kwargs)
         opened.append(c)
         return c
 
     yield make
     for c in opened:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="module")
+def shared_client(market, live_config_path, keys, tmp_path_factory):
+    """One replay-mode client for a whole test module (for tests that change nothing, or little);
+    failed-key limits raised so that many wrong-key requests do not hit 429."""
+    c = build_client(market, live_config_path, keys, tmp_path_factory.mktemp("shared-out"),
+                     app_kwargs={"key_fail_limit": 100_000})
+    yield c
+    c.__exit__(None, None, None)
 
 
 @pytest.fixture
