@@ -1,5 +1,5 @@
-"""Test doubles for the fault tests: a paper broker that loses messages, a scorer that scores nothing,
-and a small synthetic set-up (store, scores, live config) shared by the fault tests."""
+"""Helpers of the fault and metrics tests: a paper broker that loses messages, scorers that score nothing
+or raise, and an in-process service with a backup model (on the conftest `market`)."""
 
 from __future__ import annotations
 
@@ -71,22 +71,6 @@ class Raising:
         if self.fail_at and self.calls >= self.fail_at:
             raise RuntimeError("primary model crashed")
         return self.inner.update(bars, ts, **kw)
-
-
-def make_market(root: Path, n_symbols: int = 10) -> dict:
-    """A synthetic cn store and two random Scores files in `root`; a dict of their paths."""
-    from quantlm.data.store import Store
-    from quantlm.data.synth import SynthConfig, write_market
-
-    store = Store(root / "store")
-    write_market(store, SynthConfig(n_symbols=n_symbols, start="2022-01-04", end="2022-06-30", news=False))
-    bars = store.bars()
-    rng = np.random.default_rng(0)
-    paths = {"store": root / "store"}
-    for name in ("primary", "backup"):
-        paths[name] = root / f"{name}.csv"
-        bars[["symbol", "ts"]].assign(score=rng.normal(size=len(bars))).to_csv(paths[name], index=False)
-    return paths
 
 
 # ---------------------------------------------------------------------- a service with a backup model

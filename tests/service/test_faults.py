@@ -3,31 +3,38 @@ full journal, and kill -9 of the server while orders stream in."""
 
 from __future__ import annotations
 
+import itertools
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
 from pathlib import Path
 
+import httpx
 import pytest
 
 from quantlm.live.types import Order, OrderStatus
-from tests.service.fault_helpers import LossyBroker, Silent, make_market
+from tests.service.fault_helpers import LossyBroker, Silent
 
+ROOT = Path(__file__).resolve().parents[2]
 START, END = "2022-03-01", "2022-05-31"
 
 
-@pytest.fixture(scope="module")
-def market(tmp_path_factory) -> dict:
-    return make_market(tmp_path_factory.mktemp("faults"))
-
-
 # ---------------------------------------------------------------------- broker faults (engine level)
-def paper_session(market: dict, out: Path, **lossy):
+def paper_session(market: Path, out: Path, **lossy):
     """A warmed-up Session (silent scorer: only manual orders) with a LossyBroker; (session, clock, broker)."""
     from quantlm.data.store import Store
     from quantlm.live.config import LiveConfig
     from quantlm.live.replay import ReplayClock, Session
 
-    cfg = LiveConfig(history_days=30, primary={"signals": str(market["primary"])},
+    cfg = LiveConfig(history_days=30, primary={"signals": str(market / "scores.csv")},
                      risk={"pause_move": None, "market_pause_move": None})  # the synthetic benchmark jumps
-    s = Session(cfg, Store(market["store"]), out, scorer=Silent())
+    s = Session(cfg, Store(market / "store"), out, scorer=Silent())
     broker = LossyBroker(s.engine.exchange, **lossy)
     s.engine.broker = broker
     clock = ReplayClock(s, START, END)
@@ -97,3 +104,116 @@ def test_a_send_timeout_leaves_the_order_unknown_until_the_broker_answers(market
     clock.step()
     assert s.journal.order(acked.client_id).status == OrderStatus.FILLED
     assert len(s.journal.fills(acked.client_id)) == 1
+
+
+# ---------------------------------------------------------------------- kill -9 of `quantlm serve`
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(market: Path, config: Path, keys_path: Path, out: Path) -> tuple[subprocess.Popen, str]:
+    """`quantlm serve` on a free 127.0.0.1 port (replay clock, nothing stepped); (process, base url)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "quantlm.cli", "serve", "--config", str(config), "--store", str(market / "store"),
+           "--keys", str(keys_path), "--out", str(out), "--host", "127.0.0.1", "--port", str(port),
+           "--start", "2022-03-01", "--end", "2022-06-30"]
+    log = open(out.parent / f"serve-{port}.log", "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"quantlm serve exited {proc.returncode}: {Path(log.name).read_text()[-2000:]}")
+        try:
+            if httpx.get(f"{base}/api/v1/health", timeout=1, trust_env=False).status_code == 200:
+                return proc, base
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"quantlm serve did not answer in 90 s: {Path(log.name).read_text()[-2000:]}")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def order_for(i: int, symbols: list[str]) -> dict:
+    """The i-th streamed order (deterministic: a resend carries the same content)."""
+    return {"symbol": symbols[i % len(symbols)], "side": "buy", "shares": 100, "client_id": f"K-{i:05d}"}
+
+
+def test_kill_9_while_orders_stream_in_then_restart_and_resend(market, live_config_path, keys, tmp_path):
+    """Every order acknowledged (2xx) before a SIGKILL is in the journal exactly once after the restart;
+    resending any of them (or the one in flight at the kill) with the same client id makes no duplicate."""
+    from quantlm.data.store import Store
+    from quantlm.live.replay import tradable_symbols
+
+    symbols = tradable_symbols(Store(market / "store"), "cn", "000300.SH")
+    out = tmp_path / "out"
+    out.mkdir()
+    trader = keys.headers("trader")
+    proc, base = serve(market, live_config_path, keys.path, out)
+    acked: list[str] = []
+    unanswered: list[str] = []
+    other: list[tuple[str, int, str]] = []
+    stop_flag = threading.Event()
+
+    def stream() -> None:
+        with httpx.Client(base_url=base, headers=trader, timeout=10, trust_env=False) as c:
+            for i in itertools.count():
+                if stop_flag.is_set():
+                    return
+                body = order_for(i, symbols)
+                try:
+                    r = c.post("/api/v1/orders", json=body)
+                except httpx.TransportError:
+                    unanswered.append(body["client_id"])  # the server died with this one in flight
+                    return
+                (acked.append(body["client_id"]) if r.status_code == 201 else
+                 other.append((body["client_id"], r.status_code, r.text)))
+
+    streamer = threading.Thread(target=stream, daemon=True)
+    try:
+        streamer.start()
+        deadline = time.monotonic() + 30
+        while len(acked) < 60 and time.monotonic() < deadline and streamer.is_alive():
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 while the stream goes on
+        proc.wait(timeout=10)
+        streamer.join(timeout=15)
+        stop_flag.set()
+        assert proc.returncode == -signal.SIGKILL
+        assert len(acked) >= 60 and not other, other[:3]
+
+        proc, base = serve(market, live_config_path, keys.path, out)  # restart on the same out folder
+        with httpx.Client(base_url=base, headers=trader, timeout=10, trust_env=False) as c:
+            journaled = Counter(o["client_id"] for o in c.get("/api/v1/orders", params={"limit": 10_000}).json())
+            missing = [cid for cid in acked if journaled[cid] != 1]
+            assert not missing, f"acknowledged but not in the journal exactly once: {missing[:5]}"
+            assert set(journaled) <= set(acked) | set(unanswered)  # nothing invented
+            resend = acked[:3] + acked[-3:] + unanswered
+            for cid in resend:
+                i = int(cid.split("-")[1])
+                r = c.post("/api/v1/orders", json=order_for(i, symbols))
+                assert r.status_code == 201, r.text
+                assert r.json()["order"]["client_id"] == cid
+                if cid in acked:
+                    assert r.json()["created"] is False  # the stored order comes back: no duplicate
+            after = Counter(o["client_id"] for o in c.get("/api/v1/orders", params={"limit": 10_000}).json())
+        assert set(after.values()) == {1}
+        assert set(after) == set(journaled) | set(unanswered)
+    finally:
+        stop_flag.set()
+        stop(proc)
+    with sqlite3.connect(out / "journal.sqlite") as db:  # one insertion event per order, none replayed
+        news = Counter(cid for (cid,) in db.execute("SELECT client_id FROM order_events WHERE status = 'new'"))
+    assert all(news[cid] == 1 for cid in acked)
