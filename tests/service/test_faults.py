@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import pandas as pd
 import pytest
 
 from quantlm.live.types import Order, OrderStatus
@@ -217,3 +218,116 @@ def test_kill_9_while_orders_stream_in_then_restart_and_resend(market, live_conf
     with sqlite3.connect(out / "journal.sqlite") as db:  # one insertion event per order, none replayed
         news = Counter(cid for (cid,) in db.execute("SELECT client_id FROM order_events WHERE status = 'new'"))
     assert all(news[cid] == 1 for cid in acked)
+
+
+# ---------------------------------------------------------------------- model and journal faults (in-process app)
+@pytest.fixture
+def fallback_client(market, keys, tmp_path):
+    from tests.service.fault_helpers import fallback_config, open_client
+
+    c = open_client(market, fallback_config(market, tmp_path), keys.path, tmp_path / "out")
+    yield c
+    c.__exit__(None, None, None)
+
+
+def test_the_primary_raises_and_the_backup_serves_that_same_decision(fallback_client, keys):
+    from tests.service.fault_helpers import Raising, on_worker
+
+    c, s = fallback_client, fallback_client.service.session
+    admin, viewer = keys.headers("admin"), keys.headers("viewer")
+    assert c.post("/api/v1/clock/step", json={"n": 3}, headers=admin).status_code == 200
+    before = c.get("/api/v1/models", headers=viewer).json()
+    assert (before["active"], before["active_role"]) == ("student", "primary")
+    fb = s.scorer
+    on_worker(c, lambda: fb.scorers.__setitem__("primary", Raising(fb.scorers["primary"], fail_at=1)))
+    step = c.post("/api/v1/clock/step", json={"n": 1}, headers=admin).json()
+    ts = pd.Timestamp(step["last_bar"])
+
+    models = c.get("/api/v1/models", headers=viewer).json()
+    assert (models["active"], models["active_role"]) == ("teacher", "backup")
+    events = on_worker(c, s.journal.model_events)
+    assert len(events) == 1
+    e = events.iloc[0]
+    assert (e["model_from"], e["model_to"], e["reason"]) == ("student", "teacher", "error")
+    assert pd.Timestamp(e["ts"]) == ts  # switched at the decision where the primary raised
+    assert "primary model crashed" in e["detail"]
+    # that decision was served by the backup: its scores are the teacher's for this bar
+    signals = c.get("/api/v1/signals", headers=viewer).json()
+    assert pd.Timestamp(signals["ts"]) == ts and signals["model"] == "teacher"
+    teacher = pd.read_csv(Path(s.cfg.backup.signals), parse_dates=["ts"])
+    want = teacher[teacher["ts"] == ts].set_index("symbol")["score"]
+    got = {r["symbol"]: r["score"] for r in signals["scores"] if r["score"] is not None}
+    assert got and all(got[sym] == pytest.approx(want[sym]) for sym in got)
+    decided = [o for o in c.get("/api/v1/orders", headers=viewer).json()
+               if o["reason"] == "strategy" and pd.Timestamp(o["created"]) == ts]
+    assert all(o["model"] == "backup" for o in decided)
+    assert c.post("/api/v1/clock/step", json={"n": 2}, headers=admin).status_code == 200  # keeps trading on the backup
+
+
+def refused_and_never_acknowledged(c, keys, cid: str, symbol: str, what: str, reason: str = "") -> None:
+    """An order POSTed now is refused with 503 and a message saying `what`."""
+    r = c.post("/api/v1/orders", json={"symbol": symbol, "side": "buy", "shares": 100, "client_id": cid,
+                                       "reason": reason}, headers=keys.headers("trader"))
+    assert r.status_code == 503, r.text
+    detail = r.json()["detail"]
+    assert what in detail and "nothing was acknowledged" in detail
+
+
+def test_a_locked_journal_refuses_orders_with_503(client, keys):
+    from tests.service.fault_helpers import on_worker
+
+    s = client.service.session
+    sym = s.symbols[0]
+
+    def short_busy_timeout() -> None:  # the service's journal waits 0.2 s for the lock, not 5 s
+        s.journal.busy_timeout = 0.2
+        s.journal._conn.execute("PRAGMA busy_timeout = 200")
+
+    on_worker(client, short_busy_timeout)
+    locker = sqlite3.connect(s.journal.path, timeout=0.1, isolation_level=None)
+    try:
+        locker.execute("BEGIN EXCLUSIVE")  # another process holds the journal's write lock
+        refused_and_never_acknowledged(client, keys, "LOCK-1", sym, "locked by another writer")
+        reads = client.get("/api/v1/orders", headers=keys.headers("viewer"))  # WAL: readers go on
+        assert reads.status_code == 200 and "LOCK-1" not in {o["client_id"] for o in reads.json()}
+    finally:
+        locker.execute("ROLLBACK")
+        locker.close()
+    assert on_worker(client, s.journal.order, "LOCK-1") is None
+    assert "LOCK-1" not in {o.client_id for o in on_worker(client, lambda: list(s.engine.broker.queue))}
+    again = client.post("/api/v1/orders", json={"symbol": sym, "side": "buy", "shares": 100, "client_id": "LOCK-1"},
+                        headers=keys.headers("trader"))
+    assert again.status_code == 201 and again.json()["created"] is True  # the refused order was never stored
+
+
+def test_a_full_disk_refuses_orders_with_503(client, keys):
+    from tests.service.fault_helpers import on_worker
+
+    s = client.service.session
+    syms = s.symbols
+
+    def cap(pages: int | None) -> None:  # SQLite may not grow the file: SQLITE_FULL, as on a full disk
+        n = pages or s.journal._conn.execute("PRAGMA page_count").fetchone()[0]
+        s.journal._conn.execute(f"PRAGMA max_page_count = {n}")
+
+    on_worker(client, cap, None)
+    acked, refused = [], None
+    for i in range(400):  # the last pages fill up, then every write needs a new one
+        cid = f"FULL-{i:03d}"
+        body = {"symbol": syms[i % len(syms)], "side": "buy", "shares": 100, "client_id": cid, "reason": "x" * 200}
+        r = client.post("/api/v1/orders", json=body, headers=keys.headers("trader"))
+        if r.status_code == 201:
+            acked.append(cid)
+            continue
+        assert r.status_code == 503, r.text
+        assert "disk is full" in r.json()["detail"] and "nothing was acknowledged" in r.json()["detail"]
+        refused = cid
+        break
+    assert refused is not None, "the capped journal never filled up"
+    refused_and_never_acknowledged(client, keys, "FULL-nxt", syms[0], "disk is full", "x" * 200)  # still full
+    stored = {o.client_id for o in on_worker(client, s.journal.orders)}
+    assert set(acked) <= stored and refused not in stored and "FULL-nxt" not in stored
+    on_worker(client, cap, 1_073_741_823)  # space again
+    r = client.post("/api/v1/orders", json={"symbol": syms[0], "side": "buy", "shares": 100, "client_id": refused,
+                                            "reason": "x" * 200}, headers=keys.headers("trader"))
+    assert r.status_code == 201 and r.json()["created"] is True
