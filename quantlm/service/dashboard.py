@@ -16,19 +16,26 @@ Nothing here touches the journal or the engine from the request thread: the page
 from __future__ import annotations
 
 import math
+import re
 from functools import lru_cache
 from pathlib import Path as FilePath
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import jinja2
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from quantlm.live.journal import JournalError
 from quantlm.service import auth
 from quantlm.service import dashboard_data as data
+from quantlm.service import operations as ops
+from quantlm.service.schemas import CLIENT_ID_PATTERN, PauseRequest, ReasonRequest, ResumeRequest
+from quantlm.service.state import ServiceError
 
 HERE = FilePath(__file__).resolve().parent
 NAV = [("overview", "Overview"), ("positions", "Positions"), ("orders", "Orders"), ("review", "Review queue"),
@@ -37,8 +44,9 @@ ROLES = ("viewer", "trader", "reviewer", "admin")
 CAN_REVIEW = {"reviewer", "admin"}
 CAN_RISK = {"admin"}
 MESSAGES = {"approved": "Order {id} approved: it is sent with the next bar.", "rejected": "Order {id} rejected.",
-            "paused": "Trading paused: only reducing orders pass.", "resumed": "Trading resumed{id}.",
+            "paused": "Paused{id}: only orders that shrink a position pass.", "resumed": "Resumed{id}.",
             "killed": "Kill switch: trading halted, {id} open orders cancelled."}
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9._:-]{0,64}$")
 
 router = APIRouter(include_in_schema=False)
 
@@ -147,12 +155,15 @@ def _page(request: Request, name: str, page: str, title: str, user: Any, status:
 
 
 def _flash(request: Request) -> dict | None:
-    """A message after a redirect: only known message codes are shown (the id is escaped by Jinja2)."""
-    done, err = request.query_params.get("done"), request.query_params.get("error")
-    if err:
-        return {"kind": "err", "text": err[:300]}
-    if done in MESSAGES:
-        return {"kind": "ok", "text": MESSAGES[done].format(id=request.query_params.get("id", "")[:64])}
+    """The message of an action: a refusal is rendered at once (request.state.flash, never from the URL);
+    after a successful action's redirect only a known code with a plain id (order id, symbol, count)."""
+    refused = getattr(request.state, "flash", None)
+    if refused:
+        return refused
+    done, ident = request.query_params.get("done"), request.query_params.get("id", "")
+    if done in MESSAGES and _PLAIN_ID.match(ident):
+        return {"kind": "ok", "text": MESSAGES[done].format(id=f" for {ident}" if ident and done in ("paused", "resumed")
+                                                                else ident)}
     return None
 
 
@@ -165,9 +176,9 @@ def _back(request: Request, route: str, **query: str) -> RedirectResponse:
 
 # ---------------------------------------------------------------------- login
 @router.get("/login", name="dashboard_login", response_class=HTMLResponse)
-def login_form(request: Request, next: str = "/", error: str = "") -> Response:  # noqa: A002
+def login_form(request: Request, next: str = "/") -> Response:  # noqa: A002
     """The login form; it posts `name`, `key` and `next` to `auth.router`'s POST /login (rate-limited)."""
-    return templates.TemplateResponse(request, "login.html", {"error": error[:200], "next_url": _safe_next(next)})
+    return templates.TemplateResponse(request, "login.html", {"next_url": _safe_next(next)})
 
 
 def _safe_next(url: str) -> str:
@@ -286,57 +297,110 @@ def _ic(x: Any) -> str:
 
 
 # ---------------------------------------------------------------------- actions (POST, CSRF, roles)
-async def _act(fn, *args: Any) -> tuple[Any, str]:
-    """Call a LiveService method in a thread (it queues the work on its worker); (result, error)."""
-    try:
-        return await run_in_threadpool(fn, *args), ""
-    except HTTPException as e:
-        if e.status_code in (401, 403):
-            raise
-        return None, str(e.detail)
-    except (ValueError, KeyError, RuntimeError) as e:
-        return None, str(e)
-
-
 # `auth.require_role` checks the session (or an API key), the role and, for the cookie, the CSRF token of
 # the form: 401 without a session, 403 with the wrong role or a missing / wrong token; nothing runs then.
 REVIEWER = Depends(auth.require_role("reviewer"))
 ADMIN = Depends(auth.require_role("admin"))
+OrderId = Annotated[str, PathParam(pattern=CLIENT_ID_PATTERN, max_length=64)]
+
+
+async def _form(request: Request, model: type[BaseModel], fields: tuple[str, ...]) -> Any:
+    """The form's `fields` validated by the API's request model (same limits: no markup or SQL in text);
+    `_Refused` (422) with the first error."""
+    form = await request.form()
+    raw: dict[str, Any] = {}
+    for f in fields:
+        v = form.get(f)
+        if isinstance(v, str) and v.strip() != "":
+            raw[f] = v.strip() if f != "lift_halt" else v.strip().lower() in ("1", "on", "true", "yes")
+    try:
+        return model(**raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise _Refused(422, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+
+class _Refused(Exception):
+    """An action the service refused (or a form that failed validation): shown on the page, status kept."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+async def _act(request: Request, fn, *args: Any) -> Any:
+    """`fn(service, *args)` (a `quantlm.service.operations` function, as the API route calls it) on the
+    engine's worker thread; `_Refused` with the service's status and message when it is refused."""
+    service = _service(request)
+    try:
+        return await service.call(fn, service, *args)
+    except ServiceError as e:
+        raise _Refused(e.status, e.message) from None
+    except JournalError as e:
+        raise _Refused(503, f"journal unavailable, nothing was done: {e}") from None
+
+
+async def _run(request: Request, page, route: str, action, **ok: Any) -> Response:
+    """Run `action()`; on success 303 back to `route` with a done message, on refusal the page itself
+    with the error and the refusal's status (nothing changed)."""
+    try:
+        extra = await action()
+    except _Refused as e:
+        request.state.flash = {"kind": "err", "text": e.message}
+        resp = await page(request)
+        resp.status_code = e.status
+        return resp
+    return _back(request, route, **{k: str(v) for k, v in (ok | (extra or {})).items()})
 
 
 @router.post("/review/{client_id}/approve", name="dashboard_approve")
-async def approve(request: Request, client_id: str = Path(max_length=64), user: auth.Principal = REVIEWER) -> Response:
-    """Approve a held order (reviewer or admin): the service sends it with the next bar."""
-    _, err = await _act(_service(request).approve, client_id, _name(user))
-    return _back(request, "dashboard_review", **({"error": err} if err else {"done": "approved", "id": client_id}))
+async def approve(request: Request, client_id: OrderId, user: auth.Principal = REVIEWER) -> Response:
+    """Approve a held order (reviewer or admin, never the order's submitter): sent with the next bar."""
+    async def action() -> None:
+        body = await _form(request, ReasonRequest, ("reason",))
+        await _act(request, ops.review, client_id, user.name, True, body.reason)
+
+    return await _run(request, review_page, "dashboard_review", action, done="approved", id=client_id)
 
 
 @router.post("/review/{client_id}/reject", name="dashboard_reject")
-async def reject(request: Request, client_id: str = Path(max_length=64), user: auth.Principal = REVIEWER) -> Response:
+async def reject(request: Request, client_id: OrderId, user: auth.Principal = REVIEWER) -> Response:
     """Reject a held order (reviewer or admin)."""
-    _, err = await _act(_service(request).reject, client_id, _name(user))
-    return _back(request, "dashboard_review", **({"error": err} if err else {"done": "rejected", "id": client_id}))
+    async def action() -> None:
+        body = await _form(request, ReasonRequest, ("reason",))
+        await _act(request, ops.review, client_id, user.name, False, body.reason)
+
+    return await _run(request, review_page, "dashboard_review", action, done="rejected", id=client_id)
 
 
 @router.post("/risk/pause", name="dashboard_risk_pause")
 async def pause(request: Request, user: auth.Principal = ADMIN) -> Response:
-    """Pause trading (admin)."""
-    _, err = await _act(_service(request).pause, _name(user))
-    return _back(request, "dashboard_risk", **({"error": err} if err else {"done": "paused"}))
+    """Pause the market (only reducing orders pass) or one symbol (admin)."""
+    async def action() -> dict:
+        body = await _form(request, PauseRequest, ("symbol", "reason"))
+        await _act(request, ops.pause, body.symbol, user.name, body.reason)
+        return {"id": body.symbol or ""}
+
+    return await _run(request, risk_page, "dashboard_risk", action, done="paused")
 
 
 @router.post("/risk/resume", name="dashboard_risk_resume")
 async def resume(request: Request, user: auth.Principal = ADMIN) -> Response:
-    """Resume trading, or lift one symbol's pause (admin)."""
-    form = await request.form()
-    symbol = str(form.get("symbol", "")).strip()[:32] or None
-    _, err = await _act(_service(request).resume, _name(user), symbol)
-    return _back(request, "dashboard_risk",
-                 **({"error": err} if err else {"done": "resumed", "id": f" for {symbol}" if symbol else ""}))
+    """Resume the market or one symbol; after the kill switch only with lift_halt (admin)."""
+    async def action() -> dict:
+        body = await _form(request, ResumeRequest, ("symbol", "reason", "lift_halt"))
+        await _act(request, ops.resume, body.symbol, user.name, body.reason, body.lift_halt)
+        return {"id": body.symbol or ""}
+
+    return await _run(request, risk_page, "dashboard_risk", action, done="resumed")
 
 
 @router.post("/risk/kill", name="dashboard_risk_kill")
 async def kill(request: Request, user: auth.Principal = ADMIN) -> Response:
-    """The kill switch (admin): halt trading and cancel every open order."""
-    ids, err = await _act(_service(request).kill, _name(user))
-    return _back(request, "dashboard_risk", **({"error": err} if err else {"done": "killed", "id": len(ids or [])}))
+    """The kill switch (admin): halt trading and cancel every open order, held ones included."""
+    async def action() -> dict:
+        body = await _form(request, ReasonRequest, ("reason",))
+        out = await _act(request, ops.kill, user.name, body.reason)
+        return {"id": len(out.get("cancelled", []))}
+
+    return await _run(request, risk_page, "dashboard_risk", action, done="killed")
