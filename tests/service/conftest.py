@@ -13,7 +13,8 @@
   replay mode starts at REPLAY_START (nothing traded until a step). Push mode warms up from the store.
 - `client`: `make_client()` in replay mode; `push_client`: `make_client("push")`; `shared_client`: one
   replay client per test module (wrong-key limit raised); `build_client(...)` builds one by hand.
-- helpers: `order_body(...)`, `big_buy(client)` (an order worth ~1.2M: held for review).
+- helpers: `on_engine(client, fn, *args)` runs fn(service, *args) on the engine's thread (journal reads),
+  `order_body(...)`, `big_buy(client)` (an order worth ~1.2M: held for review).
 """
 
 from __future__ import annotations
@@ -131,6 +132,15 @@ def client(make_client):
 @pytest.fixture
 def push_client(make_client):
     return make_client("push")
+
+
+def on_engine(client, fn, *args):
+    """fn(service, *args) on the service's engine worker thread (the only one that may read the journal),
+    called from a test through the TestClient's event loop; returns its result."""
+    async def go():
+        return await client.service.call(fn, client.service, *args)
+
+    return client.portal.call(go)
 
 
 def order_body(symbol: str, side: str = "buy", shares: int = 100, **extra) -> dict:
