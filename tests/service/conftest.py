@@ -4,7 +4,8 @@
   random scores at `market / "scores.csv"`; `STORE_START` / `REPLAY_START` / `REPLAY_END` bound it.
 - `live_config_path` (session): a live config (YAML) replaying the signals file as the model, cash
   10,000,000, review threshold 1,000,000 (so a 1.2M order is HELD), position / share caps loose
-  enough for such an order to pass every other rule.
+  enough for such an order to pass every other rule, and participation 1.0 (an approved 1.2M order
+  fills whole at the next bar instead of a 10%-of-volume slice).
 - `keys` (session): a keys file with one key per role; `keys.path`, `keys.key[role]`, `keys.name[role]`,
   `keys.headers(role)` -> {"Authorization": "Bearer ..."}. Names: vera (viewer), tom (trader),
   rita (reviewer), ada (admin), and tara (a second trader).
@@ -47,7 +48,7 @@ def market(tmp_path_factory):
 def live_config_path(market):
     cfg = {"cash": 10_000_000.0, "history_days": 40,
            "primary": {"signals": str(market / "scores.csv"), "name": "signals"},
-           "strategy": {"topk": 3, "n_drop": 1},
+           "strategy": {"topk": 3, "n_drop": 1, "participation": 1.0},
            "risk": {"review_threshold": 1_000_000.0, "review_mode": "hold", "max_position_fraction": 0.5,
                     "max_order_shares": 1_000_000, "max_order_value": 5_000_000.0}}
     path = market / "live.yaml"
