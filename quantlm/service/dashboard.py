@@ -40,7 +40,6 @@ from quantlm.service.state import ServiceError
 HERE = FilePath(__file__).resolve().parent
 NAV = [("overview", "Overview"), ("positions", "Positions"), ("orders", "Orders"), ("review", "Review queue"),
        ("risk", "Risk"), ("models", "Models")]
-ROLES = ("viewer", "trader", "reviewer", "admin")
 CAN_REVIEW = {"reviewer", "admin"}
 CAN_RISK = {"admin"}
 MESSAGES = {"approved": "Order {id} approved: it is sent with the next bar.", "rejected": "Order {id} rejected.",
@@ -122,14 +121,6 @@ def _session_user(request: Request) -> auth.Principal | None:
     return auth.Principal(body["n"], body["r"], via="session")
 
 
-def _role(user: auth.Principal) -> str:
-    return str(user.role)
-
-
-def _name(user: auth.Principal) -> str:
-    return str(user.name)
-
-
 def _to_login(request: Request) -> RedirectResponse:
     """No valid session: a page redirects to the login form (and comes back after it)."""
     path = request.url.path + (f"?{request.url.query}" if request.url.query else "")
@@ -149,9 +140,9 @@ async def _gather(request: Request, fn) -> Any:
 def _page(request: Request, name: str, page: str, title: str, user: Any, status: dict, **ctx: Any) -> HTMLResponse:
     flash = _flash(request)
     return templates.TemplateResponse(request, name, {
-        "page": page, "title": title, "nav": NAV, "user": {"name": _name(user), "role": _role(user)},
-        "csrf": auth.csrf_token(request), "status": status, "flash": flash, "can_review": _role(user) in CAN_REVIEW,
-        "is_admin": _role(user) in CAN_RISK, **ctx})
+        "page": page, "title": title, "nav": NAV, "user": {"name": user.name, "role": user.role},
+        "csrf": auth.csrf_token(request), "status": status, "flash": flash, "can_review": user.role in CAN_REVIEW,
+        "is_admin": user.role in CAN_RISK, **ctx})
 
 
 def _flash(request: Request) -> dict | None:
