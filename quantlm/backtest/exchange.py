@@ -12,8 +12,10 @@ position may be sold as an odd lot) -> participation cap (at most `participation
 'volume') -> cash (buys never take cash below zero unless leverage > 1, 'cash') and gross exposure
 (at most leverage x equity, 'leverage'). A cut quantity gives status 'partial', nothing 'rejected'.
 
-Sizing: sells and covers carry shares; buys carry a currency value that pays for the shares and their
-costs, converted to whole lots at the fill price; shorts carry a value converted at the fill price.
+Sizing: sells and covers carry shares; a strategy's buys carry a currency value that pays for the
+shares and their costs, converted to whole lots at the fill price (a buy that carries shares, e.g. a
+manual order, asks for those shares, rounded down to the lot); shorts carry a value converted at the
+fill price.
 The participation cap uses the whole bar's volume, also for open fills (opening-auction volume is
 not in daily bars).
 """
@@ -110,7 +112,11 @@ class Exchange:
         ref = price if np.isfinite(price) else portfolio.last_price.get(symbol, np.nan)
         lot = self.lot_rule(symbol)
         step, q_min = (lot.buy_step, lot.buy_min) if side == "buy" else (lot.sell_step, lot.sell_min)
-        if side == "buy":  # the value covers the shares and their costs
+        if side == "buy" and float(order.shares) > 0:  # sized in shares (a manual order): whole steps of it
+            req = round_down(float(order.shares), step)
+            if req < q_min:
+                req = 0.0
+        elif side == "buy":  # a strategy's buy: the value covers the shares and their costs
             req = affordable_shares(float(order.value), ref, step, c.commission_rate, c.min_commission,
                                     transfer, c.slippage, c.impact_coef, sigma, volume) if np.isfinite(ref) else 0.0
             if req < q_min:

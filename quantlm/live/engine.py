@@ -270,8 +270,17 @@ class LiveEngine:
         return self._send(order.client_id, ts)
 
     def _send(self, client_id: str, ts: pd.Timestamp, actor: str = "engine") -> Order:
+        """Send to the broker. A send that times out is ambiguous (the broker may have the order): it is
+        journalled SENT then UNKNOWN and stays in flight until a broker query (`oms.reconcile`) resolves
+        it; it is never guessed."""
         order = self.oms.order(client_id)
-        self.broker.send_order(order)
+        try:
+            self.broker.send_order(order)
+        except TimeoutError as e:
+            self.oms.mark(client_id, OrderStatus.SENT, "", actor, ts)
+            self.oms.mark(client_id, OrderStatus.UNKNOWN, f"send timed out: {e}", "broker", ts)
+            self.risk.on_submitted(order, ts)
+            return self.oms.order(client_id)
         self.oms.mark(client_id, OrderStatus.SENT, "", actor, ts)
         self.risk.on_submitted(order, ts)
         return self.oms.order(client_id)
