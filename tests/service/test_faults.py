@@ -83,11 +83,6 @@ def test_a_dropped_fill_leaves_the_order_in_flight_until_reconciled(market, tmp_
     assert again.ok and not again.applied_fills and not again.transitions
 
 
-ENGINE_HOOK = ("needs quantlm/live/engine.py LiveEngine._send to catch TimeoutError from broker.send_order: "
-               "journal SENT then UNKNOWN ('send timed out'), call risk.on_submitted, return the order in flight")
-
-
-@pytest.mark.xfail(strict=True, raises=(TimeoutError, AssertionError), reason=ENGINE_HOOK)
 def test_a_send_timeout_leaves_the_order_unknown_until_the_broker_answers(market, tmp_path):
     s, clock, broker = paper_session(market, tmp_path / "out")
     a, b = s.symbols[:2]
