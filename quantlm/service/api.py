@@ -47,6 +47,11 @@ async def run(request: Request, fn, *args: Any) -> Any:
     return await svc.call(fn, svc, *args)
 
 
+async def read(request: Request, fn, *args: Any) -> Any:
+    """A read: served from the service's cache while no operation changed the state since it was made."""
+    return await service(request).read(fn, *args)
+
+
 @router.get("/health", tags=["status"], summary="Liveness (no auth)")
 async def health(request: Request) -> dict:
     svc = service(request)
@@ -55,32 +60,32 @@ async def health(request: Request) -> dict:
 
 @router.get("/status", tags=["status"], summary="Clock, mode, last bar, trading state, model in use")
 async def status(request: Request, _: Viewer) -> dict:
-    return await run(request, ops.status)
+    return await read(request, ops.status)
 
 
 @router.get("/account", tags=["portfolio"], summary="Cash, equity, exposure, P&L")
 async def account(request: Request, _: Viewer) -> dict:
-    return await run(request, ops.account)
+    return await read(request, ops.account)
 
 
 @router.get("/positions", tags=["portfolio"], summary="Positions (shares, sellable, value, weight)")
 async def positions(request: Request, _: Viewer) -> list[dict]:
-    return await run(request, ops.positions)
+    return await read(request, ops.positions)
 
 
 @router.get("/equity", tags=["portfolio"], summary="Equity per bar, with the benchmark's close")
 async def equity(request: Request, _: Viewer, limit: Limit = 2000) -> list[dict]:
-    return await run(request, ops.equity, limit)
+    return await read(request, ops.equity, limit)
 
 
 @router.get("/orders", tags=["orders"], summary="Orders, newest first (optionally one status)")
 async def orders(request: Request, _: Viewer, status: STATUSES | None = None, limit: Limit = 500) -> list[dict]:
-    return await run(request, ops.orders, status, limit)
+    return await read(request, ops.orders, status, limit)
 
 
 @router.get("/fills", tags=["orders"], summary="Fills, newest first")
 async def fills(request: Request, _: Viewer, limit: Limit = 500) -> list[dict]:
-    return await run(request, ops.fills, limit)
+    return await read(request, ops.fills, limit)
 
 
 @router.post("/orders", tags=["orders"], status_code=201, summary="Submit a manual order (through the risk manager)")
@@ -98,7 +103,7 @@ async def cancel(request: Request, client_id: OrderId, who: Trader, body: Reason
 
 @router.get("/review", tags=["review"], summary="Orders held for manual review")
 async def review_queue(request: Request, _: Viewer) -> list[dict]:
-    return await run(request, ops.held)
+    return await read(request, ops.held)
 
 
 @router.post("/review/{client_id}/approve", tags=["review"], summary="Approve a held order (it is sent)")
@@ -113,7 +118,7 @@ async def reject(request: Request, client_id: OrderId, who: Reviewer, body: Reas
 
 @router.get("/risk", tags=["risk"], summary="Trading state, pauses, risk config and recent risk events")
 async def risk(request: Request, _: Viewer) -> dict:
-    return await run(request, ops.risk_view)
+    return await read(request, ops.risk_view)
 
 
 @router.post("/risk/pause", tags=["risk"], summary="Pause a symbol, or the market (only reducing orders)")
@@ -133,7 +138,7 @@ async def kill(request: Request, who: Admin, body: ReasonRequest | None = None) 
 
 @router.get("/models", tags=["models"], summary="Active and backup model, latency and monitoring numbers")
 async def models(request: Request, _: Viewer) -> dict:
-    return await run(request, ops.models_view)
+    return await read(request, ops.models_view)
 
 
 @router.post("/models/switch", tags=["models"], summary="Serve the primary or the backup model")
@@ -143,7 +148,7 @@ async def switch(request: Request, body: SwitchRequest, who: Admin) -> dict:
 
 @router.get("/signals", tags=["models"], summary="The last decision's scores per symbol, best first")
 async def signals(request: Request, _: Viewer, limit: Limit = 500) -> dict:
-    return await run(request, ops.signals, limit)
+    return await read(request, ops.signals, limit)
 
 
 @router.post("/bars", tags=["clock"], summary="Push mode: the bars of one timestamp (a feed)")

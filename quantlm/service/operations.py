@@ -63,8 +63,8 @@ def _journal_drained(svc: LiveService, ts) -> None:
 def submit(svc: LiveService, req: dict, actor: str) -> tuple[dict, bool]:
     """A manual order through the engine's risk manager; (order, created). Idempotent by client_id:
     the same id with the same content returns the stored order; with other content, 409. Buys and
-    shorts also carry `value` = shares x (limit or last price): the paper exchange fills whole lots of
-    what that value buys after costs (so a fill may be a lot short of the shares asked)."""
+    shorts also carry `value` = shares x (limit or last price), what the risk manager judges (review
+    threshold, position); the paper exchange fills the shares asked, in whole lots."""
     from quantlm.live.oms import InvalidOrder, validate_order
 
     s = svc.session
@@ -84,8 +84,7 @@ def submit(svc: LiveService, req: dict, actor: str) -> tuple[dict, bool]:
     reason = req.get("reason") or ""
     value = 0.0
     if req["side"] in ("buy", "short"):
-        # the paper exchange sizes buys and shorts in currency (whole lots of what the value buys after
-        # costs, as in the backtest): the requested shares at the limit, else the last price
+        # the order's value for the risk rules: the requested shares at the limit, else the last price
         ref = float(limit) if limit is not None else float(s.engine.portfolio.last_price.get(req["symbol"], math.nan))
         if not (math.isfinite(ref) and ref > 0):
             raise ServiceError(409, f"no price for {req['symbol']} yet: a {req['side']} cannot be sized")

@@ -107,6 +107,8 @@ class LiveService:
         self._worker_thread: int | None = None
         self._runner: asyncio.Task | None = None
         self.listeners: list[Callable[[str, dict], None]] = []  # (event, detail) after each operation
+        self.version = 0  # bumped by every state-changing operation (`notify`)
+        self._read_cache: dict[tuple, tuple[int, Any]] = {}
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -142,8 +144,26 @@ class LiveService:
         """Whether the caller runs on the engine's worker thread (the only one that may touch the journal)."""
         return threading.get_ident() == self._worker_thread
 
+    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """`fn(self, *args)` for a read route, cached until the next operation changes the state.
+
+        Reads would otherwise queue behind orders on the single engine thread; the cache is keyed by
+        the state version (bumped by `notify`), taken BEFORE the call, so a result computed while an
+        operation ran is never reused after it."""
+        key = (getattr(fn, "__qualname__", repr(fn)), args)
+        hit = self._read_cache.get(key)
+        version = self.version
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        result = await self.call(fn, self, *args)
+        if len(self._read_cache) > 256:
+            self._read_cache.clear()
+        self._read_cache[key] = (version, result)
+        return result
+
     def notify(self, event: str, detail: dict) -> None:
         """Tell the listeners (e.g. metrics) that an operation happened (runs on the worker)."""
+        self.version += 1  # invalidates cached reads
         for fn in list(self.listeners):
             try:
                 fn(event, detail)
