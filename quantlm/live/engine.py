@@ -164,9 +164,11 @@ class LiveEngine:
             self.decide(ts, fields)
         else:
             self.scorer.update(fields.as_dict(), ts)
-        for e in self.risk.drain_events():
-            self.journal.add_risk_event(ts=ts, client_id="", symbol=e.get("symbol", ""), rule=e.get("kind", ""),
-                                        action=e.get("kind", ""), reason=e.get("detail", ""))
+        for e in self.risk.drain_events():  # pause / resume latches and state changes
+            kind, symbol = e.get("kind", ""), e.get("symbol", "")
+            rule = ("market_pause_move" if not symbol else "pause_move") if kind in ("pause", "resume") else kind
+            self.journal.add_risk_event(ts=ts, client_id="", symbol=symbol, rule=rule, action=kind,
+                                        reason=e.get("detail", ""))
         return records
 
     def _years_since(self, ts: pd.Timestamp) -> float:

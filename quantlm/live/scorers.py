@@ -77,9 +77,12 @@ class ModelScorer:
 
     def start(self, history: pd.DataFrame, symbols: list[str]) -> None:
         self.symbols = list(symbols)
-        self.inner.start(history, self.symbols)
+        need = 0 if getattr(self.inner, "is_student", True) else int(self.inner.context)
+        self.inner.start(pad_history(history, self.symbols, need) if need else history, self.symbols)
         last = history.sort_values("ts").groupby("symbol")["close"].last()
-        self.last_close = last.reindex(self.symbols).to_numpy(dtype="float64")
+        # a symbol not yet listed is fed flat bars at 1.0 until its first bar (as `pad_history`), never
+        # NaN, which would poison its incremental feature state
+        self.last_close = np.nan_to_num(last.reindex(self.symbols).to_numpy(dtype="float64"), nan=1.0)
 
     def update(self, bars: dict[str, np.ndarray], ts) -> np.ndarray:
         has = np.isfinite(bars["close"])
@@ -93,3 +96,31 @@ class ModelScorer:
         self.last_close = np.where(has, bars["close"], self.last_close)
         scores = np.asarray(self.inner.update(filled, ts), dtype="float64")
         return np.where(has, scores, np.nan)
+
+
+def pad_history(history: pd.DataFrame, symbols: list[str], bars: int) -> pd.DataFrame:
+    """History with at least `bars` bars per symbol, for models that score only full windows (traders).
+
+    A symbol with fewer bars (a new listing, a long suspension) gets flat bars before its first one
+    (open = high = low = close = its first open, volume 0) on the business days before it; a symbol
+    with no bar at all gets flat bars at 1.0 (its tokens are scale-free returns, so the level does not
+    matter until its first real bar). Its first scores are then made on mostly flat context.
+    """
+    counts = history.groupby("symbol").size().reindex(symbols, fill_value=0)
+    short = counts[counts < bars]
+    if short.empty:
+        return history
+    first_ts = pd.Timestamp(history["ts"].min()) if len(history) else pd.Timestamp("2000-01-03")
+    firsts = history.sort_values("ts").groupby("symbol").first()
+    pads = []
+    for sym, n in short.items():
+        k = bars - int(n)
+        if sym in firsts.index:
+            start, price = pd.Timestamp(firsts.loc[sym, "ts"]), float(firsts.loc[sym, "open"])
+        else:
+            start, price = first_ts, 1.0
+        ts = pd.bdate_range(end=start - pd.Timedelta(days=1), periods=k)
+        pads.append(pd.DataFrame({"symbol": sym, "ts": ts, "open": price, "high": price, "low": price,
+                                  "close": price, "volume": 0.0, "amount": 0.0}))
+    out = pd.concat([history, *pads], ignore_index=True)
+    return out.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
