@@ -126,7 +126,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--e2e-sessions", type=int, default=60)
+    # a p99 needs 100+ decisions; with 60 the first decision (which builds the whole 50-name book) is the p99
+    ap.add_argument("--e2e-sessions", type=int, default=180)
     ap.add_argument("--no-e2e", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -158,7 +159,8 @@ def main() -> None:
               f"symbol)")
         if args.no_e2e:
             return
-        print(f"\n{'end to end (score->strategy->risk->orders)':<44} {'p50 ms':>8} {'p99 ms':>8}  {'target':>8}")
+        print(f"\n{'end to end (score->strategy->risk->orders)':<44} {'p50 ms':>8} {'p99 ms':>8}  {'target':>8}"
+              "  (max: the first decision, which builds the book)")
         for backend in ("onnx", "torch"):
             try:
                 m = end_to_end(model_dir, store, backend, args.e2e_sessions, root / f"replay-{backend}")
@@ -170,7 +172,8 @@ def main() -> None:
             p50, p99 = m.get("decision_ms_p50"), m.get("decision_ms_p99")
             ok99 = p99 is not None and p99 <= TARGET_E2E_MS
             print(f"{f'{args.symbols}-stock store, {backend}, {args.e2e_sessions} sessions':<44} {p50:>8.3f} {p99:>8.3f}  "
-                  f"{TARGET_E2E_MS:>8.1f}  {'met' if ok99 else 'NOT met'}  ({m.get('n_orders', 0):.0f} orders)")
+                  f"{TARGET_E2E_MS:>8.1f}  {'met' if ok99 else 'NOT met'}  ({m.get('n_orders', 0):.0f} orders, "
+                  f"max {m.get('decision_ms_max') or float('nan'):.2f} ms)")
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
 
 

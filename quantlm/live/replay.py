@@ -248,6 +248,7 @@ def write_outputs(s: Session) -> dict:
     metrics.update({
         "decision_ms_p50": float(np.percentile(hist, 50)) if len(hist) else float("nan"),
         "decision_ms_p99": float(np.percentile(hist, 99)) if len(hist) else float("nan"),
+        "decision_ms_max": float(hist.max()) if len(hist) else float("nan"),
         "n_orders": float(len(s.journal.orders())),
         "n_fills": float(len(fills)),
         "final_equity": float(equity["equity"].iloc[-1]) if len(equity) else float("nan"),
