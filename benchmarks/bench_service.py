@@ -116,10 +116,11 @@ def add_key(keys: Path, name: str, role: str) -> str:
     return tokens[-1]
 
 
-def start_server(folder: Path, config: Path, keys: Path, port: int) -> subprocess.Popen:
+def start_server(folder: Path, config: Path, keys: Path, port: int, staleness_ms: float = 0.0) -> subprocess.Popen:
     """`quantlm serve` on 127.0.0.1:port (its log in folder/serve.log)."""
     cmd = [sys.executable, "-m", "quantlm.cli", "serve", "--config", str(config), "--store", str(folder / "store"),
-           "--keys", str(keys), "--out", str(folder / "out"), "--host", HOST, "--port", str(port)]
+           "--keys", str(keys), "--out", str(folder / "out"), "--host", HOST, "--port", str(port),
+           "--read-staleness-ms", str(staleness_ms)]
     log = open(folder / "serve.log", "w")  # noqa: SIM115 - closed with the process
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
@@ -360,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="httpx.AsyncClient, or a minimal asyncio HTTP/1.1 client (less client CPU, small machines)")
     ap.add_argument("--symbols", type=int, default=60, help="symbols in the synthetic store")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (store, journal, serve.log)")
+    ap.add_argument("--read-staleness-ms", type=float, default=0.0,
+                    help="quantlm serve --read-staleness-ms: reads may lag OTHER users' changes by this much "
+                         "(0 = every read current); the order-submitting user always reads its own writes")
     args = ap.parse_args(argv)
     args.load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
     folder = Path(tempfile.mkdtemp(prefix="quantlm-bench-service-"))
@@ -367,7 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config, keys, key, symbols = make_setup(folder, args.symbols)
         port = free_port()
-        proc = start_server(folder, config, keys, port)
+        proc = start_server(folder, config, keys, port, args.read_staleness_ms)
+        print(f"reads may lag other users' changes by up to {args.read_staleness_ms:g} ms (--read-staleness-ms)")
         print(f"quantlm serve on {HOST}:{port} (pid {proc.pid}), folder {folder}")
         out = asyncio.run(bench(args, f"http://{HOST}:{port}", key, symbols, proc, folder / "serve.log"))
         (folder / "bench.json").write_text(json.dumps({k: v if isinstance(v, int) else v.__dict__ | {"latency": None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -75,6 +76,9 @@ def register(app: typer.Typer) -> None:
                                                       "(SFT teacher) from this `quantlm run` folder.")] = None,
         metrics_public: Annotated[bool, typer.Option("--metrics-public", help="Serve /metrics to non-local "
                                                      "clients too.")] = False,
+        read_staleness_ms: Annotated[float, typer.Option("--read-staleness-ms", min=0.0, help="Reads may lag other "
+                                                         "users' changes by up to this many ms (0: always current; "
+                                                         "a user always sees their own changes).")] = 0.0,
     ) -> None:
         """Run the live engine and its API (+ dashboard, /metrics) in one process. Secrets: API keys live
         in --keys (hashed); the session-cookie secret comes from $QUANTLM_SECRET (else random per start)."""
@@ -102,10 +106,14 @@ def register(app: typer.Typer) -> None:
         from quantlm.service.app import create_app
         from quantlm.service.state import LiveService
 
-        svc = LiveService(cfg, st, out, mode=mode, start=start, end=end, speed=speed)
+        svc = LiveService(cfg, st, out, mode=mode, start=start, end=end, speed=speed,
+                          read_staleness_ms=read_staleness_ms)
         app = create_app(svc, ks, metrics_public=metrics_public)
         if host not in ("127.0.0.1", "localhost", "::1"):
             console.print(f"warning: binding {host}: the API is reachable from other machines", soft_wrap=True)
         console.print(f"quantlm serve: {mode} mode, http://{host}:{port}/docs (API), http://{host}:{port}/ "
                       "(dashboard)", soft_wrap=True)
+        # the event loop and the engine's worker thread share the GIL: hand it over every 0.5 ms instead of
+        # the default 5 ms, so requests do not wait behind an order's Python work for a whole slice
+        sys.setswitchinterval(0.0005)
         uvicorn.run(app, host=host, port=port, log_level="info", access_log=True, server_header=False)

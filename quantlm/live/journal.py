@@ -333,14 +333,19 @@ class Journal:
         rows = self._query(f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders WHERE client_id = ?", (client_id,))
         return _to_order(rows[0]) if rows else None
 
-    def orders(self, status: str | OrderStatus | Iterable[str | OrderStatus] | None = None) -> list[Order]:
-        """Stored orders (all, or those in `status`), in insertion order."""
+    def orders(self, status: str | OrderStatus | Iterable[str | OrderStatus] | None = None,
+               last: int | None = None) -> list[Order]:
+        """Stored orders (all, or those in `status`), in insertion order; only the `last` n when given."""
         sql = f"SELECT {', '.join(ORDER_COLUMNS)} FROM orders"
-        args: list[str] = []
+        args: list = []
         if status is not None:
             args = [OrderStatus(status).value] if isinstance(status, str) else [OrderStatus(s).value for s in status]
             sql += f" WHERE status IN ({', '.join('?' * len(args))})"
-        return [_to_order(r) for r in self._query(sql + " ORDER BY rowid", args)]
+        if last is not None:
+            rows = self._query(sql + " ORDER BY rowid DESC LIMIT ?", [*args, int(last)])[::-1]
+        else:
+            rows = self._query(sql + " ORDER BY rowid", args)
+        return [_to_order(r) for r in rows]
 
     def open_orders(self) -> list[Order]:
         """Orders in a non-terminal state."""

@@ -8,7 +8,7 @@ fractions are fractions (0.05 = 5%), never percent.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -153,7 +153,8 @@ class ActiveOrder:
                 and self.value == order.value and lp_same)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # a plain field copy: dataclasses.asdict deep-copies and ran on every journalled risk state
+        d = {f: getattr(self, f) for f in _ACTIVE_FIELDS}
         for k in ("limit_price", "ref_price"):  # JSON has no NaN
             d[k] = None if math.isnan(d[k]) else d[k]
         return d
@@ -243,3 +244,6 @@ class RiskConfig(BaseModel):
         if self.resume_move is None:
             return pause_at / 2
         return self.resume_move
+
+
+_ACTIVE_FIELDS = tuple(f.name for f in fields(ActiveOrder))

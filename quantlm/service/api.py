@@ -47,9 +47,9 @@ async def run(request: Request, fn, *args: Any) -> Any:
     return await svc.call(fn, svc, *args)
 
 
-async def read(request: Request, fn, *args: Any) -> Any:
-    """A read: served from the service's cache while no operation changed the state since it was made."""
-    return await service(request).read(fn, *args)
+async def read(request: Request, who, fn, *args: Any) -> Any:
+    """A read through the service's cache (see `LiveService.read`), as `who` (for read-your-writes)."""
+    return await service(request).read(fn, *args, reader=getattr(who, "name", ""))
 
 
 @router.get("/health", tags=["status"], summary="Liveness (no auth)")
@@ -59,33 +59,33 @@ async def health(request: Request) -> dict:
 
 
 @router.get("/status", tags=["status"], summary="Clock, mode, last bar, trading state, model in use")
-async def status(request: Request, _: Viewer) -> dict:
-    return await read(request, ops.status)
+async def status(request: Request, who: Viewer) -> dict:
+    return await read(request, who, ops.status)
 
 
 @router.get("/account", tags=["portfolio"], summary="Cash, equity, exposure, P&L")
-async def account(request: Request, _: Viewer) -> dict:
-    return await read(request, ops.account)
+async def account(request: Request, who: Viewer) -> dict:
+    return await read(request, who, ops.account)
 
 
 @router.get("/positions", tags=["portfolio"], summary="Positions (shares, sellable, value, weight)")
-async def positions(request: Request, _: Viewer) -> list[dict]:
-    return await read(request, ops.positions)
+async def positions(request: Request, who: Viewer) -> list[dict]:
+    return await read(request, who, ops.positions)
 
 
 @router.get("/equity", tags=["portfolio"], summary="Equity per bar, with the benchmark's close")
-async def equity(request: Request, _: Viewer, limit: Limit = 2000) -> list[dict]:
-    return await read(request, ops.equity, limit)
+async def equity(request: Request, who: Viewer, limit: Limit = 2000) -> list[dict]:
+    return await read(request, who, ops.equity, limit)
 
 
 @router.get("/orders", tags=["orders"], summary="Orders, newest first (optionally one status)")
-async def orders(request: Request, _: Viewer, status: STATUSES | None = None, limit: Limit = 500) -> list[dict]:
-    return await read(request, ops.orders, status, limit)
+async def orders(request: Request, who: Viewer, status: STATUSES | None = None, limit: Limit = 500) -> list[dict]:
+    return await read(request, who, ops.orders, status, limit)
 
 
 @router.get("/fills", tags=["orders"], summary="Fills, newest first")
-async def fills(request: Request, _: Viewer, limit: Limit = 500) -> list[dict]:
-    return await read(request, ops.fills, limit)
+async def fills(request: Request, who: Viewer, limit: Limit = 500) -> list[dict]:
+    return await read(request, who, ops.fills, limit)
 
 
 @router.post("/orders", tags=["orders"], status_code=201, summary="Submit a manual order (through the risk manager)")
@@ -102,8 +102,8 @@ async def cancel(request: Request, client_id: OrderId, who: Trader, body: Reason
 
 
 @router.get("/review", tags=["review"], summary="Orders held for manual review")
-async def review_queue(request: Request, _: Viewer) -> list[dict]:
-    return await read(request, ops.held)
+async def review_queue(request: Request, who: Viewer) -> list[dict]:
+    return await read(request, who, ops.held)
 
 
 @router.post("/review/{client_id}/approve", tags=["review"], summary="Approve a held order (it is sent)")
@@ -117,8 +117,8 @@ async def reject(request: Request, client_id: OrderId, who: Reviewer, body: Reas
 
 
 @router.get("/risk", tags=["risk"], summary="Trading state, pauses, risk config and recent risk events")
-async def risk(request: Request, _: Viewer) -> dict:
-    return await read(request, ops.risk_view)
+async def risk(request: Request, who: Viewer) -> dict:
+    return await read(request, who, ops.risk_view)
 
 
 @router.post("/risk/pause", tags=["risk"], summary="Pause a symbol, or the market (only reducing orders)")
@@ -137,8 +137,8 @@ async def kill(request: Request, who: Admin, body: ReasonRequest | None = None) 
 
 
 @router.get("/models", tags=["models"], summary="Active and backup model, latency and monitoring numbers")
-async def models(request: Request, _: Viewer) -> dict:
-    return await read(request, ops.models_view)
+async def models(request: Request, who: Viewer) -> dict:
+    return await read(request, who, ops.models_view)
 
 
 @router.post("/models/switch", tags=["models"], summary="Serve the primary or the backup model")
@@ -147,8 +147,8 @@ async def switch(request: Request, body: SwitchRequest, who: Admin) -> dict:
 
 
 @router.get("/signals", tags=["models"], summary="The last decision's scores per symbol, best first")
-async def signals(request: Request, _: Viewer, limit: Limit = 500) -> dict:
-    return await read(request, ops.signals, limit)
+async def signals(request: Request, who: Viewer, limit: Limit = 500) -> dict:
+    return await read(request, who, ops.signals, limit)
 
 
 @router.post("/bars", tags=["clock"], summary="Push mode: the bars of one timestamp (a feed)")

@@ -327,8 +327,8 @@ def positions(svc: LiveService) -> list[dict]:
 
 
 def orders(svc: LiveService, status_filter: str | None, limit: int) -> list[dict]:
-    rows = svc.session.journal.orders(status_filter)
-    return [order_dict(o) for o in rows[-limit:]][::-1]
+    rows = svc.session.journal.orders(status_filter, last=limit)
+    return [order_dict(o) for o in rows][::-1]
 
 
 def held(svc: LiveService) -> list[dict]:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -89,7 +90,7 @@ class LiveService:
     """One live session behind the API (see the module docstring). Build it, then `await start()`."""
 
     def __init__(self, cfg, store, out: str | Path, mode: str = "replay", start=None, end=None,
-                 speed: float = 0.0, scorer=None) -> None:
+                 speed: float = 0.0, scorer=None, read_staleness_ms: float = 0.0) -> None:
         if mode not in ("replay", "push"):
             raise ValueError(f"mode {mode!r} is not replay or push")
         self.cfg, self.store, self.out = cfg, store, Path(out)
@@ -108,7 +109,11 @@ class LiveService:
         self._runner: asyncio.Task | None = None
         self.listeners: list[Callable[[str, dict], None]] = []  # (event, detail) after each operation
         self.version = 0  # bumped by every state-changing operation (`notify`)
-        self._read_cache: dict[tuple, tuple[int, Any]] = {}
+        self._read_cache: dict[tuple, tuple[float, int, Any]] = {}
+        # reads may lag other users' changes by at most this long (0 = always current); a user's own
+        # changes are always visible to that user's next read (read-your-writes)
+        self.read_staleness_s = max(float(read_staleness_ms), 0.0) / 1e3
+        self._last_write: dict[str, int] = {}
 
     # -- life cycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -144,26 +149,34 @@ class LiveService:
         """Whether the caller runs on the engine's worker thread (the only one that may touch the journal)."""
         return threading.get_ident() == self._worker_thread
 
-    async def read(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """`fn(self, *args)` for a read route, cached until the next operation changes the state.
+    async def read(self, fn: Callable[..., Any], *args: Any, reader: str = "") -> Any:
+        """`fn(self, *args)` for a read route, cached until the state changes.
 
-        Reads would otherwise queue behind orders on the single engine thread; the cache is keyed by
-        the state version (bumped by `notify`), taken BEFORE the call, so a result computed while an
-        operation ran is never reused after it."""
+        Reads would otherwise queue behind orders on the single engine thread. A cached result is
+        reused while no operation changed the state since it was computed (the version is taken BEFORE
+        the call, so a result computed while an operation ran is never reused after it), or, with
+        `read_staleness_s` > 0, while it is younger than that and `reader` (the caller's name) has not
+        changed anything since (read-your-writes)."""
         key = (getattr(fn, "__qualname__", repr(fn)), args)
         hit = self._read_cache.get(key)
-        version = self.version
-        if hit is not None and hit[0] == version:
-            return hit[1]
+        version, now = self.version, time.monotonic()
+        if hit is not None:
+            made_at, made, result = hit
+            if made == version or (now - made_at < self.read_staleness_s
+                                   and made >= self._last_write.get(reader, -1)):
+                return result
         result = await self.call(fn, self, *args)
         if len(self._read_cache) > 256:
             self._read_cache.clear()
-        self._read_cache[key] = (version, result)
+        self._read_cache[key] = (now, version, result)
         return result
 
     def notify(self, event: str, detail: dict) -> None:
         """Tell the listeners (e.g. metrics) that an operation happened (runs on the worker)."""
         self.version += 1  # invalidates cached reads
+        actor = str(detail.get("actor", "")) if isinstance(detail, dict) else ""
+        if actor:
+            self._last_write[actor] = self.version
         for fn in list(self.listeners):
             try:
                 fn(event, detail)
