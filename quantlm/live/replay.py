@@ -79,6 +79,7 @@ class Session:
         saved = self.journal.get_state("risk")
         if saved:
             self.risk.load_state_dict(saved)
+        self._reregister_open_orders()
         self.monitor = LiveMonitor(window_sessions=cfg.monitor.window_sessions)
         self.scorer = scorer if scorer is not None else build_scorer(cfg, self.monitor, self._model_event)
         self.bt = backtest_config(cfg, self.market)
@@ -89,6 +90,15 @@ class Session:
                                  instruments=_or_none(store.instruments()), flags=_or_none(store.flags()),
                                  first_bar=self._first_bars(), benchmark=self.benchmark, monitor=self.monitor,
                                  review_mode=getattr(risk_cfg, "review_mode", "hold"))
+
+    def _reregister_open_orders(self) -> None:
+        """Orders at the broker that the saved risk state does not list (submitted after its last save)
+        count toward the risk manager's active-order and exposure limits again."""
+        from quantlm.live.types import OrderStatus
+
+        for o in self.oms.open_orders():
+            if o.status in (OrderStatus.SENT, OrderStatus.PARTIAL, OrderStatus.UNKNOWN) and o.client_id not in self.risk.active:
+                self.risk.on_submitted(o, pd.Timestamp(o.created) if o.created is not None else pd.Timestamp.now())
 
     def process_bar(self, ts: pd.Timestamp, bars: pd.DataFrame, day_end: bool = True, crash: bool = False) -> list[dict]:
         """One bar through the engine as ONE journal transaction that ends with the portfolio snapshot,

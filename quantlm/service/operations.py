@@ -98,8 +98,10 @@ def submit(svc: LiveService, req: dict, actor: str) -> tuple[dict, bool]:
         raise ServiceError(422, str(e)) from None
     try:
         with s.journal.batch():
+            # the order and its states are journalled here; the risk manager's state is journalled at
+            # each bar and admin action (a restart re-registers the journal's open orders with it), so
+            # a submit does not rewrite the whole active-order list
             out = s.engine.submit(order, ts)
-            s.journal.set_state("risk", s.risk.state_dict())
     except JournalError:
         _undo_submit(svc, order)
         raise

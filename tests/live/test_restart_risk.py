@@ -1,0 +1,34 @@
+"""After a restart, orders still open at the broker count toward the risk limits again, even when the
+risk manager's state was last saved before they were submitted."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from quantlm.data.store import Store
+from quantlm.live.config import LiveConfig
+from quantlm.live.replay import Session, run_replay
+from quantlm.live.types import Order
+
+
+def test_open_orders_are_reregistered_with_the_risk_manager(tmp_path):
+    from quantlm.data.synth import SynthConfig, write_market
+
+    store = Store(tmp_path / "store")
+    write_market(store, SynthConfig(n_symbols=12, start="2022-01-04", end="2022-06-30"))
+    bars = store.bars()
+    scores = bars[["symbol", "ts"]].assign(score=0.0)
+    scores.to_csv(tmp_path / "scores.csv", index=False)
+    cfg = LiveConfig(history_days=30, primary={"signals": str(tmp_path / "scores.csv")},
+                     risk={"review_threshold": None, "max_position_fraction": None})
+    run_replay(cfg, store, "2022-03-01", "2022-03-10", tmp_path / "s")
+    s = Session(cfg, store, tmp_path / "s")
+    s.engine.restore(s.journal.get_state("portfolio"))  # last prices, as a resumed session has them
+    sym = s.symbols[0]
+    ts = pd.Timestamp("2022-03-10")
+    with s.journal.batch():  # a manual order, journalled without saving the risk state (as the service does)
+        o = s.engine.submit(Order(client_id=s.journal.next_client_id("M"), symbol=sym, side="buy", shares=100,
+                                  value=1_000.0, created=ts, reason="manual"), ts)
+    assert o.client_id in s.risk.active, s.journal.events(o.client_id)["reason"].tolist()
+    again = Session(cfg, store, tmp_path / "s")
+    assert o.client_id in again.risk.active
