@@ -30,17 +30,15 @@ def register(app: typer.Typer) -> None:
                                                       "backup (SFT teacher) models from this `quantlm run` folder.")] = None,
     ) -> None:
         """A paper session over stored bars on a simulated clock; re-run with the same --out to resume."""
-        from quantlm.live.config import ModelSection, load_live_config
-        from quantlm.live.replay import models_from_run, run_replay
+        from quantlm.live.config import load_live_config
+        from quantlm.live.replay import run_replay, use_run_models
 
         st = store_from(store)
         if not st.exists():
             fail(f"no quantlm store at {st.root} (create one with 'quantlm data import' or 'quantlm data synth')")
         cfg = load_live_config(config)
         if from_run is not None:
-            student, teacher = models_from_run(from_run)
-            cfg.primary = ModelSection(path=str(student), backend=cfg.primary.backend, name="student")
-            cfg.backup = ModelSection(path=str(teacher), backend="torch", name="teacher") if teacher else None
+            cfg = use_run_models(cfg, from_run)
         result = run_replay(cfg, st, start, end, out)
         m = result["metrics"]
         console.print(f"live replay {start}..{end}: {int(m.get('n_orders') or 0)} orders, {int(m.get('n_fills') or 0)} "

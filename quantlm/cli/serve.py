@@ -82,8 +82,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the live engine and its API (+ dashboard, /metrics) in one process. Secrets: API keys live
         in --keys (hashed); the session-cookie secret comes from $QUANTLM_SECRET (else random per start)."""
-        from quantlm.live.config import ModelSection, load_live_config
-        from quantlm.live.replay import models_from_run
+        from quantlm.live.config import load_live_config
+        from quantlm.live.replay import use_run_models
         from quantlm.service.auth import KeyStore
 
         if mode not in ("replay", "push"):
@@ -98,9 +98,7 @@ def register(app: typer.Typer) -> None:
             fail(f"no quantlm store at {st.root} (create one with 'quantlm data import' or 'quantlm data synth')")
         cfg = load_live_config(config)
         if from_run is not None:
-            student, teacher = models_from_run(from_run)
-            cfg.primary = ModelSection(path=str(student), backend=cfg.primary.backend, name="student")
-            cfg.backup = ModelSection(path=str(teacher), backend="torch", name="teacher") if teacher else None
+            cfg = use_run_models(cfg, from_run)
         import uvicorn
 
         from quantlm.service.app import create_app

@@ -150,6 +150,17 @@ def models_from_run(run_dir: str | Path) -> tuple[Path, Path | None]:
     return student, (teacher if teacher != student else None)
 
 
+def use_run_models(cfg: LiveConfig, run_dir: str | Path) -> LiveConfig:
+    """`cfg` with the primary (the distilled student, the configured backend) and the backup (the SFT
+    teacher, torch) taken from a `quantlm run` folder (`--from-run`)."""
+    from quantlm.live.config import ModelSection
+
+    student, teacher = models_from_run(run_dir)
+    cfg.primary = ModelSection(path=str(student), backend=cfg.primary.backend, name="student")
+    cfg.backup = ModelSection(path=str(teacher), backend="torch", name="teacher") if teacher else None
+    return cfg
+
+
 def _or_none(df: pd.DataFrame) -> pd.DataFrame | None:
     return df if len(df) else None
 
