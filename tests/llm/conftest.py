@@ -1,0 +1,19 @@
+"""Tiny local model folders shared by the LLM tests (built once per session)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen(tmp_path_factory):
+    from quantlm.llm.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "qwen2", family="qwen2")
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tmp_path_factory):
+    from quantlm.llm.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "llama", family="llama")
