@@ -19,6 +19,7 @@ from quantlm.cli import evaluate as _evaluate
 from quantlm.cli import finetune as _finetune
 from quantlm.cli import live as _live
 from quantlm.cli import model as _model
+from quantlm.cli import plan as _plan
 from quantlm.cli import run as _run
 from quantlm.cli import serve as _serve
 
@@ -44,3 +45,4 @@ _run.register(app)
 _finetune.register(app)
 _live.register(app)
 _serve.register(app)
+_plan.register(app)
