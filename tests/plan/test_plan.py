@@ -11,7 +11,7 @@ from quantlm.cli import app
 from quantlm.plan import SIZES, PlanConfig, plan_memory, resolve_arch, throughput
 from quantlm.plan.arch import Arch
 from quantlm.plan.choose import choose, parse_ms, read_accuracy
-from quantlm.plan.memory import GB, kv_cache_bytes, lora_params
+from quantlm.plan.memory import kv_cache_bytes, lora_params
 from quantlm.plan.validate import TINY_CASES, TOLERANCE, measure_case, tiny_model
 
 
