@@ -18,6 +18,7 @@ from quantlm.cli import demo as _demo
 from quantlm.cli import evaluate as _evaluate
 from quantlm.cli import finetune as _finetune
 from quantlm.cli import live as _live
+from quantlm.cli import llm as _llm
 from quantlm.cli import model as _model
 from quantlm.cli import plan as _plan
 from quantlm.cli import run as _run
@@ -44,5 +45,6 @@ _demo.register(app)
 _run.register(app)
 _finetune.register(app)
 _live.register(app)
+_llm.register(app)
 _serve.register(app)
 _plan.register(app)

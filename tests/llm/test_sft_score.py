@@ -59,13 +59,13 @@ def test_adapter_saved_and_reloaded_gives_identical_scores(tiny_qwen, synth_stor
     from quantlm.llm.score import score_store
     from quantlm.llm.sft import SFTSettings, run_sft
 
-    info = run_sft(tiny_qwen, synth_store, "2020-06-30", tmp_path / "run", SFTSettings(steps=3, batch_size=4),
-                   CFG, start="2020-06-01", merge=True)
+    info = run_sft(tiny_qwen, synth_store, "2020-06-30", tmp_path / "run", SFTSettings(steps=2, batch_size=4),
+                   CFG, start="2020-06-22", merge=True)
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").exists() and info["examples"] > 0
-    a = score_store(tmp_path / "run", synth_store, start="2020-07-01", end="2020-07-03", batch_size=5)
-    b = score_store(tmp_path / "run" / "adapter", synth_store, start="2020-07-01", end="2020-07-03", base=tiny_qwen,
+    a = score_store(tmp_path / "run", synth_store, start="2020-07-01", end="2020-07-01", batch_size=5)
+    b = score_store(tmp_path / "run" / "adapter", synth_store, start="2020-07-01", end="2020-07-01", base=tiny_qwen,
                     batch_size=3)
-    m = score_store(tmp_path / "run" / "merged", synth_store, start="2020-07-01", end="2020-07-03", batch_size=5)
+    m = score_store(tmp_path / "run" / "merged", synth_store, start="2020-07-01", end="2020-07-01", batch_size=5)
     assert len(a) > 0 and list(a.columns) == ["symbol", "ts", "score"]
     np.testing.assert_allclose(a["score"], b["score"], rtol=0, atol=1e-5)
     np.testing.assert_allclose(a["score"], m["score"], rtol=0, atol=1e-4)
