@@ -4,8 +4,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from quantlm.llm.serialize import (ANSWERS, PromptConfig, _visible_texts, bar_lines, build_prompt,
-                                   examples_from_frames, store_examples, tokens_per_bar)
+from quantlm.llm.serialize import (
+    ANSWERS,
+    PromptConfig,
+    _visible_texts,
+    bar_lines,
+    build_prompt,
+    examples_from_frames,
+    store_examples,
+    tokens_per_bar,
+)
 
 
 @pytest.fixture(scope="module")
