@@ -30,7 +30,7 @@ def plan_cmd(
     checkpointing: Annotated[bool, typer.Option("--checkpointing", help="Gradient checkpointing (per block).")] = False,
     precision: Annotated[str, typer.Option("--precision", help="fp32 | bf16 | fp16.")] = "bf16",
     gpus: Annotated[int, typer.Option("--gpus", min=1, help="Number of GPUs.")] = 1,
-    gpu_mem: Annotated[float | None, typer.Option("--gpu-mem", help="GB per GPU (default: the GPU type's).")] = None,
+    gpu_mem: Annotated[float | None, typer.Option("--gpu-mem", help="Memory per GPU in GiB (2^30 bytes; default: the GPU type's).")] = None,
     gpu: Annotated[str, typer.Option("--gpu", help="a100 | h100 | h200 | l4 | cpu (cpu: measured here).")] = "a100",
     zero: Annotated[int, typer.Option("--zero", min=0, max=3, help="ZeRO stage 0-3.")] = 0,
     fsdp: Annotated[bool, typer.Option("--fsdp", help="FSDP full shard (as ZeRO 3).")] = False,

@@ -340,6 +340,23 @@ class LiveEngine:
         self.day_start_equity = float(snap.get("day_start_equity", pf.equity()))
         self.traded_today = float(snap.get("traded_today", 0.0))
 
+    def reconcile(self, ts: pd.Timestamp | None = None):
+        """Query the broker and reconcile the journal with it (`OrderManager.reconcile`); fills and final
+        states it resolves reach the risk manager too (active orders, exposure). Returns the report."""
+        fills = list(self.broker.query_fills())
+        report = self.oms.reconcile(self.broker.query_orders(), fills, ts)
+        by_id = {f.fill_id: f for f in fills}
+        for fid in report.applied_fills:
+            f = by_id.get(fid)
+            order = self.oms.order(f.client_id) if f is not None else None
+            if order is not None:
+                self.risk.on_fill(order, f.shares, f.price, ts or self.last_ts)
+        for cid, _, to in report.transitions:
+            order = self.oms.order(cid)
+            if order is not None and OrderStatus(to).terminal:
+                self.risk.on_order_done(order)
+        return report
+
     def requeue_open_orders(self) -> None:
         """After a restart: orders SENT to the paper broker and not yet executed go back in its queue."""
         if not isinstance(self.broker, PaperBroker):

@@ -245,7 +245,7 @@ def _recover(s: Session) -> None:
     if snap:
         s.engine.restore(snap)
     s.engine.requeue_open_orders()
-    report = s.oms.reconcile(s.engine.broker.query_orders(), s.engine.broker.query_fills())
+    report = s.engine.reconcile()
     mismatches = getattr(report, "mismatches", [])
     if mismatches:
         from quantlm.live.oms import ReconcileError

@@ -110,6 +110,9 @@ def create_app(service: LiveService, keys: KeyStore | str | Path, secret: bytes 
     app.state.service = service
     app.state.auth = Auth(store, secret=secret, login_limit=login_limit, key_fail_limit=key_fail_limit)
     app.state.metrics_public = metrics_public
+    from quantlm.service import metrics as _metrics
+
+    _metrics.attach(service)  # the decision latency histogram is fed after every operation, not only at scrapes
     app.add_middleware(BodyLimit, limit=max_body)
 
     @app.exception_handler(ServiceError)
