@@ -40,33 +40,6 @@ S_CASH, S_N_ORDERS = range(2)
 
 
 @njit(cache=True)
-def rolling_std(x, window, min_periods):
-    """Sample standard deviation over the last `window` rows of each column, skipping NaN."""
-    n_t, n = x.shape
-    out = np.full((n_t, n), np.nan)
-    for j in range(n):
-        s = 0.0
-        ss = 0.0
-        k = 0
-        for t in range(n_t):
-            v = x[t, j]
-            if v == v:
-                s += v
-                ss += v * v
-                k += 1
-            if t >= window:
-                old = x[t - window, j]
-                if old == old:
-                    s -= old
-                    ss -= old * old
-                    k -= 1
-            if k >= min_periods and k > 1:
-                mean = s / k
-                out[t, j] = math.sqrt(max((ss - k * mean * mean) / (k - 1), 0.0))
-    return out
-
-
-@njit(cache=True)
 def _neg_key(x):
     return -x if x == x else math.inf
 

@@ -26,12 +26,6 @@ class Strategy(Protocol):
     def targets(self, scores: pd.Series, portfolio: Portfolio) -> pd.Series: ...
 
 
-def _rank(scores: pd.Series) -> pd.Series:
-    """Scores sorted best first; NaN last; ties keep symbol order."""
-    key = scores.astype("float64").fillna(-np.inf)
-    return key.sort_index(kind="stable").sort_values(ascending=False, kind="stable")
-
-
 @dataclass
 class TopkDropout:
     """Qlib's TopkDropoutStrategy: hold `topk` names; each day sell up to `n_drop` held names ranked
@@ -54,7 +48,7 @@ class TopkDropout:
         if extra:
             names += extra
             values = np.r_[values, np.full(len(extra), np.nan)]
-        # best first, NaN last, ties in symbol order (as `_rank`), with numpy instead of two pandas sorts
+        # best first, NaN last, ties in symbol order (the kernel's order), with numpy argsorts
         by_name = np.argsort(np.asarray(names, dtype=object), kind="stable")
         key = np.where(np.isfinite(values), -values, np.inf)[by_name]
         order = by_name[np.argsort(key, kind="stable")]

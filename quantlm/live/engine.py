@@ -30,7 +30,7 @@ import pandas as pd
 
 from quantlm.backtest.engine import BacktestConfig
 from quantlm.backtest.exchange import Exchange, LotRule
-from quantlm.backtest.kernel import CA_MODES, _scaled_quantity, corporate_action_split
+from quantlm.backtest.kernel import CA_MODES, corporate_action_split
 from quantlm.backtest.portfolio import Portfolio
 from quantlm.backtest.rules import lot_arrays, symbol_boards
 from quantlm.backtest.strategies import TargetWeights, Threshold, TopkDropout, orders_from_targets
@@ -367,10 +367,3 @@ class LiveEngine:
             if o.status == OrderStatus.UNKNOWN:
                 self.oms.mark(o.client_id, OrderStatus.SENT, "reconciled with the paper broker", "engine", self.last_ts)
 
-
-def scale_pending(orders: list[Order], symbol: str, ratio: float, mode: int, whole: bool) -> None:
-    """Scale queued share orders of `symbol` by a corporate action (used by gateways without their own book)."""
-    share, _ = corporate_action_split(ratio, mode)
-    for o in orders:
-        if o.symbol == symbol and o.side in ("sell", "cover"):
-            o.shares = _scaled_quantity(o.shares, share, whole)

@@ -106,9 +106,6 @@ class PaperBroker:
                 self.fills.append(fill_from_record(rec))
             else:
                 status = OrderStatus.REJECTED
-            # a day order: what is not filled on its bar is cancelled (as in the backtest)
-            if status == OrderStatus.PARTIAL:
-                status = OrderStatus.PARTIAL
             self.status[order.client_id] = (status, filled)
             out.append(rec)
         self.queue = []

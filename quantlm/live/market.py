@@ -15,7 +15,7 @@ import pandas as pd
 
 from quantlm.backtest import bar_state as B
 from quantlm.backtest import rules as R
-from quantlm.backtest.prepare import NS_PER_DAY, _ns
+from quantlm.backtest.prepare import _ns
 
 FIELDS = ("open", "high", "low", "close", "volume", "amount", "adj_factor")
 
@@ -96,8 +96,3 @@ class BarFeed:
         return BarFields(pd.Timestamp(ts), has, dense["open"], close, vol, dense["amount"], dense["adj_factor"],
                          dense["high"], dense["low"], fill, up, down, sigma, ca, prev_ref)
 
-
-def day_of(ts: pd.Timestamp) -> int:
-    """The date of a timestamp as ns at midnight."""
-    v = pd.Timestamp(ts).value
-    return v - v % NS_PER_DAY
