@@ -41,7 +41,7 @@ def load_model(model_dir, base=None, device: str = "cpu"):
     else:
         model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(d)
-    if tok.pad_token_id is None:
+    if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     return tok, model.to(device).eval(), cfg
 
@@ -50,13 +50,16 @@ def answer_logprobs(model, tokenizer, prompts: list[str], batch_size: int = 16) 
     """float64 [n, 3]: log P(answer | prompt) of sell, hold, buy."""
     import torch
 
+    from quantlm.llm.blocks import pad_id
+
+    pad = pad_id(tokenizer)
     ans = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in ANSWERS]
     device = next(model.parameters()).device
     out = np.zeros((len(prompts), len(ANSWERS)))
     for b0 in range(0, len(prompts), batch_size):
         enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[b0:b0 + batch_size]]
         n = max(len(x) for x in enc)
-        ids = torch.full((len(enc), n), tokenizer.pad_token_id, dtype=torch.long)
+        ids = torch.full((len(enc), n), pad, dtype=torch.long)
         mask = torch.zeros((len(enc), n), dtype=torch.long)
         for i, x in enumerate(enc):
             ids[i, n - len(x):] = torch.tensor(x)

@@ -21,6 +21,15 @@ prompt on); a tokenizer without one gets "system\\n\\nuser\\n\\nanswer: ".
 Labels: the cost-aware direction of `quantlm.features.targets` at horizon 1 (ret_1 = open(t+2) /
 open(t+1) - 1 against the round-trip cost), computed from bars up to `train_end` only, so a label is
 present only where it was known by the training end.
+
+Answers: ``buy`` / ``hold`` / ``sell``; with ``answer_return`` the realised ret_1 in basis points
+follows the word, e.g. ``buy +35bp`` (the model then also learns to state an expected return). The
+score never reads that number: it stays the constrained log P(word) of `quantlm.llm.score`, and the
+word is tokenised on its own in both forms, so the two answer styles score the same way.
+
+`quantlm finetune export` JSON Lines (`quantlm.finetune.jsonl`) become prompts too
+(`examples_from_jsonl`): each line's bars and text, its ``signal`` as the answer and its
+``returns["1"]`` as the optional return.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 ANSWERS = ("sell", "hold", "buy")  # index = direction code of quantlm.features.targets
+FALLBACK_TEMPLATE = "{system}\n\n{user}\n\nanswer: "  # for tokenizers without a chat template
 SYSTEM = ("You are a trader. You read one stock's daily bars (oldest first; r: close-to-close return in bp, "
           "g: open gap in bp, h: high-low range in bp, v: volume as % of its 20-bar mean) and the news "
           "visible now, and answer buy, hold or sell for the next session.")
@@ -43,6 +53,7 @@ class PromptConfig:
     text_sessions: int = 3
     max_text_chars: int = 600
     volume_bars: int = 20
+    answer_return: bool = False  # answers "buy +35bp" (ret_1 in bp) instead of "buy"
     system: str = SYSTEM
 
     def to_dict(self) -> dict:
@@ -62,6 +73,15 @@ class Examples:
         return len(self.prompt)
 
 
+def answer_text(code: int, ret: float | None = None, with_return: bool = False) -> str:
+    """The answer for direction code 0/1/2 (sell/hold/buy); with_return and a finite ret (fraction) add
+    its basis points: "buy +35bp"."""
+    word = ANSWERS[int(code)]
+    if with_return and ret is not None and np.isfinite(ret):
+        return f"{word} {int(np.rint(ret * 1e4)):+d}bp"
+    return word
+
+
 def bar_lines(bars: pd.DataFrame, volume_bars: int = 20) -> list[str]:
     """The encoded lines of one symbol's bars (sorted by ts); line i reads bars <= i only."""
     adj = bars["adj_factor"].fillna(1.0).to_numpy(float) if "adj_factor" in bars else 1.0
@@ -77,11 +97,21 @@ def bar_lines(bars: pd.DataFrame, volume_bars: int = 20) -> list[str]:
 
 
 def render(tokenizer, system: str, user: str) -> str:
-    """The prompt in the tokenizer's chat template, ending where the assistant's answer starts."""
-    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    """The prompt in the tokenizer's chat template, ending where the assistant's answer starts.
+
+    A template that refuses a system turn (Gemma's, for one) gets the system text at the head of the
+    user turn; a tokenizer without a template gets FALLBACK_TEMPLATE: "system\\n\\nuser\\n\\nanswer: ".
+    """
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return f"{system}\n\n{user}\n\nanswer: "
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+        try:
+            return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception as e:  # jinja2 TemplateError raised by the template itself (e.g. "System role not supported")
+            if "system" not in str(e).lower():
+                raise
+            merged = [{"role": "user", "content": f"{system}\n\n{user}"}]
+            return tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+    return FALLBACK_TEMPLATE.format(system=system, user=user)
 
 
 def _user(lines: list[str], text: str | None) -> str:
@@ -135,17 +165,19 @@ def _visible_texts(store, symbols, market: str) -> dict[str, pd.DataFrame]:
 
 def examples_from_frames(tokenizer, bars: pd.DataFrame, texts: dict[str, pd.DataFrame], start=None, end=None,
                          cfg: PromptConfig | None = None, labels: pd.Series | None = None,
-                         need_label: bool = False) -> Examples:
+                         need_label: bool = False, returns: pd.Series | None = None) -> Examples:
     """Prompts for every (symbol, ts) with start <= ts <= end and window_bars bars of history.
 
     bars: canonical daily bars (sorted per symbol); texts: `_visible_texts` output; labels: direction
-    codes aligned with `bars` (-1 unknown); need_label keeps labelled rows only.
+    codes aligned with `bars` (-1 unknown); returns: ret_1 aligned with `bars` (fraction, for
+    cfg.answer_return); need_label keeps labelled rows only.
     """
     cfg = cfg or PromptConfig()
     out = Examples()
     lo = pd.Timestamp(start) if start is not None else pd.Timestamp.min
     hi = pd.Timestamp(end) if end is not None else pd.Timestamp.max
     lab = labels.to_numpy() if labels is not None else None
+    rets = returns.to_numpy(float) if returns is not None else None
     sym_col = bars["symbol"].astype(str).to_numpy()
     bounds = np.flatnonzero(np.r_[True, sym_col[1:] != sym_col[:-1], True])
     rows = []
@@ -161,7 +193,7 @@ def examples_from_frames(tokenizer, bars: pd.DataFrame, texts: dict[str, pd.Data
                 continue
             answer = None
             if lab is not None and lab[a + i] >= 0:
-                answer = ANSWERS[int(lab[a + i])]
+                answer = answer_text(lab[a + i], rets[a + i] if rets is not None else None, cfg.answer_return)
             if need_label and answer is None:
                 continue
             text = None
@@ -193,10 +225,35 @@ def store_examples(store, tokenizer, start=None, end=None, cfg: PromptConfig | N
     store = store if isinstance(store, Store) else Store(store)
     last = min([pd.Timestamp(x) for x in (end, train_end) if x is not None], default=None)
     bars, market = market_bars(store, end=last)
-    labels = None
+    labels = returns = None
     if train_end is not None:
         tg = make_targets(bars, TargetConfig(horizons=[1]), market=market)
         labels = tg["direction"].reset_index(drop=True)
+        returns = tg["ret_1"].reset_index(drop=True)
     texts = _visible_texts(store, bars["symbol"].unique(), market) if text else {}
     return examples_from_frames(tokenizer, bars, texts, start=start, end=last, cfg=cfg, labels=labels,
-                                need_label=train_end is not None)
+                                need_label=train_end is not None, returns=returns)
+
+
+def examples_from_jsonl(path, tokenizer, cfg: PromptConfig | None = None) -> Examples:
+    """Prompts from `quantlm finetune export` JSON Lines (validated by `finetune.jsonl.read_jsonl`, whose
+    errors name the file, line and field): each line's bars (its last `window_bars`) and text, its
+    signal as the answer (plus returns["1"] in bp with cfg.answer_return). Ordered by (ts, symbol)."""
+    from quantlm.finetune.jsonl import read_jsonl
+
+    cfg = cfg or PromptConfig()
+    data = read_jsonl(path)
+    ret1 = data.returns.get(1)
+    rows = []
+    for i in range(len(data)):
+        lines = bar_lines(data.example_bars(i), cfg.volume_bars)
+        answer = answer_text(data.signal[i], ret1[i] if ret1 is not None else None, cfg.answer_return)
+        rows.append((data.ts[i], str(data.symbol[i]), build_prompt(tokenizer, lines, data.text[i], cfg), answer))
+    rows.sort(key=lambda r: (r[0], r[1]))
+    out = Examples()
+    for t, sym, p, ans in rows:
+        out.ts.append(t)
+        out.symbol.append(sym)
+        out.prompt.append(p)
+        out.answer.append(ans)
+    return out

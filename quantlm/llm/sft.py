@@ -1,10 +1,14 @@
 """LoRA fine-tuning of any local Hugging Face causal LM on buy / hold / sell prompts.
 
-- Adapters (peft LoRA) go on every linear layer inside the decoder layers (found from the model's
-  module names, so Qwen2, Llama, Mistral, ... need no list), in the layers above the bottom
-  `freeze_bottom` only; the base weights are frozen, so the bottom layers do not change at all.
-- Loss on the answer tokens only: a sequence is prompt ids + answer ids (the answer tokenised on its
-  own, no special tokens), labels are -100 on the prompt and padding.
+- Adapters (peft LoRA) go on every linear layer inside the decoder blocks (found generically by
+  `quantlm.llm.blocks`, so Qwen2, Llama, Mistral, Gemma, Phi, GPT-2 style ... need no list), in the
+  blocks above the bottom `freeze_bottom` only; the base weights are frozen, so the bottom layers do
+  not change at all.
+- Loss on the answer tokens only: a sequence is prompt ids + answer ids (the answer word tokenised on
+  its own, no special tokens, then " +35bp" when answers carry a return), labels are -100 on the
+  prompt and padding.
+- Training data: the store's point-in-time prompts up to `train_end` (`run_sft`), or `quantlm finetune
+  export` JSON Lines (`run_sft(data=FILE)`).
 - A plain torch loop (AdamW, seeded shuffling, right padding); fp32 on CPU, bf16 autocast on CUDA.
 - Output: `adapter/` (adapter and tokenizer), `llm.json` (base folder, prompt settings, steps,
   losses) and, with merge=True, `merged/` (base + adapter as one plain model folder).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from quantlm.llm.serialize import ANSWERS, Examples, PromptConfig
+
+BAR_LINE = re.compile(r"r[+-]\d+ g[+-]\d+ h-?\d+ v\d+")  # one encoded bar (quantlm.llm.serialize)
 
 
 @dataclass
@@ -41,9 +48,15 @@ def answer_ids(tokenizer) -> dict[str, list[int]]:
 
 
 def encode(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
-    """(input_ids, labels): labels -100 everywhere but the answer's tokens."""
+    """(input_ids, labels): labels -100 everywhere but the answer's tokens.
+
+    The answer's first word is tokenised on its own (as the scorer does), the rest (" +35bp") after it.
+    """
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    word, _, rest = answer.partition(" ")
+    a = tokenizer(word, add_special_tokens=False)["input_ids"]
+    if rest:
+        a = a + tokenizer(" " + rest, add_special_tokens=False)["input_ids"]
     return p + a, [-100] * len(p) + a
 
 
@@ -62,45 +75,45 @@ def collate(batch: list[tuple[list[int], list[int]]], pad_id: int):
 
 
 def lora_targets(model) -> list[str]:
-    """Leaf names of the linear layers inside the decoder layers (e.g. q_proj, ..., down_proj)."""
-    import torch
+    """Leaf names of the linear layers inside the decoder blocks (e.g. q_proj, ..., down_proj)."""
+    from quantlm.llm.blocks import block_linears
 
-    names = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) and ".layers." in f".{name}":
-            names.add(name.rsplit(".", 1)[-1])
-    if not names:
-        raise ValueError("no linear layers found inside the model's decoder layers")
-    return sorted(names)
+    return sorted({n.rsplit(".", 1)[-1] for n in block_linears(model)[0]})
 
 
 def load_base(base, device: str = "cpu"):
+    """(tokenizer, fp32 model) of a local folder through the Auto classes; a missing pad token becomes eos."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    base = Path(base)
+    if not (base / "config.json").exists():
+        raise FileNotFoundError(f"{base}: not a Hugging Face model folder (no config.json)")
     tok = AutoTokenizer.from_pretrained(base)
-    if tok.pad_token_id is None:
+    if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).to(device)
     return tok, model
 
 
 def add_lora(model, s: SFTSettings):
+    """peft LoRA on every linear layer of the decoder blocks >= s.freeze_bottom (full module names, so no
+    family-specific layer pattern is needed); everything else frozen."""
     from peft import LoraConfig, get_peft_model
 
-    n_layers = int(model.config.num_hidden_layers)
-    if not 0 <= s.freeze_bottom < n_layers:
-        raise ValueError(f"freeze_bottom must be in [0, {n_layers - 1}] for a model of {n_layers} layers, "
-                         f"got {s.freeze_bottom}")
-    cfg = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                     target_modules=lora_targets(model), task_type="CAUSAL_LM",
-                     layers_to_transform=list(range(s.freeze_bottom, n_layers)), layers_pattern="layers")
+    from quantlm.llm.blocks import block_linears
+
+    names, transposed = block_linears(model, s.freeze_bottom)
+    cfg = LoraConfig(r=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout, target_modules=names,
+                     task_type="CAUSAL_LM", fan_in_fan_out=transposed)
     return get_peft_model(model, cfg)
 
 
 def train(model, tokenizer, ex: Examples, s: SFTSettings, log=None) -> list[float]:
     """Train `model` (a peft model) for s.steps steps on the labelled examples; returns the losses."""
     import torch
+
+    from quantlm.llm.blocks import pad_id
 
     data = [encode(tokenizer, p, a) for p, a in zip(ex.prompt, ex.answer) if a is not None]
     if not data:
@@ -109,6 +122,7 @@ def train(model, tokenizer, ex: Examples, s: SFTSettings, log=None) -> list[floa
     torch.manual_seed(s.seed)
     rng = np.random.default_rng(s.seed)
     device = next(model.parameters()).device
+    pad = pad_id(tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
     model.train()
@@ -118,7 +132,7 @@ def train(model, tokenizer, ex: Examples, s: SFTSettings, log=None) -> list[floa
             order, pos = rng.permutation(len(data)), 0
         batch = [data[i] for i in order[pos:pos + s.batch_size]]
         pos += s.batch_size
-        ids, mask, labels = (t.to(device) for t in collate(batch, tokenizer.pad_token_id))
+        ids, mask, labels = (t.to(device) for t in collate(batch, pad))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         opt.zero_grad(set_to_none=True)
@@ -131,16 +145,47 @@ def train(model, tokenizer, ex: Examples, s: SFTSettings, log=None) -> list[floa
     return losses
 
 
+def prompt_stats(tokenizer, ex: Examples, sample: int = 200) -> dict:
+    """Token costs measured with `tokenizer` on up to `sample` prompts (spread evenly): tokens_per_bar
+    (mean tokens of one encoded bar line with its newline), prompt_tokens_mean / _max, bars_mean."""
+    from quantlm.llm.serialize import n_tokens, tokens_per_bar
+
+    if len(ex) == 0:
+        return {"tokens_per_bar": 0.0, "prompt_tokens_mean": 0.0, "prompt_tokens_max": 0, "bars_mean": 0.0}
+    idx = np.unique(np.linspace(0, len(ex) - 1, min(sample, len(ex))).astype(int))
+    lines = [[x for x in ex.prompt[i].splitlines() if BAR_LINE.fullmatch(x)] for i in idx]
+    sizes = [n_tokens(tokenizer, ex.prompt[i]) for i in idx]
+    return {"tokens_per_bar": round(float(np.mean([tokens_per_bar(tokenizer, x) for x in lines if x])), 3),
+            "prompt_tokens_mean": round(float(np.mean(sizes)), 1), "prompt_tokens_max": int(max(sizes)),
+            "bars_mean": round(float(np.mean([len(x) for x in lines])), 2)}
+
+
 def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, prompt: PromptConfig | None = None,
-            start=None, merge: bool = False, device: str = "cpu", log=None) -> dict:
-    """Fine-tune `base` on the store's labelled prompts up to train_end; writes `out` (see module doc)."""
-    from quantlm.llm.serialize import store_examples
+            start=None, merge: bool = False, device: str = "cpu", log=None, data=None) -> dict:
+    """Fine-tune `base` on labelled prompts and write `out` (see the module doc); returns llm.json's content.
+
+    Examples: the store's point-in-time prompts of decision sessions start..train_end whose labels are
+    known by train_end, or, with `data` (a `quantlm finetune export` JSON Lines file), that file's
+    lines (store and train_end then unused). llm.json records the measured token costs
+    (`prompt_stats`) under "tokens".
+    """
+    from quantlm.llm.serialize import examples_from_jsonl, store_examples
 
     s, cfg = settings or SFTSettings(), prompt or PromptConfig()
     out = Path(out)
     t0 = time.time()
     tok, model = load_base(base, device)
-    ex = store_examples(store, tok, start=start, cfg=cfg, train_end=train_end)
+    if data is not None:
+        ex = examples_from_jsonl(data, tok, cfg)
+    else:
+        if store is None or train_end is None:
+            raise ValueError("give a store and train_end, or a JSON Lines file (data=)")
+        ex = store_examples(store, tok, start=start, cfg=cfg, train_end=train_end)
+    stats = prompt_stats(tok, ex)
+    if log:
+        log(f"{len(ex)} examples; {stats['tokens_per_bar']:.2f} tokens per bar, prompts "
+            f"{stats['prompt_tokens_mean']:.0f} tokens on average (max {stats['prompt_tokens_max']}, "
+            f"limit {cfg.max_prompt_tokens}), {stats['bars_mean']:.1f} bars")
     model = add_lora(model, s)
     losses = train(model, tok, ex, s, log=log)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,10 +195,11 @@ def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, pr
         merged = model.merge_and_unload()
         merged.save_pretrained(out / "merged")
         tok.save_pretrained(out / "merged")
-    counts = {a: sum(x == a for x in ex.answer) for a in ANSWERS}
-    info = {"base": str(Path(base).resolve()), "train_end": str(train_end), "prompt": cfg.to_dict(),
-            "settings": s.__dict__, "examples": len(ex), "answers": counts, "first_loss": losses[0],
-            "last_loss": float(np.mean(losses[-10:])), "seconds": round(time.time() - t0, 2),
-            "merged": merge}
+    counts = {a: sum((x or "").split(" ")[0] == a for x in ex.answer) for a in ANSWERS}
+    info = {"base": str(Path(base).resolve()), "train_end": None if data is not None else str(train_end),
+            "data": None if data is None else str(Path(data).resolve()), "prompt": cfg.to_dict(),
+            "settings": s.__dict__, "examples": len(ex), "answers": counts, "tokens": stats,
+            "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
+            "seconds": round(time.time() - t0, 2), "merged": merge}
     (out / "llm.json").write_text(json.dumps(info, indent=2, default=str))
     return info
