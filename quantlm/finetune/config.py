@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from quantlm.features.targets import TargetConfig
+from quantlm.model.fpa import FPAConfig
 
 
 class ConfigError(ValueError):
@@ -38,13 +39,6 @@ class LoraConfig(_Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj",
                                                                "gate_proj", "up_proj", "down_proj"])
-
-
-class FPAConfig(_Strict):
-    """Attention-concentration penalty lambda0 * gamma**step * sum ||P||_F^2 (0 = off)."""
-
-    lambda0: float = Field(0.0, ge=0)
-    gamma: float = Field(0.999, gt=0, le=1)
 
 
 class SFTConfig(_Strict):

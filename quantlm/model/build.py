@@ -101,7 +101,7 @@ class MarketGPT(nn.Module):
         if calendar_ids is not None:
             if calendar_ids.shape != (*input_ids.shape, 2):
                 raise ValueError(f"calendar_ids must be {(*input_ids.shape, 2)}, got {tuple(calendar_ids.shape)}")
-            wd, slot = calendar_ids[..., 0], calendar_ids[..., 1]
+            wd, slot = calendar_ids[..., 0].long(), calendar_ids[..., 1].long()  # int8 / int16 from the loader
             wd = torch.where((wd < 0) | (wd >= self.n_weekdays), self.n_weekdays, wd)
             slot = torch.where(slot < 0, self.n_slots, slot.clamp(max=self.n_slots - 1))
             x = x + self.weekday_emb(wd) + self.slot_emb(slot)

@@ -13,6 +13,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from quantlm.data.schema import FREQS, MARKETS
+from quantlm.model.fpa import FPAConfig
 
 
 class ConfigError(ValueError):
@@ -40,11 +41,6 @@ class ModelConfig(_Strict):
     def overrides(self) -> dict[str, int]:
         return {k: getattr(self, k) for k in ("n_layer", "hidden", "n_head", "ffn", "max_bars")
                 if getattr(self, k) is not None}
-
-
-class FPAConfig(_Strict):
-    lambda0: float = Field(0.0, ge=0.0)
-    gamma: float = Field(1.0, gt=0.0, le=1.0)
 
 
 class SourceConfig(_Strict):
@@ -116,6 +112,12 @@ class TrainConfig(_Strict):
         if self.min_lr > self.lr:
             raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
         return self
+
+    def optim(self):
+        """The training core's `OptimConfig` (quantlm.train.optim) from these keys."""
+        from quantlm.train.optim import OptimConfig
+
+        return OptimConfig(**{k: getattr(self, k) for k in OptimConfig.model_fields if k in type(self).model_fields})
 
 
 class PretrainConfig(_Strict):

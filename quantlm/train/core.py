@@ -89,6 +89,7 @@ class TrainStage:
     flops_per_token: float | None = None  # training FLOPs per token (for TFLOP/s)
     prefetch_depth: int = 2
     extra_state: dict[str, Any] = field(default_factory=dict)  # saved in each trainer.json
+    start_info: dict[str, Any] = field(default_factory=dict)  # logged as step 0 {"event": "start", ...} of a fresh run
 
 
 @dataclass
@@ -245,6 +246,8 @@ class Trainer:
         step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
         last_step = min(oc.max_steps, stop_after) if stop_after is not None else oc.max_steps
         self.log = RunLog(self.run_dir, self.main, append=resume, mlflow=self.mlflow, name=st.name)
+        if not resume and st.start_info:
+            self.log.write(0, event="start", **st.start_info)
         tokens_per_step = (st.tokens_per_batch or 0) * oc.grad_accum * acc.num_processes
         indices = [self.micro_index(s, m) for s in range(step, last_step) for m in range(oc.grad_accum)]
         bar = progress_bar(self.progress and self.main)

@@ -5,9 +5,9 @@
   with ts > S only, so no training target ever lies in the validation period. The tokenizer's bins
   are fitted on ts <= S; its normalisation is causal (EWMA of past bars), so encoding a symbol's
   whole history once and cutting windows from it leaks nothing.
-- Sampling is stateless: the batch of (step, rank) is drawn from np.random.default_rng([seed,
-  step, rank]). The data-sampler position saved in a checkpoint is therefore just the step, and a
-  resumed run draws exactly the batches an uninterrupted run would.
+- Sampling is stateless (`quantlm.train.sampler.WindowSampler`): micro-batch i is drawn from
+  np.random.default_rng([seed, i]). The data-sampler position saved in a checkpoint is therefore
+  just the step, and a resumed run draws exactly the batches an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 
 from quantlm.model.layout import bar_sequence
 from quantlm.train.config import ConfigError, DataConfig
+from quantlm.train.sampler import WindowSampler
 
 log = logging.getLogger(__name__)
 
@@ -102,17 +103,23 @@ def tokenize_source(name: str, bars: pd.DataFrame, tok, split: pd.Timestamp, win
     return SourceTokens(name, np.concatenate(ids), cal, ts_all, cat(train_starts), cat(valid_starts))
 
 
-class WindowSampler:
-    """Batches of token windows: [B, 1 + 2T] ids and [B, 1 + 2T, 2] calendar ids."""
+class TokenWindows:
+    """Pretraining batches: [B, 1 + 2T] ids and [B, 1 + 2T, 2] calendar ids from the sources' windows.
+
+    Training windows are drawn by the shared `WindowSampler` (one pool per source, mixed by weight);
+    `train_batch(index, batch_size)` is a pure function of (seed, index).
+    """
 
     def __init__(self, sources: list[SourceTokens], weights: list[float], window: int, bos_id: int,
                  seed: int) -> None:
         self.sources, self.window, self.bos_id, self.seed = sources, window, bos_id, seed
-        w = np.asarray([wt if len(s.train_starts) else 0.0 for s, wt in zip(sources, weights, strict=True)])
-        if w.sum() == 0:
-            raise ConfigError(f"no symbol has {window} bars on or before the split date: lower data.window_bars "
-                              "or move data.split later")
-        self.weights = w / w.sum()
+        self.sampler = WindowSampler([s.train_starts for s in sources], window, seed, weights, error=ConfigError,
+                                     empty_message=f"no symbol has {window} bars on or before the split date: "
+                                                   "lower data.window_bars or move data.split later")
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.sampler.weights
 
     def _gather(self, src: SourceTokens, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         idx = starts[:, None] + np.arange(self.window)  # [B, T]
@@ -122,17 +129,9 @@ class WindowSampler:
         toks, cals = zip(*(self._gather(self.sources[k], st) for k, st in picks if len(st)), strict=True)
         return {"input_ids": torch.from_numpy(np.concatenate(toks)), "calendar_ids": torch.from_numpy(np.concatenate(cals))}
 
-    def train_batch(self, step: int, batch_size: int, rank: int = 0) -> dict[str, torch.Tensor]:
-        """The batch of optimizer micro-step `step` on process `rank` (a pure function of seed, step, rank)."""
-        rng = np.random.default_rng([self.seed, step, rank])
-        which = rng.choice(len(self.sources), size=batch_size, p=self.weights)
-        picks = []
-        for k in range(len(self.sources)):
-            n = int((which == k).sum())
-            if n:
-                st = self.sources[k].train_starts
-                picks.append((k, st[rng.integers(0, len(st), n)]))
-        return self._collate(picks)
+    def train_batch(self, index: int, batch_size: int) -> dict[str, torch.Tensor]:
+        """Micro-batch `index` of the run (a pure function of seed and index)."""
+        return self._collate(self.sampler.draw(index, batch_size))
 
     def valid_batches(self, n_batches: int, batch_size: int, rank: int = 0, world: int = 1
                       ) -> list[dict[str, torch.Tensor]]:
@@ -158,11 +157,11 @@ class WindowSampler:
 
 def build_data(store, data: DataConfig, tokenizer_kwargs: dict, seed: int, bos_id: int | None = None,
                tokenizer=None):
-    """(tokenizer, sampler, split date): load, split by time, fit the tokenizer (unless given), encode."""
+    """(tokenizer, TokenWindows, split date): load, split by time, fit the tokenizer (unless given), encode."""
     sources = load_bars(store, data)
     split = split_date(sources, data)
     tok = tokenizer if tokenizer is not None else fit_tokenizer(sources, split, tokenizer_kwargs)
     toks = [tokenize_source(name, bars, tok, split, data.window_bars) for name, bars in sources]
-    sampler = WindowSampler(toks, [s.weight for s in data.sources], data.window_bars,
-                            tok.bos_id if bos_id is None else bos_id, seed)
-    return tok, sampler, split
+    windows = TokenWindows(toks, [s.weight for s in data.sources], data.window_bars,
+                           tok.bos_id if bos_id is None else bos_id, seed)
+    return tok, windows, split
