@@ -26,6 +26,7 @@ import pandas as pd
 from quantlm.backtest import kernel as K
 from quantlm.backtest.costs import CostModel, cost_model
 from quantlm.backtest.exchange import TRADE_COLUMNS
+from quantlm.backtest.hedge import HEDGES, HedgeConfig, attach_hedge
 from quantlm.backtest.prepare import MAX_CHUNK_CELLS, Prepared, PrepareError, _ns, iter_chunks, prepare
 from quantlm.backtest.reference import ReferenceRunner
 from quantlm.backtest.rules import MarketRules, market_rules
@@ -67,6 +68,8 @@ class BacktestConfig:
     cost_model: CostModel | None = None  # override the market preset's costs (ignored when costs=False)
     corporate_actions: str = "cash"  # cash | reinvest | off: how adj_factor steps reach holdings (kernel docstring)
     freq: str | None = None  # bar frequency read from a store (None: the signals' and store's, see load_from_store)
+    hedge: str = "none"  # none | benchmark (short benchmark future, overlay) | long_short (us/crypto); see backtest.hedge
+    hedge_settings: HedgeConfig | None = None  # benchmark hedge costs/margin/rolls (None: hedge_preset(market))
 
     def market_rules(self) -> MarketRules:
         return self.rules if self.rules is not None else market_rules(self.market)
@@ -99,6 +102,12 @@ class BacktestConfig:
             bad(f"leverage must be positive, got {self.leverage}")
         if self.freq is not None and self.freq not in FREQS:
             bad(f"unknown freq '{self.freq}' (expected one of {', '.join(FREQS)})")
+        if self.hedge not in HEDGES:
+            bad(f"unknown hedge '{self.hedge}' (expected one of {', '.join(HEDGES)})")
+        if self.hedge == "long_short" and (self.strategy != "topk" or not self.market_rules().allow_short):
+            bad("hedge long_short needs strategy topk and a market that allows shorting (us, crypto); "
+                f"'{self.market}' does not (A-shares cannot be shorted in general: use hedge benchmark)"
+                if self.strategy == "topk" else f"hedge long_short needs strategy topk, got '{self.strategy}'")
         if self.corporate_actions not in CORPORATE_ACTIONS:
             bad(f"unknown corporate_actions '{self.corporate_actions}' (expected one of {', '.join(CORPORATE_ACTIONS)})")
 
@@ -129,6 +138,13 @@ class BacktestResult:
     # cash credited (dividends, cash in lieu of fractional bonus shares) or paid (shorts) at adj_factor steps
     corporate_action_cash: pd.Series = field(default_factory=lambda: pd.Series(dtype="float64"))
     warnings: list[str] = field(default_factory=list)
+    book: str = "long_only"  # long_only | hedged (benchmark overlay) | long_short
+    hedged: BacktestResult | None = None  # the hedged book when config.hedge != "none" (backtest.hedge)
+    hedge_detail: pd.DataFrame | None = None  # hedged books: per-bar accounts (long value, margin, notional, ...)
+
+    def deployed(self) -> BacktestResult:
+        """The book the config deploys: the hedged book when there is one, else this one."""
+        return self.hedged if self.hedged is not None else self
 
     def returns(self) -> pd.Series:
         """Simple session returns of equity (the first session against the initial cash)."""
@@ -217,7 +233,10 @@ def run_backtest(scores: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfi
             runner.run_chunk(chunk, out)
     else:
         raise BacktestConfigError(f"unknown engine '{engine}' (expected numba or python)")
-    return _result(p, config, out, benchmark=_benchmark(config, p.sessions, bars, benchmark_bars))
+    result = _result(p, config, out, benchmark=_benchmark(config, p.sessions, bars, benchmark_bars))
+    attach_hedge(result, scores, lambda s, c: run_backtest(s, bars, c, instruments, flags, benchmark_bars, engine,
+                                                           max_chunk_cells))
+    return result
 
 
 def run_signal_grid(signals: pd.DataFrame, bars: pd.DataFrame, config: BacktestConfig) -> pd.DataFrame:

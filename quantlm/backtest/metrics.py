@@ -38,13 +38,19 @@ Definitions table (keys of `compute_metrics`; r = daily returns as above, rb = d
 | daily_win_rate | days with r > 0 / days with r != 0 |
 | ic, rank_ic | mean over time stamps (sessions; bars for intraday data) of the cross-sectional Pearson / Spearman correlation of score and label |
 | icir, rank_icir | mean / std (ddof=1) of those per-time-stamp series (not annualised, as Qlib) |
-| directional_accuracy | share of (symbol, time stamp) pairs whose predicted direction matches the label's (see `directional_accuracy`) |
+| directional_accuracy | share of (symbol, time stamp) pairs whose predicted side of the cross-sectional median matches the label's: score above the session's median score and label above its median label, or both below (pairs exactly on a median left out; `directional_accuracy`, direction "relative"). It asks "did the stock beat its peers?", not "did it go up?"; 0.5 is a coin toss |
+| pick_hit_rate | hit rate of the long picks against the benchmark: share of (session, pick) pairs, picks = the session's `topk` highest scores (ties by symbol; the candidates TopkDropout buys from), whose evaluation label beats the benchmark's return over the same holding period (> , the benchmark's evaluation label: the same fill prices at t+1 and t+2); pairs without a finite label or benchmark label left out (`pick_hit_rate`) |
 | turnover | mean over days of traded value that day (buys + sells) / the previous day's last equity (the first day: the starting cash) |
 | total_costs | sum of all transaction costs, currency |
 | n_trades, n_rejected | orders with status filled/partial, and with status rejected |
 | n_sessions | days (sessions) in the backtest |
 | n_bars | bars (time stamps of the equity) in the backtest; = n_sessions for daily data |
 | freq_minutes | bar length in minutes inferred from the time stamps (30 for 30min, 60 for 1h; 1440 for daily bars); `infer_freq` gives the name ("30min", "1h", "1d") |
+
+Hedged books (`BacktestResult.hedged`, `quantlm.backtest.hedge`) are measured with the same
+definitions on their own equity, against cash (0%) as their benchmark: the short leg already takes
+the index out, so their annual_excess_return is their annual_return and their information_ratio
+their sharpe. Their prediction metrics are the long book's (same scores).
 
 Labels are the evaluation labels of docs/ARCHITECTURE.md (by default open(t+2)/open(t+1) - 1 for a
 score at t, `quantlm.features.labels.forward_returns`). A session enters the IC series when it
@@ -271,6 +277,29 @@ def directional_accuracy(scores: pd.DataFrame, labels: pd.DataFrame, direction: 
     return float((np.sign(pred[decided]) == np.sign(real[decided])).mean())
 
 
+def pick_hit_rate(scores: pd.DataFrame, labels: pd.DataFrame, benchmark_labels: pd.Series, topk: int,
+                  sessions: pd.DatetimeIndex | None = None) -> float:
+    """Share of (session, pick) pairs whose label beats the benchmark's label of that session.
+
+    picks: the `topk` highest scores of each session (ties broken by symbol); benchmark_labels: the
+    benchmark's evaluation label indexed by session (same holding period as `labels`). Pairs with a
+    missing label or benchmark label are left out; NaN if none is left. Scores map to sessions as in
+    `ic_series`; sessions: keep only these.
+    """
+    both = _merge_scores_labels(scores, labels, sessions)
+    if len(both) == 0 or topk < 1:
+        return float("nan")
+    ranked = both.sort_values(["ts", "score", "symbol"], ascending=[True, False, True], kind="stable")
+    picks = ranked.groupby("ts", sort=False).head(topk)
+    bench = pd.Series(benchmark_labels, dtype="float64")
+    bench = bench[~bench.index.duplicated(keep="last")]
+    b = bench.reindex(pd.DatetimeIndex(picks["ts"])).to_numpy()
+    ok = np.isfinite(b)
+    if not ok.any():
+        return float("nan")
+    return float((picks["label"].to_numpy()[ok] > b[ok]).mean())
+
+
 def _trade_counts(trades: pd.DataFrame | None) -> tuple[int, int]:
     if trades is None or len(trades) == 0 or "status" not in trades.columns:
         return 0, 0
@@ -279,11 +308,14 @@ def _trade_counts(trades: pd.DataFrame | None) -> tuple[int, int]:
 
 
 def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labels: pd.DataFrame | None = None,
-                    market: str = "cn", direction: Direction = "relative", threshold: float = 0.0) -> dict[str, float]:
+                    market: str = "cn", direction: Direction = "relative", threshold: float = 0.0,
+                    benchmark_labels: pd.Series | None = None, topk: int | None = None) -> dict[str, float]:
     """All metrics of one backtest (definitions in the module docstring), as plain floats.
 
     scores/labels: the Scores table that drove the backtest and the evaluation labels; without
-    both, the prediction metrics (ic, rank_ic, icir, rank_icir, directional_accuracy) are NaN.
+    both, the prediction metrics (ic, rank_ic, icir, rank_icir, directional_accuracy, pick_hit_rate)
+    are NaN. benchmark_labels: the benchmark's evaluation label by session (pick_hit_rate; NaN
+    without); topk: picks per session (default: the result's config.topk, else 50).
     Scores and labels are restricted to the backtest's sessions.
     """
     days = annualisation_days(market)
@@ -315,8 +347,11 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
         out["ic"], out["icir"] = _mean_and_ir(ics["ic"])
         out["rank_ic"], out["rank_icir"] = _mean_and_ir(ics["rank_ic"])
         out["directional_accuracy"] = directional_accuracy(scores, labels, direction, threshold, sessions)
+        k = topk if topk is not None else int(getattr(getattr(result, "config", None), "topk", 50))
+        out["pick_hit_rate"] = (pick_hit_rate(scores, labels, benchmark_labels, k, sessions)
+                                if benchmark_labels is not None else float("nan"))
     else:
-        for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy"):
+        for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy", "pick_hit_rate"):
             out[key] = float("nan")
     turnover = session_turnover(result)
     costs = getattr(result, "costs", None)
@@ -333,6 +368,6 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
 __all__ = [
     "ANNUALISATION_DAYS", "annualisation_days", "total_return", "annual_return", "annual_volatility",
     "sharpe_ratio", "drawdown_series", "max_drawdown", "max_consecutive_losses", "win_rate",
-    "information_ratio", "ic_series", "directional_accuracy", "benchmark_returns", "compute_metrics",
+    "information_ratio", "ic_series", "directional_accuracy", "pick_hit_rate", "benchmark_returns", "compute_metrics",
     "is_intraday", "bar_minutes", "infer_freq", "session_returns", "session_benchmark_returns", "session_turnover",
 ]

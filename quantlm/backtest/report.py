@@ -1,7 +1,9 @@
 """A self-contained HTML report of one backtest (plotly, works offline: plotly.js is inlined once).
 
 Sections: key metrics, gates, equity and excess equity against the benchmark, drawdown, monthly
-returns, IC series and distribution, turnover and exposure, and the baselines side by side.
+returns, IC series and distribution, turnover and exposure, and the baselines side by side. Hedged
+configs (`BacktestConfig.hedge`): the cards and gates are the deployed (hedged) book's, the equity
+and drawdown charts add its curve, and a table shows every run's long-only and hedged book.
 Metrics are fractions internally and shown as percentages where marked "%".
 
 Intraday results (several bars per date): the equity, excess, drawdown and exposure charts plot
@@ -24,14 +26,19 @@ from quantlm.backtest.metrics import benchmark_returns, drawdown_series, infer_f
 GREEN, RED, BLUE, GREY, ORANGE = "#1a9850", "#d73027", "#2c7fb8", "#888888", "#f28e2b"
 PALETTE = ["#2c7fb8", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"]
 PERCENT_KEYS = {"total_return", "annual_return", "annual_volatility", "benchmark_return", "annual_excess_return",
-                "excess_return_arithmetic", "max_drawdown", "daily_win_rate", "directional_accuracy", "turnover"}
+                "excess_return_arithmetic", "max_drawdown", "daily_win_rate", "directional_accuracy", "turnover",
+                "pick_hit_rate"}
 HEADLINE = [("annual_return", "Annual return"), ("annual_excess_return", "Excess vs benchmark"),
             ("sharpe", "Sharpe"), ("information_ratio", "Information ratio"), ("max_drawdown", "Max drawdown"),
             ("ic", "IC"), ("rank_ic", "Rank IC"), ("directional_accuracy", "Directional acc."),
-            ("turnover", "Daily turnover"), ("total_costs", "Total costs")]
+            ("pick_hit_rate", "Picks beat bench"), ("turnover", "Daily turnover"), ("total_costs", "Total costs")]
 COMPARE = [("annual_return", "Annual ret."), ("annual_excess_return", "Excess"), ("sharpe", "Sharpe"),
            ("information_ratio", "IR"), ("max_drawdown", "Max DD"), ("ic", "IC"), ("rank_ic", "Rank IC"),
-           ("directional_accuracy", "Dir. acc."), ("turnover", "Turnover"), ("max_consecutive_losing_days", "Max losing run")]
+           ("directional_accuracy", "Dir. acc."), ("pick_hit_rate", "Pick hit"), ("turnover", "Turnover"),
+           ("max_consecutive_losing_days", "Max losing run")]
+BOOK_COLUMNS = [("annual_return", "Annual ret."), ("annual_excess_return", "Excess"), ("sharpe", "Sharpe"),
+                ("max_drawdown", "Max DD"), ("max_consecutive_losing_days", "Max losing run"),
+                ("annual_volatility", "Volatility"), ("total_costs", "Total costs")]
 
 _CSS = """
 body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;background:#f4f5f7;color:#222}
@@ -110,6 +117,10 @@ def equity_figure(result, baselines: dict[str, Any] | None = None):
         fig.add_trace(go.Scatter(x=excess.index, y=excess, name="excess", line=dict(color=ORANGE, width=1.5),
                                  fill="tozeroy", fillcolor="rgba(242,142,43,0.10)", showlegend=False), 2, 1)
         fig.update_yaxes(range=[float(excess.min()) * 0.98, float(excess.max()) * 1.02], row=2, col=1)
+    hedged = getattr(result, "hedged", None)
+    if hedged is not None:
+        hw = _wealth(hedged.returns())
+        fig.add_trace(go.Scatter(x=hw.index, y=hw, name=f"{hedged.book} book", line=dict(color="#59a14f", width=2)), 1, 1)
     fig.add_hline(y=1.0, line=dict(color="#bbb", width=1, dash="dot"), row=2, col=1)
     fig.update_layout(height=520, hovermode="x unified")
     return fig
@@ -121,8 +132,12 @@ def drawdown_figure(result):
 
     dd = drawdown_series(result.returns()) * 100
     fig = go.Figure(go.Scatter(x=dd.index, y=dd, fill="tozeroy", line=dict(color=RED, width=1),
-                               fillcolor="rgba(215,48,39,0.25)", name="drawdown"))
-    fig.update_layout(height=260, title="Drawdown (%)", yaxis_ticksuffix="%", showlegend=False)
+                               fillcolor="rgba(215,48,39,0.25)", name="long-only"))
+    hedged = getattr(result, "hedged", None)
+    if hedged is not None:
+        hd = drawdown_series(hedged.returns()) * 100
+        fig.add_trace(go.Scatter(x=hd.index, y=hd, line=dict(color="#59a14f", width=1.5), name=f"{hedged.book} book"))
+    fig.update_layout(height=260, title="Drawdown (%)", yaxis_ticksuffix="%", showlegend=hedged is not None)
     return fig
 
 
@@ -248,6 +263,19 @@ def comparison_html(runs: dict[str, dict[str, float]]) -> str:
     return f"<table><tr><th>run</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def books_html(books: dict[str, dict[str, dict[str, float]]], deployed: str) -> str:
+    """Each run's long-only and hedged book side by side; the book its gates judged is marked (the
+    deployed `deployed` book where the run has it, else its only book, e.g. the benchmark's)."""
+    head = "".join(f"<th>{label}</th>" for _, label in BOOK_COLUMNS)
+    rows = []
+    for run, by_book in books.items():
+        for book, m in by_book.items():
+            mark = " (gated)" if book == list(by_book)[-1] else ""
+            cells = "".join(f"<td>{fmt(k, m.get(k))}</td>" for k, _ in BOOK_COLUMNS)
+            rows.append(f"<tr><td>{html.escape(run)}</td><td>{html.escape(book)}{mark}</td>{cells}</tr>")
+    return f"<table><tr><th>run</th><th>book</th>{head}</tr>{''.join(rows)}</table>"
+
+
 def walk_forward_html(summary: pd.DataFrame, label: str = "") -> str:
     """Mean, std, min and max across folds and seeds of the key metrics (a `WalkForwardResult.summary`)."""
     rows = []
@@ -263,13 +291,16 @@ def walk_forward_html(summary: pd.DataFrame, label: str = "") -> str:
 def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict[str, Any]] | None = None,
                   baselines: dict[str, tuple[Any, dict[str, float]]] | None = None, ic_series: pd.DataFrame | None = None,
                   title: str = "quantlm backtest report", name: str = "strategy",
-                  walk_forward: tuple[str, pd.DataFrame] | None = None) -> str:
+                  walk_forward: tuple[str, pd.DataFrame] | None = None,
+                  books: dict[str, dict[str, dict[str, float]]] | None = None, book: str = "long_only") -> str:
     """The full report as one self-contained HTML string (plotly.js inlined; no network needed).
 
     result: a BacktestResult; metrics: its `compute_metrics` dict; gates_table: `evaluate_gates`
     output; baselines: {name: (BacktestResult, metrics)} shown side by side with the strategy;
     ic_series: `metrics.ic_series(scores, labels)` for the IC charts; name: the strategy's label;
-    walk_forward: (caption, `WalkForwardResult.summary`) shown as a spread-across-folds-and-seeds table.
+    walk_forward: (caption, `WalkForwardResult.summary`) shown as a spread-across-folds-and-seeds table;
+    books: {run: {book: metrics}} (long-only and hedged books) shown side by side; book: the deployed
+    book, whose metrics `metrics` and `gates_table` are (cards and gates).
     """
     from plotly.offline import get_plotlyjs
 
@@ -278,7 +309,7 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
     period = f"{pd.Timestamp(equity.index[0]):%Y-%m-%d} to {pd.Timestamp(equity.index[-1]):%Y-%m-%d}" if len(equity) else "empty"
     desc = []
     if config is not None:
-        for key in ("market", "strategy", "topk", "n_drop", "fill", "costs", "benchmark"):
+        for key in ("market", "strategy", "topk", "n_drop", "fill", "costs", "benchmark", "hedge"):
             if hasattr(config, key) and getattr(config, key) is not None:
                 desc.append(f"{key}={getattr(config, key)}")
     n_days = len(pd.DatetimeIndex(equity.index).normalize().unique())
@@ -286,7 +317,10 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
     sub = f"{period} &middot; {n_days} sessions{bars} &middot; {html.escape(', '.join(desc))}"
     parts = [f"<h1>{html.escape(title)}</h1><div class='sub'>{sub}</div>", _cards(metrics)]
     if gates_table:
-        parts.append(f"<h2>Gates</h2><div class='panel'>{gates_html(gates_table)}</div>")
+        parts.append(f"<h2>Gates (judged on the {html.escape(book)} book)</h2><div class='panel'>{gates_html(gates_table)}</div>")
+    if books and any(len(b) > 1 for b in books.values()):
+        parts.append("<h2>Books: long-only and hedged</h2><div class='panel'>"
+                     f"{books_html(books, book)}</div>")
     parts.append(f"<h2>Equity</h2><div class='panel'>{_figure_html(equity_figure(result), 'fig-equity')}</div>")
     parts.append(f"<div class='panel'>{_figure_html(drawdown_figure(result), 'fig-drawdown')}</div>")
     parts.append(f"<h2>Returns by month</h2><div class='panel'>{_figure_html(monthly_figure(result), 'fig-monthly')}</div>")
@@ -312,4 +346,4 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
             f"<body><main>{''.join(parts)}</main></body></html>")
 
 
-__all__ = ["render_report", "monthly_returns", "gates_html", "comparison_html", "walk_forward_html", "fmt"]
+__all__ = ["render_report", "monthly_returns", "gates_html", "comparison_html", "books_html", "walk_forward_html", "fmt"]

@@ -54,6 +54,11 @@ def register(app: typer.Typer) -> None:
         gates_file: Annotated[Path | None, typer.Option("--gates", help="YAML file of gate thresholds.")] = None,
         baselines: Annotated[str, typer.Option("--baselines", help="Comma-separated subset of " + ",".join(BASELINE_NAMES) + ".")] = ",".join(BASELINE_NAMES),
         num_boost_round: Annotated[int, typer.Option("--num-boost-round", help="LightGBM trees.")] = 200,
+        hedge: Annotated[str, typer.Option("--hedge", help="Book deployed and gated: none (long-only topk), benchmark "
+                                           "(long the picks, short a future on the benchmark) or long_short (us/crypto). "
+                                           "The report shows the long-only and the hedged book.")] = "none",
+        hedge_config: Annotated[Path | None, typer.Option("--hedge-config", help="YAML mapping of HedgeConfig settings "
+                                                          "over the market's preset (quantlm.backtest.hedge).")] = None,
     ) -> None:
         """Run the baselines (benchmark, momentum-20, reversal-5, LightGBM on Alpha158 walk-forward, oracle)
         and your --signals through the same backtest over the walk-forward test periods, and write a
@@ -71,9 +76,20 @@ def register(app: typer.Typer) -> None:
         opts = EvaluateOptions(market=market, freq=freq, strategy=strategy, topk=topk, n_drop=n_drop, fill=fill, costs=costs,
                                cash=cash, mode=walk_forward_mode, train_years=train_years, test_months=test_months,
                                seeds=parse_seeds(seeds), jobs=jobs, gates_file=gates_file, baselines=wanted,
-                               num_boost_round=num_boost_round)
+                               num_boost_round=num_boost_round, hedge=hedge, hedge_settings=_hedge_mapping(hedge_config))
         summary = run_evaluation(store_from(store), out, opts, signals_path=signals)
         _print_summary(summary)
+
+
+def _hedge_mapping(path: Path | None) -> dict | None:
+    """The settings mapping of a --hedge-config YAML file (optionally under a top-level `hedge:` key)."""
+    if path is None:
+        return None
+    from quantlm.backtest.hedge import HedgeConfigError
+    from quantlm.config import read_yaml_mapping
+
+    data = read_yaml_mapping(path, HedgeConfigError, what="hedge config") or {}
+    return data.get("hedge", data) if set(data) == {"hedge"} else data
 
 
 def _print_summary(summary: dict) -> None:
@@ -81,16 +97,23 @@ def _print_summary(summary: dict) -> None:
 
     from quantlm.backtest.report import fmt
 
-    table = Table(title=f"evaluation {summary['period']} (primary: {summary['primary']})")
+    book = summary.get("book", "long_only")
+    table = Table(title=f"evaluation {summary['period']} (primary: {summary['primary']}; gates judge the {book} book)")
     columns = {"annual_return": "ann.ret", "annual_excess_return": "excess", "sharpe": "Sharpe",
                "max_drawdown": "maxDD", "rank_ic": "rankIC"}
     keys = list(columns)
     table.add_column("run", no_wrap=True)
     for k in keys:
         table.add_column(columns[k], justify="right", no_wrap=True)
+    table.add_column("book")
     table.add_column("gates", justify="right")
     for name, run in summary["runs"].items():
         passed = sum(g["passed"] for g in run["gates"].values())
-        table.add_row(name, *[fmt(k, run["metrics"].get(k)) for k in keys], f"{passed}/{len(run['gates'])}")
+        books = run.get("books") or {"long_only": run["metrics"]}
+        for i, (b, m) in enumerate(books.items()):
+            gated = b == list(books)[-1]
+            label = {"long_only": "long", "long_short": "l/s"}.get(b, b)
+            table.add_row(name if i == 0 else "", *[fmt(k, m.get(k)) for k in keys], label,
+                          f"{passed}/{len(run['gates'])}" if gated else "")
     console.print(table)
     console.print(f"wrote {summary['out']}")

@@ -22,6 +22,7 @@ Sections (see configs/demo.yaml for a commented example):
     distill: {DistillConfig}      # optional
     evaluate: {EvaluateSection}   # walk-forward folds, refit, backtest options, baselines, gates
     ablations: {name: {stage: {overrides}}}   # stage in sft, reward, rl, distill; runs teacher[name] ...
+    llm: {LLMSection}             # optional: a general causal LM with LoRA, run `llm` (quantlm.workflow.llm_stage)
     report: {title: ...}
 
 An ablation re-runs the stages it names with its overrides deep-merged into the main sections and
@@ -129,6 +130,7 @@ class RunFile(_Strict):
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     ablations: dict[str, dict[Literal["sft", "reward", "rl", "distill"], dict[str, Any]]] = Field(default_factory=dict)
     report: ReportSection = Field(default_factory=ReportSection)
+    llm: dict[str, Any] | None = None  # quantlm.workflow.llm_stage.LLMSection (validated in parse_run_config)
 
     @field_validator("seeds")
     @classmethod
@@ -172,6 +174,7 @@ class RunConfig:
     main: Variant
     ablations: list[Variant] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    llm: Any | None = None  # LLMSection: the general-LLM run `llm`, or None
 
     @property
     def variants(self) -> list[Variant]:
@@ -179,7 +182,8 @@ class RunConfig:
 
     def model_runs(self) -> list[str]:
         """Names of the trading runs the models give (teacher, rl, student, and the ablations')."""
-        return [RUN_NAMES[s] + v.tag() for v in self.variants for s in v.stages if s in RUN_NAMES]
+        runs = [RUN_NAMES[s] + v.tag() for v in self.variants for s in v.stages if s in RUN_NAMES]
+        return runs + (["llm"] if self.llm is not None else [])
 
 
 Issue = tuple[tuple, str]  # (key path inside the validated section, message)
@@ -333,6 +337,11 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
         _check_chain(stages, f"ablations.{name}.", problems, "reward" in stages or "reward" in main_stages)
         ablations.append(Variant(name, stages))
 
+    llm = None
+    if top.llm is not None:
+        from quantlm.workflow.llm_stage import LLMSection
+
+        llm = _validate(LLMSection, top.llm, ("llm",), problems)
     ev = top.evaluate
     if isinstance(ev.gates, dict):
         from quantlm.backtest.gates import GateConfigError, Gates
@@ -343,7 +352,7 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
             problems.append(str(e))
     cfg = RunConfig(source=source, run_dir=Path(top.run_dir), seeds=list(top.seeds), data=top.data, synth=synth,
                     pretrain=pretrain, pretrain_init=init, evaluate=ev, report=top.report,
-                    main=Variant("", main_stages), ablations=ablations, raw=raw or {})
+                    main=Variant("", main_stages), ablations=ablations, raw=raw or {}, llm=llm)
     if ev.primary is not None:
         known = cfg.model_runs() + [BASELINE_RUNS[b] for b in ev.baselines if b not in ("oracle", "benchmark")]
         if ev.primary not in known:

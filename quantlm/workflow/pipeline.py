@@ -268,6 +268,11 @@ def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, conso
         for run, models in chain.runs().items():
             scores.setdefault(run, {})[chain.seed] = score_run(run, chain.seed, models, folds, store, cache, fingerprint)
     baselines = baselines_stage(store, options, setup, cache, fingerprint)
+    llm_entry = None
+    if cfg.llm is not None:  # a general LLM with LoRA beside the market GPT (quantlm.workflow.llm_stage)
+        from quantlm.workflow.llm_stage import RUN_NAME, run_llm
+
+        scores[RUN_NAME], llm_entry = run_llm(cfg.llm, cfg.seeds, store, cache, fingerprint, train_ends, folds)
     latency = None
     if cfg.evaluate.latency:
         deployed_run, deployed = chains[0].deployed()
@@ -279,6 +284,8 @@ def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, conso
     shutil.copyfile(evaluation.path / "report" / "report.html", run_dir / "report.html")
     summary = build_summary(cfg, store, json.loads((evaluation.path / "evaluation.json").read_text()), latency,
                             gates_of(cfg), cache.records(), folds, evaluation.path / "report", chains[0])
+    if llm_entry is not None:
+        summary["llm"] = llm_entry
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, allow_nan=False))
     tmp.replace(run_dir / "summary.json")

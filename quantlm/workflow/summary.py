@@ -15,6 +15,9 @@ Schema (metric names exactly as in metrics.json of `quantlm evaluate`, fractions
                    policy, else the teacher; first seed, last fold); null if evaluate.latency is false
     ratios         {rank_ic_vs_oracle, ic_vs_oracle, rank_ic_vs_synth_oracle} (primary / oracle)
     period         "YYYY-MM-DD..YYYY-MM-DD": the out-of-sample sessions every run is judged on
+    llm            only with an `llm:` section: {run, base, model, tokens (tokens_per_bar, prompt_tokens_mean
+                   / _max, bars_mean), examples, last_loss, latency_ms (quantlm.llm.latency: p50, p99 per
+                   update of n_symbols decisions, per_symbol_p50, prompt_p50, ...) or null}
     folds          [{index, train_start, train_end, test_start, test_end}]
     stages         {stage id: {key (sha256), cached, seconds}} in run order
     report, evaluate_dir, store, config, version
@@ -158,6 +161,13 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     ratio_txt = f"RankIC / oracle {ratio:.2f}; " if ratio is not None else ""
     console.print(f"primary {escape(summary['primary'])}: {ratio_txt}gates passed {passed}/{len(gates)}"
                   + (f"; {escape(lat_txt.rstrip('; '))}" if lat_txt else ""))
+    llm = summary.get("llm")
+    if llm:
+        tok, lat = llm.get("tokens") or {}, llm.get("latency_ms")
+        lat_txt = (f"; latency p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms per update of {lat['n_symbols']} "
+                   f"symbols ({lat['per_symbol_p50']:.2f} ms per symbol)" if lat else "")
+        console.print(f"llm: {tok.get('tokens_per_bar', float('nan')):.2f} tokens per bar, prompts "
+                      f"{tok.get('prompt_tokens_mean', float('nan')):.0f} tokens on average{lat_txt}", highlight=False)
 
 
 __all__ = ["build_summary", "mean_std", "print_summary"]
