@@ -31,9 +31,11 @@ class LossConfig(_Strict):
 
 
 class LoraConfig(_Strict):
-    """peft LoRA on the trunk's top layers (those not frozen by freeze_bottom); merged into the weights on save."""
+    """peft LoRA on the trunk's top layers (those not frozen by freeze_bottom); merged into the weights on
+    save, or with merge: false saved as a peft adapter folder (model/adapter/) beside the base weights."""
 
     enabled: bool = False
+    merge: bool = True
     rank: int = Field(8, ge=1)
     alpha: float = Field(16.0, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)

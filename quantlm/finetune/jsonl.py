@@ -287,6 +287,7 @@ def read_jsonl(path: str | Path) -> JsonlExamples:
 # ---------------------------------------------------------------------- export
 def _tokenizer_info(source) -> tuple[int, int | None]:
     """(warm-up bars = 2 x the tokenizer's longest half-life, the model's context in bars or None)."""
+    from quantlm.model.hf import model_size
     from quantlm.tokenize import KlineTokenizer
 
     if source is None:
@@ -297,8 +298,8 @@ def _tokenizer_info(source) -> tuple[int, int | None]:
     if not (d / "tokenizer").is_dir():
         raise FinetuneDataError(f"{d}: not a pretrained model or trader folder (no tokenizer/ inside)")
     tok = KlineTokenizer.load(d / "tokenizer")
-    meta = d / "trunk" / "quantlm.json" if (d / "trunk").is_dir() else d / "quantlm.json"
-    max_bars = json.loads(meta.read_text())["size"].get("max_bars") if meta.exists() else None
+    size = model_size(d)  # quantlm.model.hf: either folder layout
+    max_bars = size.get("max_bars") if size else None
     return 2 * max(tok.vol_halflife, tok.volume_halflife), max_bars
 
 
@@ -560,7 +561,7 @@ def train_sft_jsonl(cfg, path: str | Path, out: str | Path, init: str | Path, va
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     best = fit(model, cfg, next_batch, evaluate, out, progress=progress, select=select)
-    if peft_model is not None:
+    if peft_model is not None and cfg.lora.merge:  # merge: false keeps a peft adapter folder (model/adapter/)
         merge_lora(model, peft_model)
     save_trader(model, tok, out)
     summary = {"best_step": best["step"], "valid_rank_ic": best.get("valid_rank_ic"),

@@ -1,4 +1,10 @@
-"""Freezing the bottom of the trunk and peft LoRA on its top layers (merged away before saving)."""
+"""Freezing the bottom of the trunk and peft LoRA on its top layers.
+
+On save the adapters are merged into the trunk's weights (`merge_lora`, the default) or, with
+`lora: {merge: false}`, kept apart: `TraderModel.save` writes the base weights and a peft adapter
+folder (adapter/) that `peft.PeftModel.from_pretrained(trunk_lm, adapter_dir)` and `TraderModel.load`
+apply.
+"""
 
 from __future__ import annotations
 
@@ -37,12 +43,20 @@ def apply_lora(model: TraderModel, cfg: LoraConfig, n_frozen: int):
     for p in model.trunk.parameters():
         p.requires_grad_(False)
     peft_model = get_peft_model(model.trunk.lm, peft_cfg)  # injects adapters into model.trunk.lm in place
+    model.__dict__["_peft_model"] = peft_model  # not a submodule: saved apart by TraderModel.save
     return peft_model
 
 
 def merge_lora(model: TraderModel, peft_model) -> None:
     """Fold the adapters into the trunk's weights (deployment: a plain model, no peft at inference)."""
     model.trunk.lm = peft_model.merge_and_unload()
+    model.__dict__.pop("_peft_model", None)
+
+
+def finish_lora(model: TraderModel, peft_model, merge: bool = True) -> None:
+    """After training: merge the adapters (merge=True) or leave them attached for an unmerged save."""
+    if peft_model is not None and merge:
+        merge_lora(model, peft_model)
 
 
 def trainable_parameters(model) -> tuple[int, int]:

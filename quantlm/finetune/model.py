@@ -18,25 +18,31 @@ bar rather than as one prefix per window because every bar of the window is scor
 prefix would show bar i texts published after it (a "prefix per bar", added where it became
 visible, is the point-in-time version of the prefix).
 
-Saved as a folder: trunk/ (MarketGPT.save, loadable by transformers), tokenizer/, heads.safetensors
-(heads and input projections) and trader.json (shapes, feature normalisation, horizons, quantiles).
+`TraderModel` is a `transformers.PreTrainedModel` (config `quantlm.model.hf.TraderConfig`: the trunk's
+MarketGPTConfig + the TraderSpec fields). Saved as a Hugging Face folder (layout in `quantlm.model.hf`):
+config.json, model.safetensors, the code files, tokenizer/, README.md and, for an unmerged LoRA, adapter/;
+`AutoModel.from_pretrained(dir, trust_remote_code=True)` loads it whole. Folders of the previous layout
+(trunk/, heads.safetensors, trader.json) still load with `TraderModel.load`.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedModel
 
 from quantlm.model.build import MarketGPT, lm_loss
+from quantlm.model.card import inherited_card_info
+from quantlm.model.hf import ADAPTER_DIR, TRADER_TYPE, TraderConfig, auto_map, model_type, read_config, write_code_files
 
-TRADER_JSON = "trader.json"
-HEADS_WEIGHTS = "heads.safetensors"
+TRADER_JSON = "trader.json"  # previous layout (read only)
+HEADS_WEIGHTS = "heads.safetensors"  # previous layout (read only)
 FORMAT = "quantlm.Trader/1"
 N_FEATURES = 7  # KlineTokenizer.features: ret, gap, upper, lower, vol, amount, logsig
 N_CANDLE = N_FEATURES + 4  # + body, body sign, range, shadow balance (see candle_features)
@@ -81,12 +87,42 @@ def _head(hidden: int, out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
-class TraderModel(nn.Module):
-    """MarketGPT trunk + feature/text projections + direction, quantile and rank heads."""
+def spec_from_config(config: TraderConfig) -> TraderSpec:
+    """The TraderSpec held by a TraderConfig (None fields take the spec's defaults)."""
+    values = {f.name: getattr(config, f.name, None) for f in fields(TraderSpec)}
+    return TraderSpec(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None})
 
-    def __init__(self, trunk: MarketGPT, spec: TraderSpec) -> None:
-        super().__init__()
+
+class TraderModel(PreTrainedModel):
+    """MarketGPT trunk + feature/text projections + direction, quantile and rank heads.
+
+    Built as `TraderModel(trunk, spec)` or, by `from_pretrained`, from a TraderConfig. `spec` is the
+    live copy of the TraderSpec fields (stages edit it); `save` writes it back into the config.
+    """
+
+    config_class = TraderConfig
+    base_model_prefix = "trader"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, trunk: MarketGPT | TraderConfig, spec: TraderSpec | None = None) -> None:
+        if isinstance(trunk, TraderConfig):
+            config, spec = trunk, spec_from_config(trunk)
+            trunk = MarketGPT(config.trunk)
+        else:
+            spec = spec or TraderSpec()
+            # attn_implementation: a new config would otherwise reset the trunk's (set on sub-configs) to None
+            config = TraderConfig(trunk=trunk.config, attn_implementation=trunk.config._attn_implementation,
+                                  **spec.to_dict())
+            for module in trunk.modules():  # already initialised (pretrained or fresh): never re-initialise
+                module._is_hf_initialized = True
+        super().__init__(config)
         self.trunk, self.spec = trunk, spec
+        self.card_info = inherited_card_info(getattr(trunk, "card_info", None) or {})  # model card lineage
         h = trunk.size.hidden
         self.n_h, self.n_q = len(spec.horizons), len(spec.quantiles)
         self.feat_proj = nn.Linear(2 * N_CANDLE, h)  # bar t and bar t-1 (lag inside the window)
@@ -102,6 +138,21 @@ class TraderModel(nn.Module):
         self.register_buffer("feature_mean", torch.tensor(spec.feature_mean, dtype=torch.float32), persistent=False)
         self.register_buffer("feature_std", torch.tensor(spec.feature_std, dtype=torch.float32), persistent=False)
         self.register_buffer("quantile_levels", torch.tensor(spec.quantiles, dtype=torch.float32), persistent=False)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """Projections and heads are initialised in `__init__`; here only the spec's buffers are (re)filled
+        (from_pretrained builds on the meta device, where they hold no values)."""
+        if module is self:
+            with torch.no_grad():
+                self.feature_mean.copy_(torch.tensor(self.spec.feature_mean, dtype=torch.float32))
+                self.feature_std.copy_(torch.tensor(self.spec.feature_std, dtype=torch.float32))
+                self.quantile_levels.copy_(torch.tensor(self.spec.quantiles, dtype=torch.float32))
+
+    @property
+    def peft_model(self):
+        """The peft wrapper of the trunk's decoder while LoRA adapters are attached unmerged (else None)."""
+        return self.__dict__.get("_peft_model")
 
     # ------------------------------------------------------------------ forward
     def hidden(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor, features: torch.Tensor,
@@ -150,39 +201,101 @@ class TraderModel(nn.Module):
         raise ValueError(f"unknown score '{self.spec.score}' (rank, rank_vol, direction or expected)")
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path, tokenizer=None) -> Path:
-        from safetensors.torch import save_file
+    def save(self, directory: str | Path, tokenizer=None, card: dict | None = None) -> Path:
+        """A Hugging Face model folder (layout in `quantlm.model.hf`): config.json (TraderConfig),
+        model.safetensors (trunk, projections, heads), configuration/modeling_quantlm.py, tokenizer/
+        (given a tokenizer) and README.md (`card`: extra `quantlm.model.card` info). With LoRA adapters
+        attached unmerged (`lora.merge: false`), model.safetensors holds the base weights and adapter/
+        the peft adapter; config.adapter records where it is."""
+        from quantlm.model.build import _quiet
+        from quantlm.model.card import inherited_card_info, trader_card_info, write_model_card
 
+        _quiet()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.trunk.save(d / "trunk")
-        heads = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("trunk.")}
-        save_file(heads, str(d / HEADS_WEIGHTS))
-        (d / TRADER_JSON).write_text(json.dumps({"format": FORMAT, **self.spec.to_dict()}, indent=2))
+        for key, value in self.spec.to_dict().items():
+            setattr(self.config, key, value)
+        self.config.trunk = self.trunk.config
+        self.config.architectures = [type(self).__name__]
+        self.config.auto_map = auto_map("trader")
+        peft = self.peft_model
+        self.config.adapter = ADAPTER_DIR if peft is not None else None
+        state = None
+        if peft is not None:
+            state = base_state_dict(self)
+            peft.save_pretrained(d / ADAPTER_DIR)
+        self.save_pretrained(d, state_dict=state)
+        write_code_files(d)
         if tokenizer is not None:
-            tokenizer.save(d / "tokenizer")
+            tokenizer.save_pretrained(d / "tokenizer")
+        write_model_card(d, {**inherited_card_info(self.card_info), **trader_card_info(self), **(card or {})})
         return d
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> TraderModel:
-        from safetensors.torch import load_file
+        """A trader folder saved by `save` (its LoRA adapter applied), or one of the previous layout."""
+        from quantlm.model.build import _quiet, check_loading_info
+        from quantlm.model.card import read_card_info
 
+        _quiet()
         d = Path(directory)
-        if not (d / TRADER_JSON).exists():
-            raise FileNotFoundError(f"{d} is not a quantlm trader model folder (no {TRADER_JSON})")
-        meta = json.loads((d / TRADER_JSON).read_text())
-        if meta.pop("format", None) != FORMAT:
-            raise ValueError(f"{d / TRADER_JSON}: unknown format")
-        model = cls(MarketGPT.load(d / "trunk"), TraderSpec(**meta))
-        missing, unexpected = model.load_state_dict(load_file(str(d / HEADS_WEIGHTS)), strict=False)
-        missing = [k for k in missing if not k.startswith("trunk.")]
-        if missing or unexpected:
-            raise ValueError(f"{d / HEADS_WEIGHTS}: missing {missing}, unexpected {unexpected}")
+        if (d / TRADER_JSON).exists():
+            return _load_previous_layout(cls, d).to(device)
+        cfg = read_config(d)
+        if cfg is None:
+            raise FileNotFoundError(f"{d} is not a quantlm trader model folder (no config.json or {TRADER_JSON})")
+        if cfg.get("model_type") != TRADER_TYPE:
+            raise ValueError(f"{d / 'config.json'}: model_type {cfg.get('model_type')!r} is not a quantlm trader "
+                             f"('{TRADER_TYPE}')")
+        model, info = cls.from_pretrained(d, attn_implementation="sdpa", output_loading_info=True)
+        check_loading_info(d, info)
+        model.card_info = read_card_info(d)
         return model.to(device)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """transformers' from_pretrained, then the folder's unmerged LoRA adapter (config.adapter) attached."""
+        out = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        model = out[0] if isinstance(out, tuple) else out
+        if model.config.adapter:
+            attach_adapter(model, Path(pretrained_model_name_or_path) / model.config.adapter)
+        return out
+
+
+def base_state_dict(model: TraderModel) -> dict[str, torch.Tensor]:
+    """The trader's state dict without LoRA: adapter tensors dropped, peft's `.base_layer.` names undone."""
+    return {k.replace(".base_layer.", "."): v for k, v in model.state_dict().items() if ".lora_" not in k}
+
+
+def attach_adapter(model: TraderModel, adapter_dir: str | Path) -> None:
+    """Inject a saved peft LoRA adapter into the trunk's decoder in place (inference: adapters frozen)."""
+    from peft import PeftModel
+
+    adapter_dir = Path(adapter_dir)
+    if not (adapter_dir / "adapter_config.json").exists():
+        raise FileNotFoundError(f"{adapter_dir}: the trader's LoRA adapter folder is missing (no adapter_config.json)")
+    model.__dict__["_peft_model"] = PeftModel.from_pretrained(model.trunk.lm, str(adapter_dir))
+
+
+def _load_previous_layout(cls, d: Path) -> TraderModel:
+    """trader.json + trunk/ (MarketGPT folder) + heads.safetensors, as saved before the HF layout."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((d / TRADER_JSON).read_text())
+    if meta.pop("format", None) != FORMAT:
+        raise ValueError(f"{d / TRADER_JSON}: unknown format")
+    model = cls(MarketGPT.load(d / "trunk"), TraderSpec(**meta))
+    missing, unexpected = model.load_state_dict(load_file(str(d / HEADS_WEIGHTS)), strict=False)
+    missing = [k for k in missing if not k.startswith("trunk.")]
+    if missing or unexpected:
+        raise ValueError(f"{d / HEADS_WEIGHTS}: missing {missing}, unexpected {unexpected}")
+    return model
 
 
 def is_trader_folder(directory: str | Path) -> bool:
-    return (Path(directory) / TRADER_JSON).exists()
+    """A trader folder of either layout (config.json of model_type quantlm_trader, or trader.json)."""
+    d = Path(directory)
+    return (d / TRADER_JSON).exists() or model_type(d) == TRADER_TYPE
 
 
 def _add_at_fine(x: torch.Tensor, add: torch.Tensor) -> torch.Tensor:

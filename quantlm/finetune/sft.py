@@ -151,7 +151,7 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
         return evaluate_rows(model, data, valid_rows, valid_targets, cfg.warm)
 
     best = fit(model, cfg, next_batch, evaluate, out, progress=progress)
-    if peft_model is not None:
+    if peft_model is not None and cfg.lora.merge:  # merge: false keeps a peft adapter folder (model/adapter/)
         merge_lora(model, peft_model)
     save_trader(model, tok, out)
     summary = {"best_step": best["step"], "valid_rank_ic": best.get("valid_rank_ic"),

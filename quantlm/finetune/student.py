@@ -22,8 +22,8 @@ compute the same numbers. The per-bar embeddings do not depend on the position, 
 embeds the new bar only and runs the body on the kept embeddings: one [S, k bar_dim + m text_dim]
 x [., hidden] matmul and a few [S, hidden] ones.
 
-Saved as a folder: student.json (format, shapes, normalisation, horizons), student.safetensors and
-tokenizer/ (the teacher's tokenizer). `load_scorer(dir)` loads either a student or a trader folder.
+Saved as a folder: student.json (format, shapes, normalisation, horizons), student.safetensors,
+tokenizer/ (the teacher's tokenizer) and README.md (model card, `quantlm.model.card`). `load_scorer(dir)` loads either a student or a trader folder.
 """
 
 from __future__ import annotations
@@ -134,15 +134,20 @@ class StudentMLP(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     # ------------------------------------------------------------------ persistence
-    def save(self, directory: str | Path, tokenizer=None) -> Path:
+    def save(self, directory: str | Path, tokenizer=None, card: dict | None = None) -> Path:
+        """student.json + student.safetensors, tokenizer/ (given one) and a README.md model card
+        (`card`: extra `quantlm.model.card` info, e.g. the teacher and the distillation config)."""
         from safetensors.torch import save_file
+
+        from quantlm.model.card import student_card_info, write_model_card
 
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, str(d / STUDENT_WEIGHTS))
         (d / STUDENT_JSON).write_text(json.dumps({"format": FORMAT, **self.spec.to_dict()}, indent=2))
         if tokenizer is not None:
-            tokenizer.save(d / "tokenizer")
+            tokenizer.save_pretrained(d / "tokenizer")
+        write_model_card(d, {**student_card_info(self), **(card or {})})
         return d
 
     @classmethod

@@ -10,9 +10,11 @@ of its tokens; BOS, pads and prefix positions get none (calendar id -1). The pre
 (`prefix_embeds [B, P, d_prefix]`, e.g. report/news embeddings) goes through a Linear to the
 hidden size and is prepended; logits (and so the loss) are only produced for token positions.
 
-The decoder is `transformers.LlamaForCausalLM` (RoPE, RMSNorm, SwiGLU, SDPA attention), so a saved
-folder (config.json + model.safetensors) loads with `AutoModelForCausalLM.from_pretrained(dir)`;
-quantlm's extra weights live beside it in quantlm.safetensors, described by quantlm.json.
+`MarketGPT` is a `transformers.PreTrainedModel` (config `quantlm.model.hf.MarketGPTConfig`, a
+LlamaConfig plus the calendar / prefix sizes) whose decoder is `transformers.LlamaForCausalLM`
+(RoPE, RMSNorm, SwiGLU, SDPA attention). A saved folder (`save`, layout in `quantlm.model.hf`)
+loads whole with `AutoModelForCausalLM.from_pretrained(dir, trust_remote_code=True)`; without
+trust_remote_code transformers refuses it (unknown model_type) instead of dropping the extra weights.
 """
 
 from __future__ import annotations
@@ -23,50 +25,66 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaForCausalLM, PreTrainedModel
 
+from quantlm.model.hf import MarketGPTConfig, auto_map, write_code_files
 from quantlm.model.sizes import ModelSize, get_size
 
-QUANTLM_JSON = "quantlm.json"
-QUANTLM_WEIGHTS = "quantlm.safetensors"
+QUANTLM_JSON = "quantlm.json"  # previous layout (read only)
+QUANTLM_WEIGHTS = "quantlm.safetensors"  # previous layout (read only)
 FORMAT = "quantlm.MarketGPT/1"
 
 
 def llama_config(size: ModelSize, vocab_size: int, max_prefix: int = 0, dropout: float = 0.0,
-                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, attn_implementation: str = "sdpa"):
-    """A LlamaConfig for `size`; max_position_embeddings covers prefix + BOS + 2 tokens per bar."""
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=size.hidden, intermediate_size=size.ffn,
+                 pad_id: int = 0, bos_id: int = 1, eos_id: int = 2, attn_implementation: str = "sdpa",
+                 n_weekdays: int = 7, n_slots: int = 1, d_prefix: int = 0) -> MarketGPTConfig:
+    """The MarketGPTConfig for `size`; max_position_embeddings covers prefix + BOS + 2 tokens per bar."""
+    return MarketGPTConfig(
+        vocab_size=int(vocab_size), hidden_size=size.hidden, intermediate_size=size.ffn,
         num_hidden_layers=size.n_layer, num_attention_heads=size.n_head, num_key_value_heads=size.n_head,
         head_dim=size.head_dim, max_position_embeddings=max_prefix + 1 + 2 * size.max_bars,
-        rope_theta=size.rope_theta, attention_dropout=dropout, tie_word_embeddings=False,
+        rope_theta=size.rope_theta, attention_dropout=float(dropout), tie_word_embeddings=False,
         pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id, attn_implementation=attn_implementation,
-        use_cache=True,
+        use_cache=True, n_weekdays=int(n_weekdays), n_slots=int(n_slots), d_prefix=int(d_prefix),
+        max_prefix=int(max_prefix), size=size.to_dict(),
     )
 
 
-class MarketGPT(nn.Module):
-    """Llama decoder (`self.lm`) + calendar embeddings + optional prefix projection."""
+class MarketGPT(PreTrainedModel):
+    """Llama decoder (`self.lm`) + calendar embeddings + optional prefix projection.
 
-    def __init__(self, size: ModelSize, vocab_size: int, n_weekdays: int = 7, n_slots: int = 1,
-                 d_prefix: int = 0, max_prefix: int = 0, dropout: float = 0.0,
+    Built from a MarketGPTConfig (what `from_pretrained` does) or, as before, from
+    (size, vocab_size, n_weekdays, n_slots, d_prefix, max_prefix, dropout, special_ids).
+    """
+
+    config_class = MarketGPTConfig
+    base_model_prefix = "market_gpt"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LlamaDecoderLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def __init__(self, config: MarketGPTConfig | ModelSize | str | dict, vocab_size: int | None = None,
+                 n_weekdays: int = 7, n_slots: int = 1, d_prefix: int = 0, max_prefix: int = 0, dropout: float = 0.0,
                  special_ids: dict[str, int] | None = None) -> None:
-        super().__init__()
-        from transformers import LlamaForCausalLM
-
-        if vocab_size < 4:
-            raise ValueError(f"vocab_size must be >= 4, got {vocab_size}")
-        if d_prefix < 0 or max_prefix < 0 or (d_prefix > 0) != (max_prefix > 0):
-            raise ValueError(f"d_prefix ({d_prefix}) and max_prefix ({max_prefix}) must both be 0 or both > 0")
-        self.size, self.vocab_size = size, int(vocab_size)
-        self.n_weekdays, self.n_slots = int(n_weekdays), int(n_slots)
-        self.d_prefix, self.max_prefix, self.dropout = int(d_prefix), int(max_prefix), float(dropout)
-        self.special_ids = dict(special_ids or {"pad": 0, "bos": 1, "eos": 2})
-        cfg = llama_config(size, vocab_size, max_prefix, dropout, self.special_ids.get("pad", 0),
-                           self.special_ids.get("bos", 1), self.special_ids.get("eos", 2))
-        self.lm = LlamaForCausalLM(cfg)
-        h = size.hidden
+        if not isinstance(config, MarketGPTConfig):
+            if vocab_size is None:
+                raise ValueError("MarketGPT(size, vocab_size, ...) needs vocab_size")
+            if vocab_size < 4:
+                raise ValueError(f"vocab_size must be >= 4, got {vocab_size}")
+            if d_prefix < 0 or max_prefix < 0 or (d_prefix > 0) != (max_prefix > 0):
+                raise ValueError(f"d_prefix ({d_prefix}) and max_prefix ({max_prefix}) must both be 0 or both > 0")
+            ids = dict(special_ids or {"pad": 0, "bos": 1, "eos": 2})
+            config = llama_config(get_size(config), vocab_size, max_prefix, dropout, ids.get("pad", 0),
+                                  ids.get("bos", 1), ids.get("eos", 2), n_weekdays=n_weekdays, n_slots=n_slots,
+                                  d_prefix=d_prefix)
+        if config.size is None:
+            raise ValueError("MarketGPTConfig.size is missing (the ModelSize fields)")
+        super().__init__(config)
+        self.lm = LlamaForCausalLM(config)
+        h = config.hidden_size
         # The last row of each calendar table is the "none" id (BOS, pads): zero and never trained.
         self.weekday_emb = nn.Embedding(self.n_weekdays + 1, h, padding_idx=self.n_weekdays)
         self.slot_emb = nn.Embedding(self.n_slots + 1, h, padding_idx=self.n_slots)
@@ -75,8 +93,46 @@ class MarketGPT(nn.Module):
             with torch.no_grad():
                 emb.weight[-1].zero_()
         self.prefix_proj = nn.Linear(self.d_prefix, h) if self.d_prefix else None
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """The decoder initialises itself (its own `_init_weights`); the calendar tables and the prefix
+        projection are initialised in `__init__`, so nothing is redone here."""
 
     # ------------------------------------------------------------------ shapes
+    @property
+    def size(self) -> ModelSize:
+        return get_size(self.config.size)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.vocab_size)
+
+    @property
+    def n_weekdays(self) -> int:
+        return int(self.config.n_weekdays)
+
+    @property
+    def n_slots(self) -> int:
+        return int(self.config.n_slots)
+
+    @property
+    def d_prefix(self) -> int:
+        return int(self.config.d_prefix)
+
+    @property
+    def max_prefix(self) -> int:
+        return int(self.config.max_prefix)
+
+    @property
+    def dropout(self) -> float:
+        return float(self.config.attention_dropout or 0.0)
+
+    @property
+    def special_ids(self) -> dict[str, int]:
+        c = self.config
+        return {"pad": int(c.pad_token_id), "bos": int(c.bos_token_id), "eos": int(c.eos_token_id)}
+
     @property
     def max_bars(self) -> int:
         return self.size.max_bars
@@ -92,6 +148,12 @@ class MarketGPT(nn.Module):
         if non_embedding:
             n -= self.lm.model.embed_tokens.weight.numel() + self.lm.lm_head.weight.numel()
         return n
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.lm.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.lm.lm_head
 
     # ------------------------------------------------------------------ forward
     def embed(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
@@ -116,19 +178,24 @@ class MarketGPT(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
                 prefix_embeds: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False,
-                logits_to_keep: int = 0):
-        """Logits for the token positions: [B, L, V] (or the last `logits_to_keep`), and the cache.
+                position_ids: torch.Tensor | None = None, cache=None, use_cache: bool = False,
+                logits_to_keep: int = 0, past_key_values=None):
+        """Logits for the token positions: [B, L, V] (or the last `logits_to_keep`), and the KV cache.
 
         attention_mask [B, P+L] (or [B, past+P+L] with a cache) is 1 for real positions, 0 for pads;
-        position_ids [B, P+L] default to 0..P+L-1 (plus the cache length). Returns
-        `transformers` CausalLMOutputWithPast (fields logits, past_key_values).
+        position_ids [B, P+L] default to 0..P+L-1 (plus the cache length). `cache` is a transformers
+        `Cache` (DynamicCache / StaticCache), filled in place; `past_key_values` is accepted as its
+        older name for Hugging Face-style callers. Returns `transformers` CausalLMOutputWithPast
+        (fields logits, cache).
         """
+        if past_key_values is not None:
+            if cache is not None:
+                raise ValueError("pass the KV cache as `cache` or `past_key_values`, not both")
+            cache = past_key_values
         x = self.embed(input_ids, calendar_ids, prefix_embeds)
         keep = logits_to_keep if logits_to_keep else input_ids.shape[1]
-        out = self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=past_key_values, use_cache=use_cache, logits_to_keep=keep)
-        return out
+        return self.lm(inputs_embeds=x, attention_mask=attention_mask, position_ids=position_ids,
+                       cache=cache, use_cache=use_cache, logits_to_keep=keep)
 
     def loss(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor | None = None,
              prefix_embeds: torch.Tensor | None = None, loss_mask: torch.Tensor | None = None,
@@ -138,45 +205,77 @@ class MarketGPT(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def extra_config(self) -> dict:
+        """The model's shape in the previous layout's quantlm.json terms (also the model card's facts)."""
         return {"format": FORMAT, "size": self.size.to_dict(), "vocab_size": self.vocab_size,
                 "n_weekdays": self.n_weekdays, "n_slots": self.n_slots, "d_prefix": self.d_prefix,
                 "max_prefix": self.max_prefix, "dropout": self.dropout, "special_ids": self.special_ids}
 
-    def save(self, directory: str | Path) -> Path:
-        """config.json + model.safetensors (transformers) and quantlm.json + quantlm.safetensors (extras)."""
-        from safetensors.torch import save_file
+    def save(self, directory: str | Path, card: dict | None = None) -> Path:
+        """A Hugging Face model folder: config.json, model.safetensors, configuration_quantlm.py,
+        modeling_quantlm.py and a README.md model card (`card`: extra `quantlm.model.card` info)."""
+        from quantlm.model.card import inherited_card_info, market_gpt_card_info, write_model_card
 
         _quiet()
         d = Path(directory)
         d.mkdir(parents=True, exist_ok=True)
-        self.lm.save_pretrained(d, safe_serialization=True)
-        extras = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items() if not k.startswith("lm.")}
-        save_file(extras, str(d / QUANTLM_WEIGHTS))
-        (d / QUANTLM_JSON).write_text(json.dumps(self.extra_config(), indent=2))
+        self.config.architectures = [type(self).__name__]
+        self.config.auto_map = auto_map("market_gpt")
+        self.save_pretrained(d)
+        write_code_files(d)
+        write_model_card(d, {**inherited_card_info(getattr(self, "card_info", None) or {}), **market_gpt_card_info(self),
+                             **(card or {})})
         return d
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> MarketGPT:
-        """Rebuild a model saved by `save` (weights exactly as saved)."""
-        from safetensors.torch import load_file
-        from transformers import LlamaForCausalLM
+        """Rebuild a model saved by `save` (weights exactly as saved); previous-layout folders are read too."""
+        from quantlm.model.card import read_card_info
+        from quantlm.model.hf import MARKET_GPT_TYPE, read_config
 
         _quiet()
         d = Path(directory)
-        if not (d / QUANTLM_JSON).exists():
-            raise FileNotFoundError(f"{d} is not a quantlm model folder (no {QUANTLM_JSON})")
-        meta = json.loads((d / QUANTLM_JSON).read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{d / QUANTLM_JSON}: unknown format {meta.get('format')!r}")
-        model = cls(get_size(meta["size"]), meta["vocab_size"], meta["n_weekdays"], meta["n_slots"],
-                    meta["d_prefix"], meta["max_prefix"], meta["dropout"], meta["special_ids"])
-        model.lm = LlamaForCausalLM.from_pretrained(d, attn_implementation="sdpa")
-        extras = load_file(str(d / QUANTLM_WEIGHTS))
-        missing = {k for k in model.state_dict() if not k.startswith("lm.")} - set(extras)
-        if missing:
-            raise ValueError(f"{d / QUANTLM_WEIGHTS} lacks {sorted(missing)}")
-        model.load_state_dict(extras, strict=False)
+        if (d / QUANTLM_JSON).exists():
+            return _load_previous_layout(cls, d).to(device)
+        cfg = read_config(d)
+        if cfg is None:
+            raise FileNotFoundError(f"{d} is not a quantlm model folder (no config.json)")
+        if cfg.get("model_type") != MARKET_GPT_TYPE:
+            raise ValueError(f"{d / 'config.json'}: model_type {cfg.get('model_type')!r} is not a quantlm market GPT "
+                             f"('{MARKET_GPT_TYPE}')")
+        model, info = cls.from_pretrained(d, attn_implementation="sdpa", output_loading_info=True)
+        check_loading_info(d, info)
+        model.card_info = read_card_info(d)  # what a model trained from this one inherits in its card
         return model.to(device)
+
+
+def check_loading_info(directory: Path, info: dict) -> None:
+    """Raise when from_pretrained left weights missing, unexpected or of the wrong shape."""
+    bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+    if any(bad.values()):
+        raise ValueError(f"{Path(directory) / 'model.safetensors'} does not match its config.json: "
+                         + "; ".join(f"{k}: {v[:5]}" for k, v in bad.items() if v))
+
+
+def _load_previous_layout(cls, d: Path) -> MarketGPT:
+    """A folder of the previous layout: Llama config.json + model.safetensors, quantlm.json + quantlm.safetensors."""
+    from safetensors.torch import load_file
+
+    meta = json.loads((d / QUANTLM_JSON).read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{d / QUANTLM_JSON}: unknown format {meta.get('format')!r}")
+    model = cls(get_size(meta["size"]), meta["vocab_size"], meta["n_weekdays"], meta["n_slots"],
+                meta["d_prefix"], meta["max_prefix"], meta["dropout"], meta["special_ids"])
+    lm = load_file(str(d / "model.safetensors"))
+    extras = load_file(str(d / QUANTLM_WEIGHTS))
+    missing = {k for k in model.state_dict() if not k.startswith("lm.")} - set(extras)
+    if missing:
+        raise ValueError(f"{d / QUANTLM_WEIGHTS} lacks {sorted(missing)}")
+    state = {**{f"lm.{k}": v for k, v in lm.items()}, **extras}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("rotary_emb.inv_freq")]
+    if missing or unexpected:
+        raise ValueError(f"{d / 'model.safetensors'} (previous layout): missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return model.eval()
 
 
 def _quiet() -> None:

@@ -158,8 +158,8 @@ class Forecaster:
         blocks = ((tk.coarse_offset, tk.coarse_offset + tk.n_coarse), (tk.fine_offset, tk.fine_offset + tk.n_fine))
         horizon = fc.shape[1]
         pos = positions(m)
-        cache = DynamicCache() if use_cache else None
-        logits = self.model(t, c, attention_mask=m, position_ids=pos, past_key_values=cache, use_cache=use_cache,
+        cache = DynamicCache(config=self.model.config) if use_cache else None
+        logits = self.model(t, c, attention_mask=m, position_ids=pos, cache=cache, use_cache=use_cache,
                             logits_to_keep=1).logits[:, -1]  # [B, V]
         # Rows (b, k) in order: every sample of prompt b shares its prefill.
         logits, m, pos, t, c = (x.repeat_interleave(k, 0) for x in (logits, m, pos, t, c))
@@ -177,7 +177,7 @@ class Forecaster:
                 pos = torch.cat([pos, pos[:, -1:] + 1], dim=1)
                 if use_cache:
                     o = self.model(nxt[:, None], step_cal, attention_mask=m, position_ids=pos[:, -1:],
-                                   past_key_values=cache, use_cache=True)
+                                   cache=cache, use_cache=True)
                 else:
                     t, c = torch.cat([t, nxt[:, None]], 1), torch.cat([c, step_cal], 1)
                     o = self.model(t, c, attention_mask=m, position_ids=pos, logits_to_keep=1)

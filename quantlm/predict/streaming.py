@@ -83,7 +83,7 @@ class StreamingForecaster:
         self.pos = pos[:, -1]  # [S]: position of each row's last token
         self.cache = StaticCache(config=self.model.lm.config, max_cache_len=self.max_tokens)
         out = self.model(torch.as_tensor(t, device=self.device), torch.as_tensor(c, device=self.device),
-                         attention_mask=self._mask(self.cur), position_ids=pos, past_key_values=self.cache,
+                         attention_mask=self._mask(self.cur), position_ids=pos, cache=self.cache,
                          use_cache=True, logits_to_keep=1)
         return out.logits[:, -1]
 
@@ -123,7 +123,7 @@ class StreamingForecaster:
         self.pos = pos[:, -1]
         cal_t = torch.as_tensor(cal, device=dev)[:, None].expand(-1, 2, -1)  # [S, 2, 2]
         out = self.model(torch.as_tensor(ids, device=dev), cal_t, attention_mask=self._mask(2), position_ids=pos,
-                         past_key_values=self.cache, use_cache=True, logits_to_keep=1)
+                         cache=self.cache, use_cache=True, logits_to_keep=1)
         return self._next(out.logits[:, -1], sigma)
 
     def _next(self, logits: torch.Tensor, sigma: np.ndarray | None) -> NextBar:

@@ -45,9 +45,11 @@ def save_model_folder(model: MarketGPT, tok, cfg: PretrainConfig, path: Path) ->
     """MarketGPT.save + tokenizer/ + train_config.yaml, written to a temp folder then swapped in."""
     tmp, old = path.with_name(path.name + ".tmp"), path.with_name(path.name + ".old")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp)
-    tok.save(tmp / "tokenizer")
+    from quantlm.model.card import pretrain_card_info
+
+    tok.save_pretrained(tmp / "tokenizer")  # before the model: its card describes the tokenizer
     dump_config(cfg, tmp / "train_config.yaml")
+    model.save(tmp, card=pretrain_card_info(cfg))
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)

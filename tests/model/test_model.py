@@ -49,18 +49,19 @@ def test_sizes_and_errors():
 
 
 def test_hf_round_trip(tmp_path):
+    """The saved folder loads WHOLE through transformers (trust_remote_code) and through MarketGPT.load."""
     from transformers import AutoModelForCausalLM
 
     from quantlm.model.build import MarketGPT
 
     m = tiny(d_prefix=5, max_prefix=2)
     m.save(tmp_path / "m")
-    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "m", trust_remote_code=True).eval()
     ids, cal = rand_batch()
-    # Without calendar/prefix the Llama alone is the model.
-    torch.testing.assert_close(hf(input_ids=ids).logits, m(ids).logits, rtol=0, atol=0)
-    m2 = MarketGPT.load(tmp_path / "m").eval()
     pre = torch.randn(2, 2, 5)
+    # Calendar embeddings and prefix projection included: identical logits, not just the Llama part.
+    torch.testing.assert_close(hf(ids, cal, pre).logits, m(ids, cal, pre).logits, rtol=0, atol=0)
+    m2 = MarketGPT.load(tmp_path / "m").eval()
     torch.testing.assert_close(m2(ids, cal, pre).logits, m(ids, cal, pre).logits, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError):
         MarketGPT.load(tmp_path)
