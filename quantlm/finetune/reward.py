@@ -49,7 +49,7 @@ Training windows of `window_bars` bars end on cross-section sessions <= the last
 every position past `warm` is a candidate cross-section.
 
 Point in time. The store is read up to `train_end`; the last `valid_sessions` sessions before it are
-held out exactly as in SFT (`common.split_rows`): training bars and outcomes are known by the last
+held out exactly as in SFT (`sft.split_rows`): training bars and outcomes are known by the last
 training session (`TraderData.targets_known`), held-out pairs come only from later sessions and
 their outcomes known by `train_end`. Metrics: held-out pairwise accuracy (pairs ordered correctly;
 a predicted tie counts 1/2) at the selected step (`pairwise_accuracy`; best validation accuracy,
@@ -74,10 +74,9 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from quantlm.finetune.common import load_policy_data, resolve_model_dir  # noqa: F401 (moved there; re-exported)
 from quantlm.finetune.config import _Strict
 from quantlm.finetune.data import FinetuneDataError, TraderData
-from quantlm.finetune.model import TraderModel, _head, numpy_batch
+from quantlm.finetune.model import TraderModel, _head, is_trader_folder, numpy_batch
 
 REWARD_JSON = "reward.json"
 REWARD_WEIGHTS = "reward_head.safetensors"
@@ -312,6 +311,39 @@ class RewardModel(nn.Module):
         return model.to(device)
 
 
+def resolve_model_dir(path: str | Path, marker: str = "trader.json") -> Path:
+    """A model folder, or a run folder whose model/ is one (a trader folder of either layout for the default marker)."""
+    p = Path(path)
+    for d in (p, p / "model"):
+        if (d / marker).exists() or (marker == "trader.json" and is_trader_folder(d)):
+            return d
+    raise FileNotFoundError(f"{p} is neither a model folder nor a run folder with model/ (no {marker})")
+
+
+def load_policy_data(policy: str | Path, store, train_end, targets=None, rank_target: str | None = None):
+    """(TraderModel, tokenizer, TraderData up to train_end, SFT run config or {}) for a trader folder.
+
+    The target config and rank target are the SFT run's (its config.json next to model/) unless given.
+    """
+    from quantlm.features.targets import TargetConfig
+    from quantlm.finetune.data import build_trader_data
+    from quantlm.tokenize import KlineTokenizer
+
+    d = resolve_model_dir(policy)
+    model, tok = TraderModel.load(d), KlineTokenizer.load(d / "tokenizer")
+    run_cfg = d.parent / "config.json"
+    sft = json.loads(run_cfg.read_text()).get("sft", {}) if run_cfg.exists() else {}
+    if targets is None:
+        targets = TargetConfig.model_validate(sft["targets"]) if "targets" in sft else \
+            TargetConfig(horizons=model.spec.horizons)
+    data = build_trader_data(store, tok, targets, text=model.spec.d_text > 0, text_half_life=model.spec.text_half_life,
+                             market=model.spec.market, end=train_end,
+                             rank_target=rank_target or sft.get("rank_target", "return"))
+    if list(data.horizons) != list(model.spec.horizons):
+        raise FinetuneDataError(f"target horizons {data.horizons} differ from the policy's {model.spec.horizons}")
+    return model, tok, data, sft
+
+
 def known_returns(data: TraderData, when, column: int, excess: bool = False) -> np.ndarray:
     """ret[:, column] known by the close of `when` (NaN otherwise), optionally as session excess returns."""
     ret = data.targets_known(when)["ret"][:, column].astype(np.float64)
@@ -328,9 +360,8 @@ def horizon_column(data: TraderData, h: int) -> int:
 def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, train_end, seed: int = 0,
                  progress: bool = False) -> Path:
     """Train a reward model initialised from the trader `policy`; returns the run folder (model in run/model)."""
-    from quantlm.finetune.common import save_trader, split_rows, start_run
     from quantlm.finetune.lora import freeze_bottom
-    from quantlm.train.optim import lr_at
+    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads, seed)
