@@ -38,6 +38,7 @@ Definitions table (keys of `compute_metrics`; r = daily returns as above, rb = d
 | daily_win_rate | days with r > 0 / days with r != 0 |
 | ic, rank_ic | mean over time stamps (sessions; bars for intraday data) of the cross-sectional Pearson / Spearman correlation of score and label |
 | icir, rank_icir | mean / std (ddof=1) of those per-time-stamp series (not annualised, as Qlib) |
+| ic_time_series | 1 when no session has a cross-section to rank (e.g. a single index series): ic / rank_ic are then the per-symbol time-series Pearson / Spearman correlations of score and label (>= 20 pairs) averaged over symbols, icir / rank_icir NaN, and directional_accuracy is the timing accuracy (score above the median of the symbol's earlier scores vs label > 0; `time_series_ic`); 0 otherwise |
 | directional_accuracy | share of (symbol, time stamp) pairs whose predicted side of the cross-sectional median matches the label's: score above the session's median score and label above its median label, or both below (pairs exactly on a median left out; `directional_accuracy`, direction "relative"). It asks "did the stock beat its peers?", not "did it go up?"; 0.5 is a coin toss |
 | pick_hit_rate | hit rate of the long picks against the benchmark: share of (session, pick) pairs, picks = the session's `topk` highest scores (ties by symbol; the candidates TopkDropout buys from), whose evaluation label beats the benchmark's return over the same holding period (> , the benchmark's evaluation label: the same fill prices at t+1 and t+2); pairs without a finite label or benchmark label left out (`pick_hit_rate`) |
 | turnover | mean over days of traded value that day (buys + sells) / the previous day's last equity (the first day: the starting cash) |
@@ -236,6 +237,34 @@ def ic_series(scores: pd.DataFrame, labels: pd.DataFrame, sessions: pd.DatetimeI
     return out
 
 
+MIN_TIME_SERIES = 20  # pairs a symbol needs for its time-series IC
+
+
+def time_series_ic(scores: pd.DataFrame, labels: pd.DataFrame, sessions: pd.DatetimeIndex | None = None
+                   ) -> dict[str, float]:
+    """IC of a store too small for cross-sections (e.g. one index series): per symbol, the Pearson and
+    Spearman correlation over time of score and label (symbols with >= 20 pairs), averaged over symbols;
+    and the timing accuracy: the share of pairs where the side of the score against the median of the
+    symbol's EARLIER scores (strictly before t; the first 20 pairs left out) matches the sign of the label.
+    Returns {"ic", "rank_ic", "directional_accuracy"} (NaN when no symbol qualifies)."""
+    both = _merge_scores_labels(scores, labels, sessions).sort_values(["symbol", "ts"], kind="stable")
+    ic, rank_ic, hits, decided = [], [], 0, 0
+    for _, g in both.groupby("symbol", sort=True):
+        if len(g) < MIN_TIME_SERIES or g["score"].nunique() < 2 or g["label"].nunique() < 2:
+            continue
+        ic.append(float(np.corrcoef(g["score"], g["label"])[0, 1]))
+        rank_ic.append(float(g["score"].rank().corr(g["label"].rank())))
+        past_median = g["score"].expanding().median().shift(1).to_numpy()
+        pred = (g["score"].to_numpy() - past_median)[MIN_TIME_SERIES:]
+        real = g["label"].to_numpy()[MIN_TIME_SERIES:]
+        ok = (pred != 0) & (real != 0) & np.isfinite(pred)
+        hits += int((np.sign(pred[ok]) == np.sign(real[ok])).sum())
+        decided += int(ok.sum())
+    nan = float("nan")
+    return {"ic": float(np.mean(ic)) if ic else nan, "rank_ic": float(np.mean(rank_ic)) if rank_ic else nan,
+            "directional_accuracy": hits / decided if decided else nan}
+
+
 def _mean_and_ir(series: pd.Series) -> tuple[float, float]:
     s = series.dropna()
     if len(s) == 0:
@@ -347,11 +376,16 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
         out["ic"], out["icir"] = _mean_and_ir(ics["ic"])
         out["rank_ic"], out["rank_icir"] = _mean_and_ir(ics["rank_ic"])
         out["directional_accuracy"] = directional_accuracy(scores, labels, direction, threshold, sessions)
+        out["ic_time_series"] = 0.0
+        if len(ics) == 0:  # no cross-section to rank (a single series): the time-series IC instead
+            ts_ic = time_series_ic(scores, labels, sessions)
+            out.update(ts_ic)
+            out["ic_time_series"] = 1.0 if np.isfinite(ts_ic["rank_ic"]) else 0.0
         k = topk if topk is not None else int(getattr(getattr(result, "config", None), "topk", 50))
         out["pick_hit_rate"] = (pick_hit_rate(scores, labels, benchmark_labels, k, sessions)
                                 if benchmark_labels is not None else float("nan"))
     else:
-        for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy", "pick_hit_rate"):
+        for key in ("ic", "icir", "rank_ic", "rank_icir", "directional_accuracy", "pick_hit_rate", "ic_time_series"):
             out[key] = float("nan")
     turnover = session_turnover(result)
     costs = getattr(result, "costs", None)
@@ -368,6 +402,6 @@ def compute_metrics(result: ResultLike, scores: pd.DataFrame | None = None, labe
 __all__ = [
     "ANNUALISATION_DAYS", "annualisation_days", "total_return", "annual_return", "annual_volatility",
     "sharpe_ratio", "drawdown_series", "max_drawdown", "max_consecutive_losses", "win_rate",
-    "information_ratio", "ic_series", "directional_accuracy", "pick_hit_rate", "benchmark_returns", "compute_metrics",
+    "information_ratio", "ic_series", "time_series_ic", "directional_accuracy", "pick_hit_rate", "benchmark_returns", "compute_metrics",
     "is_intraday", "bar_minutes", "infer_freq", "session_returns", "session_benchmark_returns", "session_turnover",
 ]

@@ -224,13 +224,15 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
                  seeds: Sequence[int] = (0,), n_jobs: int = 1, config: Any = None,
                  benchmark_bars: pd.DataFrame | None = None, instruments: pd.DataFrame | None = None,
                  flags: pd.DataFrame | None = None, lookback_sessions: int = 250,
-                 labels: pd.DataFrame | None = None) -> WalkForwardResult:
+                 labels: pd.DataFrame | None = None, executor: Any = None) -> WalkForwardResult:
     """Retrain per fold and seed, backtest each test period, and collect the metrics.
 
     bars: canonical bars of the tradable universe; folds: explicit folds or a WalkForwardConfig
     laid on the bars' calendar; seeds: one run per seed per fold; n_jobs: worker processes;
     config: a BacktestConfig (start/end are set per fold; default BacktestConfig());
-    labels: evaluation labels for IC and accuracy (default forward_returns(bars)).
+    labels: evaluation labels for IC and accuracy (default forward_returns(bars)); executor: an object
+    whose `map(fn, items)` runs the fold tasks in input order (`quantlm.workflow.executor`, e.g. Ray
+    tasks) instead of n_jobs processes.
     """
     from quantlm.backtest.engine import BacktestConfig
     from quantlm.features.labels import forward_returns
@@ -258,7 +260,9 @@ def walk_forward(bars: pd.DataFrame, model_fn: ModelFn, folds: list[Fold] | Walk
             bench = benchmark_bars[(bt >= lookback_start) & (bt <= fold.test_end)].reset_index(drop=True)
         tasks.append(_Task(fold, tuple(seeds), model_fn, train_bars, score_bars, fold_labels, config, instruments,
                            flags, bench))
-    if n_jobs == 1 or len(tasks) == 1:
+    if executor is not None:
+        per_fold = executor.map(_run_task, tasks)
+    elif n_jobs == 1 or len(tasks) == 1:
         per_fold = [_run_task(t) for t in tasks]
     else:
         try:

@@ -61,6 +61,8 @@ class EvaluateOptions:
     gates_file: Path | None = None
     baselines: list[str] = field(default_factory=lambda: ["benchmark", "momentum", "reversal", "lightgbm", "oracle"])
     num_boost_round: int = 200
+    hedge: str = "none"  # none | benchmark | long_short: the book deployed and gated (quantlm.backtest.hedge)
+    hedge_settings: dict[str, Any] | None = None  # HedgeConfig settings over the market's preset (hedge benchmark)
 
 
 @dataclass
@@ -78,6 +80,7 @@ class EvaluationSetup:
     config: Any  # BacktestConfig over [start, end]
     labels: pd.DataFrame  # evaluation labels of the tradable bars under the config's fill (evaluation_labels)
     freq: str = "1d"  # bar frequency of `bars`
+    timing: bool = False  # strategy "timing": scores are causally z-scored per symbol (backtest.timing)
 
     def in_period(self, scores: pd.DataFrame) -> pd.DataFrame:
         """The rows of a Scores table with start <= ts <= end."""
@@ -88,6 +91,10 @@ class EvaluationSetup:
         """run_backtest of `scores` with the shared config, instruments, flags and benchmark."""
         from quantlm.backtest.engine import run_backtest
 
+        if self.timing:
+            from quantlm.backtest.timing import causal_zscore
+
+            scores = causal_zscore(scores)
         return run_backtest(scores, self.bars, self.config, instruments=self.instruments, flags=self.flags,
                             benchmark_bars=self.bench_bars)
 
@@ -189,26 +196,41 @@ def evaluation_setup(store, options: EvaluateOptions) -> EvaluationSetup:
     wf_config = WalkForwardConfig(mode=options.mode, train_years=options.train_years, test_months=options.test_months)
     folds = make_folds(calendar, wf_config)
     start, end = folds[0].test_start, folds[-1].test_end
-    config = BacktestConfig(market=market, strategy=options.strategy, topk=options.topk, n_drop=options.n_drop,
+    from quantlm.backtest.hedge import HedgeConfig
+
+    settings = (HedgeConfig.from_mapping(options.hedge_settings, market=market, source="hedge settings")
+                if options.hedge == "benchmark" else None)
+    from quantlm.backtest.timing import resolve_strategy
+
+    strategy = resolve_strategy(options.strategy, int(bars["symbol"].nunique()))
+    config = BacktestConfig(market=market, strategy="threshold" if strategy == "timing" else strategy,
+                            topk=options.topk, n_drop=options.n_drop,
                             cash=options.cash, fill=options.fill, costs=options.costs,
-                            benchmark=meta.get("benchmark") if bench_bars is not None else None, start=start, end=end)
+                            benchmark=meta.get("benchmark") if bench_bars is not None else None, start=start, end=end,
+                            hedge=options.hedge, hedge_settings=settings)
+    config.validate()
     return EvaluationSetup(market, bars, bench_bars, instruments, flags, folds, start, end, config,
-                           evaluation_labels(bars, options.fill), freq)
+                           evaluation_labels(bars, options.fill), freq, timing=strategy == "timing")
 
 
-def baseline_scores(store, setup: EvaluationSetup, options: EvaluateOptions) -> BaselineScores:
+def baseline_scores(store, setup: EvaluationSetup, options: EvaluateOptions, executor=None) -> BaselineScores:
     """Scores of the Scores-table baselines in `options.baselines` (LightGBM walk-forward, momentum-20,
-    reversal-5, the oracle when the store has one), each restricted to the evaluation period."""
+    reversal-5, the oracle when the store has one), each restricted to the evaluation period.
+
+    executor: where the LightGBM folds run, one unit per fold with all its seeds
+    (`quantlm.workflow.executor`; default `ProcessExecutor(options.jobs)`: inline for 1 job, else
+    spawned processes; a `RayExecutor` runs them as Ray tasks). Results do not depend on it."""
     from quantlm.backtest.walkforward import walk_forward
     from quantlm.baselines.lgbm import lightgbm_model
     from quantlm.baselines.simple import momentum, oracle, reversal
+    from quantlm.workflow.executor import ProcessExecutor
 
     out = BaselineScores()
     if "lightgbm" in options.baselines:
         model_fn = functools.partial(lightgbm_model, num_boost_round=options.num_boost_round, num_threads=1)
-        wf = walk_forward(setup.bars, model_fn, setup.folds, seeds=options.seeds, n_jobs=options.jobs,
-                          config=setup.config, benchmark_bars=setup.bench_bars, instruments=setup.instruments,
-                          flags=setup.flags, labels=setup.labels)
+        wf = walk_forward(setup.bars, model_fn, setup.folds, seeds=options.seeds, config=setup.config,
+                          benchmark_bars=setup.bench_bars, instruments=setup.instruments, flags=setup.flags,
+                          labels=setup.labels, executor=executor or ProcessExecutor(options.jobs))
         out.scores["lightgbm"] = setup.in_period(wf.scores(options.seeds[0]))
         if len(options.seeds) > 1:
             out.seed_scores["lightgbm"] = {s: setup.in_period(wf.scores(s)) for s in options.seeds}
@@ -235,19 +257,21 @@ def _rank_ic_mean(metrics: list[dict[str, float]]) -> float:
 def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals_path: Path | None = None,
                    extra_scores: Mapping[str, pd.DataFrame | Mapping[int, pd.DataFrame]] | None = None,
                    primary: str | None = None, baselines: BaselineScores | None = None, gates=None,
-                   title: str | None = None, setup: EvaluationSetup | None = None) -> dict[str, Any]:
+                   title: str | None = None, setup: EvaluationSetup | None = None, executor=None) -> dict[str, Any]:
     """Run every baseline, the signals and the extra runs; write the comparison to `out_dir`.
 
     extra_scores: {run name: Scores or {seed: Scores}} (e.g. trained models) backtested exactly like
     the baselines; primary: the run that leads the report and whose gates count (default: see the
     module docstring); baselines: precomputed `baseline_scores` (skips recomputing them); gates: a
-    Gates object (default: options.gates_file or the default gates); title: the report's title.
-    Returns {"primary", "runs" (write_outputs' per-run metrics and gates), "seed_metrics" ({run: {seed:
-    metrics}} for runs given per seed), "out", "period"}.
+    Gates object (default: options.gates_file or the default gates); title: the report's title;
+    executor: where the LightGBM folds run when the baselines are computed here (see `baseline_scores`).
+    Returns {"primary", "runs" (write_outputs' per-run metrics, book, books and gates), "seed_metrics"
+    ({run: {seed: metrics of the deployed book}} for runs given per seed), "seed_books" ({run: {seed:
+    {book: metrics}}}: long-only and hedged), "book" (the book gates judge:
+    long_only, hedged or long_short), "out", "period"}.
     """
     from quantlm.backtest.gates import Gates
-    from quantlm.backtest.metrics import compute_metrics
-    from quantlm.backtest.outputs import write_outputs
+    from quantlm.backtest.outputs import benchmark_label_series, book_metrics, write_outputs
     from quantlm.baselines.simple import benchmark as benchmark_run
 
     if gates is None:
@@ -261,21 +285,24 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
             raise EvaluationError(f"{signals_path}: evaluate needs a 'score' column (weights files go to 'quantlm backtest')")
     setup = setup if setup is not None else evaluation_setup(store, options)
     start, end = setup.start, setup.end
-    base = baselines if baselines is not None else baseline_scores(store, setup, options)
+    base = baselines if baselines is not None else baseline_scores(store, setup, options, executor=executor)
 
     runs: dict[str, tuple[Any, pd.DataFrame | None]] = {}
     seed_metrics: dict[str, dict[int, dict[str, float]]] = {}
+    seed_books: dict[str, dict[int, dict[str, dict[str, float]]]] = {}  # run -> seed -> book -> metrics
     extra: dict[str, Any] = {"period": {"start": start, "end": end}, "market": setup.market, "freq": setup.freq}
 
     def add_seeded(name: str, by_seed: Mapping[int, pd.DataFrame]) -> None:
         first = None
-        seed_metrics[name] = {}
+        seed_metrics[name], seed_books[name] = {}, {}
         for seed, df in by_seed.items():
             s = setup.in_period(df)
             if len(s) == 0:
                 raise EvaluationError(f"run {name} (seed {seed}): no scores between {start:%Y-%m-%d} and {end:%Y-%m-%d}")
             result = setup.backtest(s)
-            seed_metrics[name][int(seed)] = compute_metrics(result, s, setup.labels, market=setup.market)
+            bench_labels = benchmark_label_series(result, setup.bench_bars, setup.config.fill)
+            books = book_metrics(result, s, setup.labels, setup.market, bench_labels)
+            seed_metrics[name][int(seed)], seed_books[name][int(seed)] = books["metrics"], books["books"]
             if first is None:
                 first = (result, s)
         runs[name] = first
@@ -313,6 +340,10 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     others = {k: v for k, v in runs.items() if k != primary}
     written = write_outputs(result, out_dir, scores=scores, labels=setup.labels, gates=gates, baselines=others,
                             name=primary, title=title or f"quantlm evaluation: {primary} vs baselines",
-                            extra={"primary": primary, **extra, "seed_metrics": seed_metrics}, walk_forward=spread)
-    return {"primary": primary, "runs": written["runs"], "seed_metrics": seed_metrics, "out": Path(out_dir),
+                            extra={"primary": primary, **extra, "seed_metrics": seed_metrics, "seed_books": seed_books},
+                            walk_forward=spread,
+                            benchmark_bars=setup.bench_bars)
+    return {"primary": primary, "runs": written["runs"], "seed_metrics": seed_metrics, "seed_books": seed_books,
+            "book": written["book"],
+            "out": Path(out_dir),
             "period": f"{start:%Y-%m-%d}..{end:%Y-%m-%d}"}

@@ -40,7 +40,9 @@ def register(app: typer.Typer) -> None:
         signals: Annotated[Path | None, typer.Option("--signals", help="Your Scores table (CSV/Parquet: symbol, ts, score).")] = None,
         market: Annotated[str | None, typer.Option("--market", help="cn, us or crypto (default: the store's).")] = None,
         freq: Annotated[str | None, typer.Option("--freq", help="Bar frequency: 1d, 1h, 30min, 15min, 5min or 1min (default: the store's only frequency, else 1d).")] = None,
-        strategy: Annotated[str, typer.Option("--strategy", help="topk or threshold.")] = "topk",
+        strategy: Annotated[str, typer.Option(
+            "--strategy", help="topk, threshold, timing (each symbol alone, on causally z-scored scores) "
+                               "or auto (timing under 10 symbols).")] = "topk",
         topk: Annotated[int, typer.Option("--topk", help="Stocks held by topk.")] = 50,
         n_drop: Annotated[int, typer.Option("--n-drop", help="Stocks swapped per session by topk.")] = 5,
         fill: Annotated[str, typer.Option("--fill", help="Fill price: open, close or vwap.")] = "open",

@@ -244,6 +244,8 @@ def _import_sources(sources: list[Source], store: Store, market: str, freq: str 
             tx.put_bars(new, market=market, freq=first[0], replace=replace, file=checked[0][0].name if
                         len(checked) == 1 else None)
         report.notes = [str(n) for n in getattr(tx, "notes", [])]
+        if not store.meta().get("market"):  # the first import names the store's market (evaluations default to it)
+            tx.set_meta("market", market)
         if universes is not None and len(universes):
             tx.put("universes", "", upsert(store.read_table("universes"), universes, "universe"))
         if found is not None and found.st_ranges is not None:

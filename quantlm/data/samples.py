@@ -31,7 +31,7 @@ def load_sp500_sample(store: Store, replace: bool = False) -> ImportReport:
     instruments = pd.DataFrame({
         "symbol": [SP500_SYMBOL],
         "market": ["us"],
-        "board": ["index"],
+        "board": ["other"],  # traded as an index fund proxy (SPY-like): the only tradable series of the sample
         "name": ["S&P 500"],
         "list_date": pd.to_datetime([df["Date"].min()]).astype("datetime64[ns]"),
         "delist_date": pd.Series([pd.NaT], dtype="datetime64[ns]"),

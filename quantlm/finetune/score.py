@@ -63,7 +63,12 @@ def predict_rows(model: TraderModel, data: TraderData, rows: np.ndarray, warm: i
 
 
 def rank_ic(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count: int = 5) -> float:
-    """Mean over sessions of the Spearman correlation between score and label (NaN labels dropped)."""
+    """Mean over sessions of the Spearman correlation between score and label (NaN labels dropped).
+
+    A store too small for cross-sections (no session with `min_count` pairs, e.g. one index series)
+    gets the pooled time-series Spearman correlation over all pairs instead (NaN under 20 pairs), so
+    model selection still has a signal there; `backtest.metrics` reports the same kind of IC.
+    """
     df = pd.DataFrame({"s": score, "y": label, "t": session}).dropna()
     if len(df) == 0:
         return float("nan")
@@ -71,6 +76,10 @@ def rank_ic(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count
     df["rs"] = g["s"].rank()
     df["ry"] = g["y"].rank()
     n = g["s"].transform("size")
+    if not (n >= min_count).any():
+        if len(df) < 20 or df["s"].nunique() < 2 or df["y"].nunique() < 2:
+            return float("nan")
+        return float(df["s"].rank().corr(df["y"].rank()))
     df = df[n >= min_count]
     if len(df) == 0:
         return float("nan")

@@ -43,6 +43,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from quantlm.workflow.executor import RaySection
+
 BASELINES = ("benchmark", "momentum", "reversal", "lightgbm", "oracle")
 BASELINE_RUNS = {"benchmark": "benchmark", "momentum": "momentum-20", "reversal": "reversal-5",
                  "lightgbm": "lightgbm", "oracle": "oracle"}
@@ -95,7 +97,7 @@ class EvaluateSection(_Strict):
     train_years: float = Field(3.0, gt=0)
     test_months: int = Field(6, ge=1)
     refit: Literal["once", "per_fold"] = "once"
-    strategy: Literal["topk", "threshold"] = "topk"
+    strategy: Literal["topk", "threshold", "timing", "auto"] = "topk"  # auto: timing under 10 symbols (backtest.timing)
     topk: int = Field(50, ge=1)
     n_drop: int = Field(5, ge=0)
     fill: Literal["open", "close", "vwap"] = "open"
@@ -104,7 +106,15 @@ class EvaluateSection(_Strict):
     baselines: list[Literal["benchmark", "momentum", "reversal", "lightgbm", "oracle"]] = Field(
         default_factory=lambda: list(BASELINES))
     num_boost_round: int = Field(200, ge=1)  # LightGBM trees (LightGBM is trained once per run seed)
-    jobs: int = Field(1, ge=1)  # worker processes for the LightGBM walk-forward folds
+    jobs: int = Field(1, ge=1)  # worker processes for the LightGBM walk-forward folds (executor "process")
+    # where the independent units (model chains per seed x variant, scoring, LightGBM folds) run:
+    # "process" = this process (LightGBM folds in `jobs` processes); "ray" = one Ray task per unit
+    executor: Literal["process", "ray"] = "process"
+    ray: RaySection = Field(default_factory=RaySection)  # address, num_cpus / num_gpus per task, local_cpus
+    # the book deployed and gated: none = long-only topk; benchmark = long the picks, short a future on the
+    # benchmark (quantlm.backtest.hedge: margin, commission, rolls, basis); long_short = us/crypto only
+    hedge: Literal["none", "benchmark", "long_short"] = "none"
+    hedge_settings: dict[str, Any] | None = None  # HedgeConfig settings over the market's preset (hedge benchmark)
     gates: str | dict[str, float | None] | None = None  # a gates YAML file or inline thresholds; None: defaults
     primary: str | None = None  # run that leads the report and is gated; None: the model run with the best RankIC
     latency: bool = True  # measure the deployed model's decision latency (quantlm.finetune.measure_latency)
@@ -343,6 +353,16 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
 
         llm = _validate(LLMSection, top.llm, ("llm",), problems)
     ev = top.evaluate
+    if ev.hedge_settings is not None:
+        from quantlm.backtest.hedge import HedgeConfig, HedgeConfigError
+
+        try:
+            HedgeConfig.from_mapping(ev.hedge_settings, market=ev.market or "cn", source="evaluate.hedge_settings")
+        except HedgeConfigError as e:
+            problems.append(str(e))
+    if ev.hedge == "long_short" and ev.market == "cn":
+        problems.append("evaluate.hedge: long_short needs a market that allows shorting (us, crypto), not cn "
+                        "(A-shares cannot be shorted in general: use hedge: benchmark)")
     if isinstance(ev.gates, dict):
         from quantlm.backtest.gates import GateConfigError, Gates
 

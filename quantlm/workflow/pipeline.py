@@ -11,7 +11,9 @@ Order and point-in-time rules:
    gets `train_end` = its fold's train end;
 3. pretrain (once), then per seed x variant (main + ablations) x fold the model stages
    (`quantlm.workflow.models`), the scoring of every model run, the baselines, the deployed model's
-   latency and the evaluation (`run_evaluation` with the model runs as `extra_scores`);
+   latency and the evaluation (`run_evaluation` with the model runs as `extra_scores`); the chains
+   and scorings are units run by an executor (`quantlm.workflow.units`: this process by default, Ray
+   tasks with `evaluate.executor: ray`), pretraining, latency and evaluation run in this process;
 4. summary.json (`quantlm.workflow.summary`), report.html copied to the run folder, a printed table.
 
 Every step is a cached stage (`quantlm.workflow.stages`): a second run with the same config prints
@@ -31,9 +33,10 @@ import yaml
 from rich.console import Console
 
 from quantlm.workflow.config import RunConfig
-from quantlm.workflow.models import Chain, latency_stage, score_run, train_chain
+from quantlm.workflow.models import latency_stage
 from quantlm.workflow.stages import StageCache, StageResult, file_stamp, stage_key, store_fingerprint
 
+from quantlm.workflow.units import RunUnits
 
 class WorkflowError(ValueError):
     """A run that cannot proceed with this store or config (shown to CLI users as a plain message)."""
@@ -178,7 +181,7 @@ def evaluate_options(cfg: RunConfig):
     return EvaluateOptions(market=ev.market, strategy=ev.strategy, topk=ev.topk, n_drop=ev.n_drop, fill=ev.fill,
                            costs=ev.costs, cash=ev.cash, mode=ev.mode, train_years=ev.train_years,
                            test_months=ev.test_months, seeds=list(cfg.seeds), jobs=ev.jobs, baselines=list(ev.baselines),
-                           num_boost_round=ev.num_boost_round)
+                           num_boost_round=ev.num_boost_round, hedge=ev.hedge, hedge_settings=ev.hedge_settings)
 
 
 def gates_of(cfg: RunConfig):
@@ -191,13 +194,15 @@ def gates_of(cfg: RunConfig):
     return Gates.from_yaml(g) if isinstance(g, str) else Gates.from_mapping(g, source="evaluate.gates")
 
 
-def baselines_stage(store, options, setup, cache: StageCache, fingerprint: str) -> StageResult:
-    """Scores of the baselines over the evaluation period (LightGBM walk-forward, momentum, reversal, oracle)."""
+def baselines_stage(store, options, setup, cache: StageCache, fingerprint: str, executor=None) -> StageResult:
+    """Scores of the baselines over the evaluation period (LightGBM walk-forward, momentum, reversal, oracle);
+    executor: where the LightGBM folds run (None: options.jobs processes)."""
     from quantlm.baselines.compare import baseline_scores
 
-    config = {k: v for k, v in dataclasses.asdict(options).items() if k not in ("jobs", "gates_file")}
+    config = {k: v for k, v in dataclasses.asdict(options).items()
+              if k not in ("jobs", "gates_file", "hedge", "hedge_settings")}  # scores do not depend on the hedge
     key = stage_key("baselines", config, store=fingerprint)
-    return cache.run("baselines", key, lambda tmp: baseline_scores(store, setup, options).save(tmp))
+    return cache.run("baselines", key, lambda tmp: baseline_scores(store, setup, options, executor=executor).save(tmp))
 
 
 def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fingerprint: str,
@@ -210,7 +215,8 @@ def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fin
     # Latency is not a backtest metric: its gate is judged in summary.json with the measured latency.
     report_gates = gates.model_copy(update={"latency_p99_ms": None})
     runs = {name: {seed: r.key for seed, r in by_seed.items()} for name, by_seed in scores.items()}
-    config = {"evaluate": cfg.evaluate.model_dump(mode="json"), "gates": gates.model_dump(), "title": cfg.report.title,
+    evaluate = cfg.evaluate.model_dump(mode="json", exclude={"executor", "ray"})  # results do not depend on them
+    config = {"evaluate": evaluate, "gates": gates.model_dump(), "title": cfg.report.title,
               "runs": runs, "seeds": cfg.seeds}
     inputs = [baselines.key] + [k for by_seed in runs.values() for k in by_seed.values()]
     key = stage_key("evaluate", config, inputs, fingerprint)
@@ -222,7 +228,7 @@ def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fin
                              baselines=BaselineScores.load(baselines.path), gates=report_gates,
                              title=cfg.report.title, setup=setup)
         payload = {"primary": res["primary"], "period": res["period"], "runs": res["runs"],
-                   "seed_metrics": res["seed_metrics"]}
+                   "seed_metrics": res["seed_metrics"], "seed_books": res["seed_books"], "book": res["book"]}
         (tmp / "evaluation.json").write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
 
     return cache.run("evaluate", key, build, inputs=inputs)
@@ -230,9 +236,28 @@ def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fin
 
 # -------------------------------------------------------------------------------------- the run
 def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, console: Console | None = None,
-                 force: list[str] | tuple[str, ...] = (), progress: bool = False) -> dict[str, Any]:
+                 force: list[str] | tuple[str, ...] = (), progress: bool = False, executor=None,
+                 stages_dir: str | Path | None = None) -> dict[str, Any]:
     """Run (or resume) every stage of `cfg` against `store`; returns the summary also written to
-    `run_dir/summary.json` (default run_dir: the config's)."""
+    `run_dir/summary.json` (default run_dir: the config's).
+
+    executor: where the independent units run (`quantlm.workflow.executor`; default: the one
+    `cfg.evaluate.executor` names, closed at the end); stages_dir: the stage cache folder (default
+    run_dir/stages; a sweep's variants share one)."""
+    from quantlm.workflow.executor import make_executor
+
+    if executor is not None:
+        return _run_workflow(cfg, store, run_dir, console, force, progress, executor, stages_dir)
+    ev = cfg.evaluate
+    preflight(cfg, store)  # input problems are reported before a Ray instance starts
+    executor = make_executor(ev.executor, 1, ev.ray)
+    try:
+        return _run_workflow(cfg, store, run_dir, console, force, progress, executor, stages_dir)
+    finally:
+        executor.close()
+
+
+def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, executor, stages_dir) -> dict[str, Any]:
     from quantlm.baselines.compare import evaluation_setup
     from quantlm.workflow.summary import build_summary, print_summary
 
@@ -241,7 +266,7 @@ def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, conso
     run_dir = Path(run_dir) if run_dir is not None else cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.raw, sort_keys=False))
-    cache = StageCache(run_dir, console, force)
+    cache = StageCache(run_dir, console, force, stages_dir=stages_dir)
 
     data_stage(cfg, store, cache)
     fingerprint = store_fingerprint(store)
@@ -256,18 +281,12 @@ def run_workflow(cfg: RunConfig, store, run_dir: str | Path | None = None, conso
     pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress)
     train_ends = [cap] if cfg.evaluate.refit == "once" else [f.train_end for f in folds]
 
-    chains: list[Chain] = []
-    for seed in cfg.seeds:
-        main = train_chain(cfg, cfg.main, seed, store, cache, fingerprint, pretrained, pretrained_dir, train_ends)
-        chains.append(main)
-        for variant in cfg.ablations:
-            chains.append(train_chain(cfg, variant, seed, store, cache, fingerprint, pretrained, pretrained_dir,
-                                      train_ends, main=main))
-    scores: dict[str, dict[int, StageResult]] = {}
-    for chain in chains:
-        for run, models in chain.runs().items():
-            scores.setdefault(run, {})[chain.seed] = score_run(run, chain.seed, models, folds, store, cache, fingerprint)
-    baselines = baselines_stage(store, options, setup, cache, fingerprint)
+    units = RunUnits(cfg, store, cache, fingerprint, pretrained, pretrained_dir, train_ends, folds)
+    chains = units.train_chains(executor)
+    scores = units.score_all(executor, chains)
+    # LightGBM folds: Ray tasks under the ray executor, else evaluate.jobs processes
+    baselines = baselines_stage(store, options, setup, cache, fingerprint,
+                                executor if getattr(executor, "name", "") == "ray" else None)
     llm_entry = None
     if cfg.llm is not None:  # a general LLM with LoRA beside the market GPT (quantlm.workflow.llm_stage)
         from quantlm.workflow.llm_stage import RUN_NAME, run_llm

@@ -32,6 +32,11 @@ from rich.markup import escape
 
 import quantlm
 
+try:
+    import fcntl
+except ImportError:  # Windows: no stage locks
+    fcntl = None
+
 WORKFLOW_FORMAT = 1
 VERSION = f"quantlm-{quantlm.__version__}/workflow-{WORKFLOW_FORMAT}"
 # Tables left out of the store fingerprint: caches derived from other tables (embeddings are a pure
@@ -84,8 +89,10 @@ class StageResult:
 class StageCache:
     """Runs stages into `run_dir/stages/`, skipping done ones (see the module docstring)."""
 
-    def __init__(self, run_dir: str | Path, console: Console | None = None, force: Iterable[str] = ()) -> None:
-        self.root = Path(run_dir) / "stages"
+    def __init__(self, run_dir: str | Path, console: Console | None = None, force: Iterable[str] = (),
+                 stages_dir: str | Path | None = None) -> None:
+        # stages_dir: another folder for the stages (a sweep's variants share one); default run_dir/stages
+        self.root = Path(stages_dir) if stages_dir is not None else Path(run_dir) / "stages"
         self.console = console or Console(quiet=True)
         self.force = set(force)
         self.forced_keys: set[str] = set()
@@ -100,6 +107,17 @@ class StageCache:
 
     def run(self, stage_id: str, key: str, build: Callable[[Path], Any], inputs: Iterable[str] = (),
             resumable: bool = False, valid: Callable[[Path], bool] | None = None) -> StageResult:
+        """`_run` under an exclusive lock on the stage folder (`stages/.lock-<folder>`, flock; none on
+        Windows): runs sharing this cache in other processes or on other nodes (a sweep on Ray) build a
+        stage once, and the others find it done when they get the lock."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / f".lock-{self.folder(stage_id, key).name}", "a") as lock:
+            if fcntl is not None:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._run(stage_id, key, build, inputs, resumable, valid)
+
+    def _run(self, stage_id: str, key: str, build: Callable[[Path], Any], inputs: Iterable[str] = (),
+             resumable: bool = False, valid: Callable[[Path], bool] | None = None) -> StageResult:
         """The stage's folder, built by `build(temp_folder)` unless done already.
 
         inputs: keys of the stages it reads (for --force propagation); resumable: keep a crashed

@@ -3,6 +3,11 @@
 Schema (metric names exactly as in metrics.json of `quantlm evaluate`, fractions not percent):
 
     primary        name of the primary run (evaluate.primary, else the model run with the best RankIC)
+    book           the book the gates judged: long_only, hedged (evaluate.hedge: benchmark) or long_short;
+                   `runs`, `oracle` and `gates` are that book's metrics
+    gates_judged   the same, in words
+    books          {run: {book: {metric: mean over seeds}}}: every run's long-only and hedged book
+                   (the oracle's too); prediction metrics (IC, accuracy, pick_hit_rate) are shared
     runs           {run: {metric: value}}: model runs (mean over seeds) and baselines; no oracle
     runs_std       {run: {metric: std over seeds (ddof 1)}} for runs with >= 2 seeds
     runs_by_seed   {run: {seed: {metric: value}}} for model runs (and LightGBM with >= 2 seeds)
@@ -71,8 +76,16 @@ def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any
     runs_std: dict[str, dict[str, Any]] = {}
     by_seed: dict[str, dict[str, Any]] = {}
     seed_metrics = evaluation.get("seed_metrics", {})
+    seed_books = evaluation.get("seed_books", {})
+    books: dict[str, dict[str, Any]] = {}
     oracle = None
     for name, run in evaluation["runs"].items():
+        per_book = seed_books.get(name)
+        if per_book:
+            names = list(next(iter(per_book.values())))
+            books[name] = {b: mean_std({s: m[b] for s, m in per_book.items()})[0] for b in names}
+        else:
+            books[name] = run.get("books") or {"long_only": dict(run["metrics"])}
         if name == "oracle":
             oracle = dict(run["metrics"])
             continue
@@ -101,8 +114,12 @@ def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any
         r = _ratio(p.get("rank_ic"), oracle.get("synth_oracle_rank_ic"))
         if r is not None:
             ratios["rank_ic_vs_synth_oracle"] = r
+    book = evaluation.get("book", "long_only")
     return {
         "primary": primary,
+        "book": book,
+        "gates_judged": f"the {book} book of {primary} (evaluate.hedge: the book the config deploys)",
+        "books": books,
         "runs": runs,
         "runs_std": runs_std,
         "runs_by_seed": by_seed,
@@ -127,7 +144,13 @@ def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any
 
 COLUMNS = (("annual_excess_return", "excess/yr", "{:+.1%}"), ("sharpe", "Sharpe", "{:.2f}"),
            ("max_drawdown", "max DD", "{:.1%}"), ("ic", "IC", "{:.4f}"), ("rank_ic", "RankIC", "{:.4f}"),
+           ("directional_accuracy", "dir.acc", "{:.3f}"), ("pick_hit_rate", "pick hit", "{:.3f}"),
            ("turnover", "turnover", "{:.2f}"))
+
+
+BOOK_COLUMNS = (("annual_return", "return/yr", "{:+.1%}"), ("sharpe", "Sharpe", "{:.2f}"),
+                ("max_drawdown", "max DD", "{:.1%}"), ("max_consecutive_losing_days", "losing run", "{:.0f}"),
+                ("pick_hit_rate", "pick hit", "{:.3f}"))
 
 
 def _cell(m: dict[str, Any], key: str, fmt: str, std: dict[str, Any] | None = None) -> str:
@@ -153,13 +176,23 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     if summary["oracle"] and "rank_ic" in summary["oracle"]:
         table.add_row("oracle", *[_cell(summary["oracle"], k, f) for k, _, f in COLUMNS])
     console.print(table)
+    books = summary.get("books", {})
+    if any(len(b) > 1 for b in books.values()):
+        both = Table(title=f"long-only and hedged books (gates judge the {summary.get('book')} book)")
+        for header in ("run", "book", *[h for k, h, _ in BOOK_COLUMNS]):
+            both.add_column(header, justify="left" if header in ("run", "book") else "right")
+        for name in [*order, "oracle"]:
+            for i, (b, m) in enumerate(books.get(name, {}).items()):
+                both.add_row(escape(name) if i == 0 else "", b, *[_cell(m, k, f) for k, _, f in BOOK_COLUMNS])
+        console.print(both)
     gates = summary["gates"]
     passed = sum(g["passed"] for g in gates.values())
     lat = summary["latency_ms"]
     lat_txt = f"deployed {lat['run']} latency p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms; " if lat else ""
     ratio = summary["ratios"].get("rank_ic_vs_oracle")
     ratio_txt = f"RankIC / oracle {ratio:.2f}; " if ratio is not None else ""
-    console.print(f"primary {escape(summary['primary'])}: {ratio_txt}gates passed {passed}/{len(gates)}"
+    console.print(f"primary {escape(summary['primary'])}: {ratio_txt}gates ({summary.get('book', 'long_only')} book) "
+                  f"passed {passed}/{len(gates)}"
                   + (f"; {escape(lat_txt.rstrip('; '))}" if lat_txt else ""))
     llm = summary.get("llm")
     if llm:
