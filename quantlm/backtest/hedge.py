@@ -293,7 +293,8 @@ def long_short_weights(scores: pd.DataFrame, topk: int, n_drop: int, gross: floa
     """Weights (symbol, ts, weight) of a dollar-neutral book: long the top `topk`, short the bottom `topk`.
 
     Each side is gross / 2 of equity in equal weights; per session (time stamp of the scores) each side
-    replaces at most `n_drop` names (TopkDropout's rule, `_dropout_pick`); a name is never on both sides.
+    replaces at most `n_drop` names (TopkDropout's rule, `_dropout_pick`); a name is never on both sides
+    (a name held short is not a long candidate until the short side has dropped it).
     Uses each session's scores only (no look-ahead)."""
     if topk < 1:
         raise HedgeConfigError(f"long_short needs topk >= 1, got {topk}")
@@ -306,9 +307,10 @@ def long_short_weights(scores: pd.DataFrame, topk: int, n_drop: int, gross: floa
     w = gross / 2.0 / topk
     for ts, day in s.sort_values(["ts", "symbol"], kind="stable").groupby("ts", sort=True):
         best = day.sort_values(["score", "symbol"], ascending=[False, True], kind="stable")["symbol"].astype(str).tolist()
-        longs = _dropout_pick(best, longs, topk, n_drop)
-        worst = [x for x in reversed(best) if x not in set(longs)]
-        shorts = _dropout_pick(worst, [x for x in shorts if x not in set(longs)], topk, n_drop)
+        held_short = set(shorts)
+        longs = _dropout_pick([x for x in best if x not in held_short], longs, topk, n_drop)
+        long_set = set(longs)
+        shorts = _dropout_pick([x for x in reversed(best) if x not in long_set], shorts, topk, n_drop)
         rows += [(x, ts, w) for x in longs] + [(x, ts, -w) for x in shorts]
     return pd.DataFrame(rows, columns=["symbol", "ts", "weight"])
 
