@@ -23,6 +23,7 @@ from quantlm.cli import model as _model
 from quantlm.cli import plan as _plan
 from quantlm.cli import run as _run
 from quantlm.cli import serve as _serve
+from quantlm.cli import sweep as _sweep
 
 app = typer.Typer(
     name="quantlm",
@@ -43,6 +44,7 @@ _evaluate.register(app)
 _model.register(app)
 _demo.register(app)
 _run.register(app)
+_sweep.register(app)
 _finetune.register(app)
 _live.register(app)
 _llm.register(app)
