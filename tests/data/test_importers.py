@@ -339,7 +339,7 @@ def test_sp500_sample_through_the_cli(tmp_path):
     np.testing.assert_array_equal(got["close"].to_numpy(), raw["Close"].to_numpy())
     np.testing.assert_array_equal(got["volume"].to_numpy(), raw["Volume"].to_numpy(dtype="float64"))
     inst = st.instruments()
-    assert inst[["symbol", "market", "board"]].values.tolist() == [["^GSPC", "us", "index"]]
+    assert inst[["symbol", "market", "board"]].values.tolist() == [["^GSPC", "us", "other"]]
 
     listing = runner.invoke(app, ["data", "list", "--store", str(root)])
     assert listing.exit_code == 0 and "1999-01-04" in listing.output and "2018-12-31" in listing.output
