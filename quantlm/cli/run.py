@@ -11,7 +11,7 @@ import typer
 from quantlm.cli.common import StoreOption, console, store_from, user_errors
 
 FORCE_KINDS = ("all", "data", "embed", "pretrain", "sft", "reward", "rl", "distill", "score", "baselines",
-               "latency", "evaluate")
+               "latency", "evaluate", "llm")
 
 
 def register(app: typer.Typer) -> None:

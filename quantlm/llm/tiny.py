@@ -30,9 +30,12 @@ _CORPUS = [
     "The company reported quarterly results above expectations; revenue grew and margins widened.",
     "Regulator opens investigation; management declined to comment. Output roughly flat month on month.",
 ]
+# The serialisation's own words (the system prompt) and the integers 0..999 with their signs, so a bar
+# line costs about 9 tokens (r + 12 g - 3 h 25 v 118 newline) instead of ~18 with digit pieces.
+_NUMBERS = " ".join(f"r+{i} g-{i} h{i} v{i}" for i in range(1000))
 
 
-def make_tokenizer(vocab_size: int = 400):
+def make_tokenizer(vocab_size: int = 1500):
     """A byte-level BPE `PreTrainedTokenizerFast` with the chat template and special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -42,7 +45,9 @@ def make_tokenizer(vocab_size: int = 400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(_CORPUS * 20, trainer=trainer)
+    from quantlm.llm.serialize import SYSTEM
+
+    tok.train_from_iterator((_CORPUS + [SYSTEM]) * 20 + [_NUMBERS] * 5, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    bos_token=None, unk_token=None,
                                    additional_special_tokens=["<|im_start|>", "<|im_end|>"])
@@ -51,7 +56,7 @@ def make_tokenizer(vocab_size: int = 400):
 
 
 def make_tiny_model(folder, family: str = "qwen2", layers: int = 2, hidden: int = 48, heads: int = 4,
-                    kv_heads: int = 2, intermediate: int = 96, vocab_size: int = 400, max_positions: int = 2048,
+                    kv_heads: int = 2, intermediate: int = 96, vocab_size: int = 1500, max_positions: int = 2048,
                     seed: int = 0) -> Path:
     """Write a tiny `family` ("qwen2" or "llama") model and its tokenizer to `folder`; returns the folder."""
     import torch
