@@ -49,7 +49,7 @@ Training windows of `window_bars` bars end on cross-section sessions <= the last
 every position past `warm` is a candidate cross-section.
 
 Point in time. The store is read up to `train_end`; the last `valid_sessions` sessions before it are
-held out exactly as in SFT (`sft.split_rows`): training bars and outcomes are known by the last
+held out exactly as in SFT (`common.split_rows`): training bars and outcomes are known by the last
 training session (`TraderData.targets_known`), held-out pairs come only from later sessions and
 their outcomes known by `train_end`. Metrics: held-out pairwise accuracy (pairs ordered correctly;
 a predicted tie counts 1/2) at the selected step (`pairwise_accuracy`; best validation accuracy,
@@ -74,17 +74,19 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
-from quantlm.finetune.config import _Strict
+from quantlm.finetune.common import load_policy_data, resolve_model_dir  # noqa: F401 (moved there; re-exported)
 from quantlm.finetune.data import FinetuneDataError, TraderData
-from quantlm.finetune.model import TraderModel, _head, is_trader_folder, numpy_batch
+from quantlm.finetune.model import TraderModel, _head
+from quantlm.finetune.stagecore import CoreFields, run_on_core, unprefix
 
 REWARD_JSON = "reward.json"
 REWARD_WEIGHTS = "reward_head.safetensors"
 REWARD_FORMAT = "quantlm.Reward/1"
 
 
-class RewardConfig(_Strict):
-    """Reward-model training (see the module docstring). The seed is an argument of `train_reward`."""
+class RewardConfig(CoreFields):
+    """Reward-model training (see the module docstring). The seed is an argument of `train_reward`;
+    mixed_precision, grad_accum, log_every, checkpoint_every come from `stagecore.CoreFields`."""
 
     steps: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=1)  # cross-sections (end sessions) per step
@@ -311,39 +313,6 @@ class RewardModel(nn.Module):
         return model.to(device)
 
 
-def resolve_model_dir(path: str | Path, marker: str = "trader.json") -> Path:
-    """A model folder, or a run folder whose model/ is one (a trader folder of either layout for the default marker)."""
-    p = Path(path)
-    for d in (p, p / "model"):
-        if (d / marker).exists() or (marker == "trader.json" and is_trader_folder(d)):
-            return d
-    raise FileNotFoundError(f"{p} is neither a model folder nor a run folder with model/ (no {marker})")
-
-
-def load_policy_data(policy: str | Path, store, train_end, targets=None, rank_target: str | None = None):
-    """(TraderModel, tokenizer, TraderData up to train_end, SFT run config or {}) for a trader folder.
-
-    The target config and rank target are the SFT run's (its config.json next to model/) unless given.
-    """
-    from quantlm.features.targets import TargetConfig
-    from quantlm.finetune.data import build_trader_data
-    from quantlm.tokenize import KlineTokenizer
-
-    d = resolve_model_dir(policy)
-    model, tok = TraderModel.load(d), KlineTokenizer.load(d / "tokenizer")
-    run_cfg = d.parent / "config.json"
-    sft = json.loads(run_cfg.read_text()).get("sft", {}) if run_cfg.exists() else {}
-    if targets is None:
-        targets = TargetConfig.model_validate(sft["targets"]) if "targets" in sft else \
-            TargetConfig(horizons=model.spec.horizons)
-    data = build_trader_data(store, tok, targets, text=model.spec.d_text > 0, text_half_life=model.spec.text_half_life,
-                             market=model.spec.market, end=train_end,
-                             rank_target=rank_target or sft.get("rank_target", "return"))
-    if list(data.horizons) != list(model.spec.horizons):
-        raise FinetuneDataError(f"target horizons {data.horizons} differ from the policy's {model.spec.horizons}")
-    return model, tok, data, sft
-
-
 def known_returns(data: TraderData, when, column: int, excess: bool = False) -> np.ndarray:
     """ret[:, column] known by the close of `when` (NaN otherwise), optionally as session excess returns."""
     ret = data.targets_known(when)["ret"][:, column].astype(np.float64)
@@ -358,10 +327,14 @@ def horizon_column(data: TraderData, h: int) -> int:
 
 # ---------------------------------------------------------------------- training
 def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, train_end, seed: int = 0,
-                 progress: bool = False) -> Path:
-    """Train a reward model initialised from the trader `policy`; returns the run folder (model in run/model)."""
+                 progress: bool = False, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Train a reward model initialised from the trader `policy`; returns the run folder (model in run/model).
+
+    Runs on the training core: resume continues from the newest checkpoint in out/checkpoints
+    (bit-identical on CPU); stop_after ends the run at that step with a checkpoint and no model.
+    """
+    from quantlm.finetune.common import save_trader, split_rows, start_run
     from quantlm.finetune.lora import freeze_bottom
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads, seed)
@@ -396,12 +369,26 @@ def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, 
     freeze_bottom(model.trader, cfg.freeze_bottom)
     sampler = CrossSectionSampler(data, W, last_train, cfg.max_symbols, seed)
     bos = model.trader.trunk.special_ids["bos"]
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
+
+    def pairs_at(i: int):
+        """(window starts, winner, loser) of micro-batch i: a pure function of (seed, i)."""
+        starts, block = sampler.sample(i, cfg.batch_size)
+        rows, group = sampler.groups(starts, block, cfg.warm)
+        w, lo = make_pairs(out_train[rows].reshape(-1, A), group.reshape(-1), cfg.pairs_per_session,
+                           np.random.default_rng([seed, i, 2]))
+        return starts, w, lo
+
+    def batch_at(i: int) -> dict[str, np.ndarray]:
+        starts, w, lo = pairs_at(i)
+        return {**data.gather(starts, W, bos), "win": w, "lose": lo}
+
+    def loss_fn(m, batch: dict[str, torch.Tensor], step: int):
+        r = m(batch)[:, cfg.warm:].reshape(-1)
+        rw, rl = r[batch["win"].long()], r[batch["lose"].long()]
+        if len(rw) == 0:  # no pair with different outcomes: a zero loss that keeps the graph
+            return r.sum() * 0.0, {"train_accuracy": r.new_zeros(()), "pairs": r.new_zeros(())}
+        return bradley_terry_loss(rw, rl), {"train_accuracy": ((rw - rl) > 0).float().mean(),
+                                            "pairs": torch.tensor(float(len(rw)))}
 
     def evaluate() -> dict[str, float]:
         r = model.reward_rows(data, valid_rows, warm=cfg.warm, window=W)
@@ -411,44 +398,16 @@ def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, 
         res["bt_loss"] = float(bradley_terry_loss(torch.from_numpy(r.reshape(-1)[vw]), torch.from_numpy(r.reshape(-1)[vl])))
         return res
 
-    best: dict = {}
-    best_state = None
-    n_pairs = 0
     model.train()
-    with (out / "metrics.jsonl").open("w") as log:
-        for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            starts, block = sampler.sample(step, cfg.batch_size)
-            rows, group = sampler.groups(starts, block, cfg.warm)
-            w, lo = make_pairs(out_train[rows].reshape(-1, A), group.reshape(-1), cfg.pairs_per_session,
-                               np.random.default_rng([seed, step, 2]))
-            row = {"step": step + 1, "lr": opt.param_groups[0]["lr"], "pairs": int(len(w))}
-            if len(w):
-                r = model(numpy_batch(data.gather(starts, W, bos), device))[:, cfg.warm:].reshape(-1)
-                wt, lt = torch.from_numpy(w).to(device), torch.from_numpy(lo).to(device)
-                loss = bradley_terry_loss(r[wt], r[lt])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                n_pairs += len(w)
-                row.update(loss=float(loss.detach()), train_accuracy=float(((r[wt] - r[lt]) > 0).float().mean()))
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                ev = evaluate()
-                row.update({f"valid_{k}": v for k, v in ev.items()})
-                if best_state is None or ev["pairwise_accuracy"] > best["pairwise_accuracy"]:
-                    best = ev | {"step": step + 1}
-                    best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-                last = ev
-                if progress:
-                    print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-    model.load_state_dict(best_state)
-    model.eval().to("cpu")
+    result = run_on_core("reward", model, cfg, out, loss_fn, batch_at, evaluate, "pairwise_accuracy",
+                         cfg.eval_every, progress=progress, resume=resume, stop_after=stop_after)
+    if not result.finished:
+        return out  # stopped early: a checkpoint to resume from, no model yet
+    n_micro = cfg.steps * cfg.grad_accum
+    n_pairs = sum(len(pairs_at(i)[1]) for i in range(n_micro))
     save_trader(model, tok, out)  # out/model, atomically (RewardModel.save has the same signature)
-    summary = {**{k: v for k, v in best.items() if k != "step"}, "best_step": best["step"],
+    best, last = unprefix(result.best), unprefix(result.last)
+    summary = {**best, "best_step": result.best["step"],
                "pairwise_accuracy_last": last["pairwise_accuracy"],
                "baseline_cost_only_accuracy": pairwise_accuracy(base, vw, vl),
                "pairs_train": int(n_pairs), "pairs_valid": int(len(vw)),

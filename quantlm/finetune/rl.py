@@ -24,6 +24,18 @@ R = the reward model's r(s, a) (reward="model"; its hold reward is 0) or the rea
 (reward="realized": (a ret_1 - |a| c) / sigma, `reward.realized_outcome`, only targets known by the
 last training session). "session" grouping makes the advantage cross-sectional: a buy is rewarded
 for beating the other stocks' sampled actions of that day, which is what a ranking score needs.
+reward="portfolio" (`finetune.book`): what the book earns. Per session of a sampled cross-section,
+K = samples_per_state books are sampled (one action per stock each; equal weight over the buys),
+each earns its excess return over the cross-section net of the dated round-trip cost of its
+turnover vs the same sample's previous-session book, and every stock's sampled action in book k
+gets book k's leave-one-out advantage (GRPO over K books per session).
+
+Runs on the training core (`finetune.stagecore`): each micro-batch i (windows, known outcomes and
+the uniforms the actions are drawn with) is a pure function of (seed, i), so resume is exact.
+Promotion: the RL policy is `promoted` (metrics.json) only when its selected validation RankIC
+beats the SFT model's with its own trading score AND its validation book return (`book.book_return`,
+top `book_fraction` by score, net of turnover costs) is not below the SFT model's; otherwise
+`quantlm run` keeps the SFT model as the distillation teacher and deployed candidate.
 
 Point in time: the store is read up to train_end; the last `valid_sessions` sessions are held out
 as in SFT. A reward model must have been trained no later than this run's last training session
@@ -47,9 +59,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from quantlm.finetune.config import LossConfig, _Strict
+from quantlm.finetune.book import book_return, book_rewards, dense_slots, loo_advantages, sample_actions
+from quantlm.finetune.common import load_policy_data, resolve_model_dir
+from quantlm.finetune.config import LossConfig
 from quantlm.finetune.data import FinetuneDataError, TraderData
-from quantlm.finetune.model import LossWeights, TraderModel, numpy_batch, trader_losses
+from quantlm.finetune.model import LossWeights, TraderModel, trader_losses
 from quantlm.finetune.reward import (
     REWARD_JSON,
     CrossSectionSampler,
@@ -57,17 +71,16 @@ from quantlm.finetune.reward import (
     bar_history,
     horizon_column,
     known_returns,
-    load_policy_data,
     realized_outcome,
-    resolve_model_dir,
     round_trip_costs,
 )
+from quantlm.finetune.stagecore import CoreFields, run_on_core, unprefix
 
 ACTIONS = [-1.0, 0.0, 1.0]  # direction classes 0 sell, 1 hold, 2 buy as positions
 
 
-class RLConfig(_Strict):
-    """GRPO fine-tuning of the direction head (see the module docstring)."""
+class RLConfig(CoreFields):
+    """GRPO fine-tuning of the direction head (see the module docstring; core keys from `stagecore.CoreFields`)."""
 
     steps: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=1)  # cross-sections (end sessions) per step
@@ -84,7 +97,7 @@ class RLConfig(_Strict):
     group: Literal["session", "state"] = "session"
     samples_per_state: int = Field(4, ge=1)
     adv_eps: float = Field(1e-6, gt=0)
-    reward: Literal["model", "realized"] = "realized"
+    reward: Literal["model", "realized", "portfolio"] = "realized"
     outcome: Literal["sharpe", "pnl"] = "sharpe"  # realised reward (and evaluation) units
     cost: float | None = Field(None, ge=0)  # round-trip cost fraction; None: round_trip_cost_for(market, session)
     excess: bool = False  # realised reward on session excess returns (see finetune.reward)
@@ -94,14 +107,15 @@ class RLConfig(_Strict):
     aux_loss: LossConfig = Field(default_factory=lambda: LossConfig(direction=0.0, lm=0.0))
     valid_sessions: int = Field(60, ge=10)
     eval_every: int = Field(50, ge=1)
-    select: Literal["rank_ic", "reward", "last"] = "rank_ic"
+    select: Literal["rank_ic", "reward", "book_return", "last"] = "rank_ic"
+    book_fraction: float = Field(0.2, gt=0, le=1)  # validation book: top fraction of the stocks by score
     freeze_bottom: int = Field(0, ge=0)
     threads: int | None = None
 
     @model_validator(mode="after")
     def _check(self) -> RLConfig:
-        if self.group == "state" and self.samples_per_state < 2:
-            raise ValueError("group 'state' needs samples_per_state >= 2")
+        if (self.group == "state" or self.reward == "portfolio") and self.samples_per_state < 2:
+            raise ValueError("group 'state' and reward 'portfolio' need samples_per_state >= 2")
         if self.window_bars is not None and self.warm >= self.window_bars:
             raise ValueError(f"warm ({self.warm}) must be < window_bars ({self.window_bars})")
         return self
@@ -144,13 +158,52 @@ def grpo_loss(logits: torch.Tensor, ref_logits: torch.Tensor, actions: torch.Ten
     kl = (p * (logp - ref_logp)).sum(-1).mean()
     ent = -(p * logp).sum(-1).mean()
     loss = pg + kl_coef * kl - entropy_coef * ent
-    return loss, {"pg": float(pg.detach()), "kl": float(kl.detach()), "entropy": float(ent.detach())}
+    return loss, {"pg": pg.detach(), "kl": kl.detach(), "entropy": ent.detach()}
+
+
+def book_pg_loss(logits: torch.Tensor, ref_logits: torch.Tensor, acts: torch.Tensor, ret: torch.Tensor,
+                 cost: torch.Tensor, block: torch.Tensor, slot: torch.Tensor, n_blocks: int, n_slots: int,
+                 kl_coef: float, entropy_coef: float, eps: float = 1e-6) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The portfolio-reward GRPO loss (`finetune.book`) on windows of sampled cross-sections.
+
+    logits, ref_logits [M, P, 3] (M windows, P scored positions), acts [M, P, K] sampled classes,
+    ret / cost [M, P] (NaN ret = unknown), block [M] cross-section of each window, slot [M] its place in it.
+    Every known state's sampled action in book k gets book k's advantage, weighted 1 / (known stocks of
+    its group), averaged over valid groups and samples; KL to the reference and entropy over known states.
+    """
+    M, P, K = acts.shape
+    dev = logits.device
+    buy = torch.zeros(n_blocks, n_slots, P, K, dtype=torch.bool, device=dev)
+    buy[block, slot] = acts == 2
+    r = torch.full((n_blocks, n_slots, P), float("nan"), dtype=torch.float64, device=dev)
+    r[block, slot] = ret.double()
+    c = torch.zeros(n_blocks, n_slots, P, dtype=torch.float64, device=dev)
+    c[block, slot] = cost.double()
+    rewards, valid = book_rewards(buy, r, c)  # [B, P, K], [B, P]
+    adv = torch.where(valid.unsqueeze(-1), loo_advantages(rewards, eps), 0.0)
+    known = torch.isfinite(ret)  # [M, P]
+    n_known = torch.isfinite(r).sum(1).clamp(min=1)  # [B, P]
+    wt = (known & valid[block]).double() / n_known[block]  # [M, P]
+    logp = F.log_softmax(logits.float(), -1)
+    logp_a = logp.gather(-1, acts)  # [M, P, K]
+    n_groups = valid.sum().clamp(min=1)
+    pg = -(adv[block].float() * logp_a * wt.unsqueeze(-1).float()).sum() / (n_groups * K)
+    ok = known.reshape(-1)
+    lp, rp = logp.reshape(-1, 3)[ok], F.log_softmax(ref_logits.float(), -1).reshape(-1, 3)[ok].detach()
+    p = lp.exp()
+    kl = (p * (lp - rp)).sum(-1).mean() if len(lp) else logits.sum() * 0.0
+    ent = -(p * lp).sum(-1).mean() if len(lp) else logits.sum() * 0.0
+    loss = pg + kl_coef * kl - entropy_coef * ent
+    book = rewards[valid].mean() if valid.any() else rewards.new_zeros(())
+    return loss, {"pg": pg.detach(), "kl": kl.detach(), "entropy": ent.detach(), "reward": book.detach().float()}
 
 
 @torch.no_grad()
 def evaluate_policy(model: TraderModel, data: TraderData, rows: np.ndarray, outcome: np.ndarray, label: np.ndarray,
-                    ref_logp: np.ndarray | None, warm: int) -> dict[str, float]:
-    """Held-out metrics of the direction policy on flat `rows` (outcome [N, 3], label ret_1 [N])."""
+                    ref_logp: np.ndarray | None, warm: int, cost: np.ndarray | None = None,
+                    book_fraction: float = 0.2) -> dict[str, float]:
+    """Held-out metrics of the direction policy on flat `rows` (outcome [N, 3], label ret_1 [N]); with the
+    round-trip `cost` [N] also the validation book of the trading score (`book.book_return`)."""
     from quantlm.finetune.score import predict_rows, rank_ic
 
     res = predict_rows(model, data, rows, warm=warm, keep=("direction",))
@@ -165,16 +218,38 @@ def evaluate_policy(model: TraderModel, data: TraderData, rows: np.ndarray, outc
            "share_sell": float((act == 0).mean()), "share_hold": float((act == 1).mean()),
            "share_buy": float((act == 2).mean())}
     out["kl_ref"] = float((p * (logp - ref_logp)).sum(-1).mean()) if ref_logp is not None else 0.0
+    if cost is not None:
+        out |= book_return(res["score"], label[rows], cost[rows], data.session[rows], data.symbol_of()[rows],
+                           book_fraction)
     return out
 
 
 # ---------------------------------------------------------------------- training
+def promotion(before: dict, after: dict) -> tuple[bool, str]:
+    """(promoted, reason): RL replaces the SFT model only when its validation RankIC is higher than the SFT
+    model's (with its own trading score) and its validation book return is not lower."""
+    ic_rl, ic_sft = after.get("rank_ic", float("nan")), before.get("rank_ic_sft_score", float("nan"))
+    bk_rl, bk_sft = after.get("book_return", float("nan")), before.get("book_return_sft_score", float("nan"))
+    ic_ok = bool(np.isfinite(ic_rl) and (not np.isfinite(ic_sft) or ic_rl > ic_sft))
+    bk_ok = bool(np.isfinite(bk_rl) and (not np.isfinite(bk_sft) or bk_rl >= bk_sft))
+    nums = (f"validation RankIC {ic_rl:.4f} vs SFT {ic_sft:.4f}, book return {1e4 * bk_rl:+.1f} vs "
+            f"{1e4 * bk_sft:+.1f} bp/session")
+    if ic_ok and bk_ok:
+        return True, f"RL promoted: {nums}"
+    why = " and ".join(w for w, ok in (("RankIC not higher", ic_ok), ("book return lower", bk_ok)) if not ok)
+    return False, f"RL not promoted ({why}): {nums}; the SFT model is kept"
+
+
 def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: str | Path | None, train_end,
-             seed: int = 0, progress: bool = False) -> Path:
-    """RL-tune the trader `policy` (reward model folder `reward` for reward="model"); returns the run folder."""
+             seed: int = 0, progress: bool = False, resume: bool = False, stop_after: int | None = None) -> Path:
+    """RL-tune the trader `policy` (reward model folder `reward` for reward="model"); returns the run folder.
+
+    Runs on the training core: resume continues from the newest checkpoint in out/checkpoints
+    (bit-identical on CPU); stop_after ends the run at that step with a checkpoint and no model.
+    """
+    from quantlm.finetune.common import save_trader, split_rows, start_run
     from quantlm.finetune.lora import freeze_bottom
     from quantlm.finetune.score import predict_rows
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads, seed)
@@ -194,6 +269,7 @@ def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: 
     spec = (ACTIONS, cost, cfg.outcome, 1, cfg.min_sigma, cfg.clip)
     out_train = realized_outcome(known_returns(data, data.calendar[last_train], j1, cfg.excess), logsig, *spec)
     out_valid = realized_outcome(known_returns(data, train_end, j1, cfg.excess), logsig, *spec)
+    ret_train = train_known["ret"][:, j1].astype(np.float64)  # the book's next-period return, known by last_train
     label = valid_known["ret"][:, j1]
     valid_rows = np.flatnonzero((data.session > last_train) & (data.session <= end) & np.isfinite(label)
                                 & (bar_history(data) >= cfg.warm))
@@ -213,92 +289,89 @@ def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: 
                                     f"{data.calendar[last_train].date()}: it has seen the validation outcomes")
         if not same_tokenizer(Path(policy_dir(policy)) / "tokenizer", rm_dir(reward) / "trader" / "tokenizer"):
             raise FinetuneDataError("the reward model was built on another tokenizer than the policy's")
-        for p in rm.parameters():
-            p.requires_grad_(False)
+        rm.requires_grad_(False).eval()
 
-    ref = copy.deepcopy(model).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
+    ref = copy.deepcopy(model).eval().requires_grad_(False)
     freeze_bottom(model, cfg.freeze_bottom)
     ref_valid = predict_rows(ref, data, valid_rows, warm=cfg.warm, keep=("direction",))
     ref_logp = torch.log_softmax(torch.from_numpy(ref_valid["direction"]).double(), -1).numpy()
-    before = evaluate_policy(model, data, valid_rows, out_valid, label, ref_logp, cfg.warm)
-    model.spec.score = sft_score  # the SFT model's own score, for reference
-    before["rank_ic_sft_score"] = evaluate_policy(model, data, valid_rows, out_valid, label, None, cfg.warm)["rank_ic"]
+    ev = (valid_rows, out_valid, label, ref_logp, cfg.warm, cost, cfg.book_fraction)
+    before = evaluate_policy(model, data, *ev)
+    model.spec.score = sft_score  # the SFT model with its own score: what it would trade
+    own = evaluate_policy(model, data, valid_rows, out_valid, label, None, cfg.warm, cost, cfg.book_fraction)
+    before |= {"rank_ic_sft_score": own["rank_ic"], "book_return_sft_score": own["book_return"],
+               "book_turnover_sft_score": own["book_turnover"]}
     model.spec.score = "direction"
 
-    # Realised rewards need the outcome known by the last training session; model rewards do not.
     sampler = CrossSectionSampler(data, W, last_train, cfg.max_symbols, seed)
     bos = model.trunk.special_ids["bos"]
     aux_targets = {k: train_known[k] for k in ("ret", "rank", "direction")}
     weights = LossWeights(**cfg.aux_loss.model_dump())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    for m in (model, ref, rm):
-        if m is not None:
-            m.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
-    gen = torch.Generator(device=device)
-    K = cfg.samples_per_state
-    best: dict = {}
-    best_state, last = None, before
-    model.train()
-    with (out / "metrics.jsonl").open("w") as log:
-        for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            starts, block = sampler.sample(step, cfg.batch_size)
-            rows, group = sampler.groups(starts, block, cfg.warm)
-            batch = numpy_batch(data.gather(starts, W, bos, aux_targets if cfg.aux_weight else None), device)
-            logits = model(batch)["direction"][:, cfg.warm:].reshape(-1, 3)
+    K, P = cfg.samples_per_state, W - cfg.warm
+
+    def batch_at(i: int) -> dict:
+        """Micro-batch i: windows of random cross-sections, their known outcomes, the action uniforms."""
+        starts, block = sampler.sample(i, cfg.batch_size)
+        rows, group = sampler.groups(starts, block, cfg.warm)
+        slot, n_blocks, n_slots = dense_slots(block)
+        u = np.random.default_rng([seed, i, 3]).random((len(starts), P, K))
+        return {**data.gather(starts, W, bos, aux_targets if cfg.aux_weight else None),
+                "outcome": out_train[rows], "ret1": ret_train[rows], "cost": cost[rows], "group": group,
+                "block": block, "slot": slot, "u": u, "n_blocks": n_blocks, "n_slots": n_slots}
+
+    def loss_fn(m, batch: dict, step: int):
+        logits = m(batch)["direction"][:, cfg.warm:]  # [M, P, 3]
+        with torch.no_grad():
+            ref_logits = ref(batch)["direction"][:, cfg.warm:]
+            acts = sample_actions(logits.detach().float().softmax(-1), batch["u"].float())  # [M, P, K]
+        if cfg.reward == "portfolio":
+            loss, parts = book_pg_loss(logits, ref_logits, acts, batch["ret1"], batch["cost"], batch["block"].long(),
+                                       batch["slot"].long(), batch["n_blocks"], batch["n_slots"], cfg.kl_coef,
+                                       cfg.entropy_coef, cfg.adv_eps)
+        else:
             with torch.no_grad():
-                ref_logits = ref(batch)["direction"][:, cfg.warm:].reshape(-1, 3)
-                if rm is not None:
-                    r_all = rm(batch)[:, cfg.warm:].reshape(-1, 3).double()
-                else:
-                    r_all = torch.from_numpy(out_train[rows].reshape(-1, 3)).to(device)
-            ok = torch.isfinite(r_all[:, 0])
-            row = {"step": step + 1, "lr": opt.param_groups[0]["lr"], "states": int(ok.sum())}
-            if ok.sum() >= 2:
-                gen.manual_seed(seed * 1_000_003 + step)
-                probs = logits[ok].detach().float().softmax(-1)
-                acts = torch.multinomial(probs, K, replacement=True, generator=gen)  # [S, K]
-                r = r_all[ok].gather(1, acts)
-                if cfg.group == "session":
-                    gid = torch.from_numpy(group.reshape(-1)).to(device)[ok][:, None].expand(-1, K)
-                else:
-                    gid = torch.arange(len(r), device=device)[:, None].expand(-1, K)
-                adv = group_advantages(r.reshape(-1), gid.reshape(-1), cfg.adv_eps).view_as(r).float()
-                loss, parts = grpo_loss(logits[ok], ref_logits[ok], acts, adv, cfg.kl_coef, cfg.entropy_coef)
-                if cfg.aux_weight:
-                    aux, aux_parts = trader_losses(model, batch, weights)
-                    loss = loss + cfg.aux_weight * aux
-                    parts.update({f"aux_{k}": v for k, v in aux_parts.items()})
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                row.update(loss=float(loss.detach()), reward=float(r.mean()), **parts)
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                last = evaluate_policy(model, data, valid_rows, out_valid, label, ref_logp, cfg.warm) | {"step": step + 1}
-                row.update({f"valid_{k}": v for k, v in last.items() if k != "step"})
-                key = {"rank_ic": "rank_ic", "reward": "reward_policy"}.get(cfg.select)
-                value = last[key] if key else float(step)
-                if best_state is None or (np.isfinite(value) and not value <= best.get("_value", -np.inf)):
-                    best = last | {"_value": value}
-                    best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-                if progress:
-                    print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-    model.load_state_dict(best_state)
-    model.eval().to("cpu")
+                r_all = (rm(batch)[:, cfg.warm:] if rm is not None else batch["outcome"]).reshape(-1, 3).double()
+            ok = torch.isfinite(r_all[:, 0])  # states with a known outcome
+            if not bool(ok.any()):
+                zero = logits.sum() * 0.0
+                return zero, {"pg": zero.detach(), "kl": zero.detach(), "entropy": zero.detach(), "reward": zero.detach()}
+            flat_acts = acts.reshape(-1, K)[ok]
+            r = r_all[ok].gather(1, flat_acts)  # [S, K]
+            if cfg.group == "session":
+                gid = batch["group"].reshape(-1)[ok].long()[:, None].expand(-1, K)
+            else:
+                gid = torch.arange(len(r), device=r.device)[:, None].expand(-1, K)
+            adv = group_advantages(r.reshape(-1), gid.reshape(-1), cfg.adv_eps).view_as(r).float()
+            loss, parts = grpo_loss(logits.reshape(-1, 3)[ok], ref_logits.reshape(-1, 3)[ok], flat_acts, adv,
+                                    cfg.kl_coef, cfg.entropy_coef)
+            parts["reward"] = r.mean() if len(r) else r.new_zeros(())
+        if cfg.aux_weight:
+            aux, aux_parts = trader_losses(m, batch, weights)
+            loss = loss + cfg.aux_weight * aux
+            parts.update({f"aux_{k}": v for k, v in aux_parts.items()})
+        return loss, parts
+
+    def evaluate() -> dict[str, float]:
+        return evaluate_policy(model, data, *ev)
+
+    def to_device(device) -> None:
+        for mod in (ref, rm):
+            if mod is not None:
+                mod.to(device)
+
+    select = {"rank_ic": "rank_ic", "reward": "reward_policy", "book_return": "book_return"}.get(cfg.select)
+    model.train()
+    result = run_on_core("rl", model, cfg, out, loss_fn, batch_at, evaluate, select, cfg.eval_every,
+                         progress=progress, resume=resume, stop_after=stop_after, to_device=to_device)
+    if not result.finished:
+        return out  # stopped early: a checkpoint to resume from, no model yet
     save_trader(model, tok, out)
-    after = {k: v for k, v in best.items() if k not in ("_value", "step")}
-    summary = {"before": before, "after": after, "last": {k: v for k, v in last.items() if k != "step"},
-               "best_step": best["step"], "select": cfg.select, "reward": cfg.reward, "round_trip_cost": float(cost[valid_rows].mean()),
+    last = unprefix(result.last)
+    after, best_step = (unprefix(result.best), result.best["step"]) if select else (last, result.last["step"])
+    promoted, reason = promotion(before, after)
+    summary = {"before": before, "after": after, "last": last, "best_step": best_step, "select": cfg.select,
+               "promoted": promoted, "promotion_reason": reason,
+               "reward": cfg.reward, "round_trip_cost": float(cost[valid_rows].mean()),
                "outcome": cfg.outcome, "train_end": str(pd.Timestamp(train_end).date()),
                "last_train_session": str(data.calendar[last_train].date()), "valid_bars": int(len(valid_rows)),
                "steps": cfg.steps, "seed": seed, "seconds": round(time.time() - t0, 1)}

@@ -155,7 +155,7 @@ def test_kl_zero_at_reference_and_gradient_moves_to_better_actions():
     acts = torch.tensor([[2, 0, 2, 0]])  # buy, sell, buy, sell
     adv = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
     loss, parts = grpo_loss(logits, logits.detach().clone(), acts, adv, kl_coef=0.5, entropy_coef=0.0)
-    assert parts["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert float(parts["kl"]) == pytest.approx(0.0, abs=1e-7)
     loss.backward()
     with torch.no_grad():
         p0 = logits.softmax(-1).clone()
