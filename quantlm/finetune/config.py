@@ -67,8 +67,20 @@ class SFTConfig(_Strict):
     valid_sessions: int = Field(240, ge=10)  # last sessions before train_end used to pick the best step
     eval_every: int = Field(50, ge=1)
     warm: int = Field(16, ge=1)  # bars of context every scored bar gets at least
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # on CUDA (a CPU run is fp32)
+    grad_accum: int = Field(1, ge=1)  # micro-batches of batch_size windows per optimizer step
+    log_every: int = Field(10, ge=1)  # steps between metrics.jsonl rows (each costs a host sync)
+    checkpoint_every: int = Field(0, ge=0)  # steps between checkpoints for resume; 0 = none
+    keep_checkpoints: int = Field(1, ge=1)
     threads: int | None = None  # torch threads (None: leave as is)
+
+    def optim(self):
+        """The training core's OptimConfig (quantlm.train.optim): AdamW betas (0.9, 0.95)."""
+        from quantlm.train.optim import OptimConfig
+
+        return OptimConfig(max_steps=self.steps, lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
+                           weight_decay=self.weight_decay, grad_clip=self.grad_clip, grad_accum=self.grad_accum,
+                           mixed_precision=self.mixed_precision)
 
     @model_validator(mode="after")
     def _check(self) -> SFTConfig:

@@ -184,24 +184,12 @@ def _bar_text(store, bars, symbols, offsets, calendar, session, market, half_lif
     return out, weight
 
 
-class WindowSampler:
-    """Random training windows of `window` bars ending on or before train_end (stateless per step)."""
+def row_window_sampler(data: TraderData, window: int, last_row_session: int, seed: int):
+    """The shared `quantlm.train.sampler.WindowSampler` over windows of `window` bars inside one symbol
+    whose last bar's session is <= last_row_session (stateless: micro-batch i from rng([seed, i]))."""
+    from quantlm.train.sampler import WindowSampler
 
-    def __init__(self, data: TraderData, window: int, last_row_session: int, seed: int) -> None:
-        self.data, self.window, self.seed = data, window, seed
-        starts = []
-        for k in range(len(data.symbols)):
-            lo, hi = int(data.offsets[k]), int(data.offsets[k + 1])
-            n_ok = int(np.searchsorted(data.session[lo:hi], last_row_session, side="right"))  # rows <= last session
-            if n_ok >= window:
-                starts.append(lo + np.arange(n_ok - window + 1))
-        if not starts:
-            raise FinetuneDataError(f"no symbol has {window} bars before the training end: lower window_bars")
-        self.starts = np.concatenate(starts)
-
-    def batch_starts(self, step: int, batch_size: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, step])
-        return self.starts[rng.integers(0, len(self.starts), batch_size)]
+    return WindowSampler.from_rows(data.session, data.offsets, window, last_row_session, seed, error=FinetuneDataError)
 
 
 def scoring_windows(data: TraderData, rows: np.ndarray, window: int, warm: int) -> list[tuple[int, int, int, int]]:

@@ -58,7 +58,8 @@ from pydantic import Field, model_validator
 
 from quantlm.features.targets import TargetConfig
 from quantlm.finetune.config import _Strict
-from quantlm.finetune.data import FinetuneDataError, TraderData, WindowSampler
+from quantlm.finetune.data import FinetuneDataError, TraderData
+from quantlm.finetune.data import row_window_sampler as WindowSampler  # the shared quantlm.train.sampler
 from quantlm.finetune.model import TraderModel, numpy_batch, pinball_loss
 from quantlm.finetune.score import predict_rows, rank_ic
 from quantlm.finetune.student import StudentMLP, num_params, student_inputs, student_spec_from_teacher
@@ -253,9 +254,9 @@ def agreement(student, teacher_res: dict[str, np.ndarray], data: TraderData, row
 def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Path, train_end, seed: int = 0,
                   progress: bool = False) -> Path:
     """Distil the trader folder (or SFT/RL run folder) `teacher` into a student; returns the run folder."""
+    from quantlm.finetune.common import load_policy_data, resolve_model_dir, save_trader, split_rows, start_run
     from quantlm.finetune.latency import measure_latency
-    from quantlm.finetune.reward import load_policy_data, resolve_model_dir
-    from quantlm.finetune.sft import lr_at, save_trader, split_rows, start_run
+    from quantlm.train.optim import lr_at
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads)

@@ -9,16 +9,19 @@
 - `init` is a pretrained model folder (pretrain run_dir/model) or a trader folder (warm start, e.g.
   the previous walk-forward fold; its feature normalisation is kept).
 - Full fine-tuning, `freeze_bottom` N layers, or peft LoRA on the layers above them (merged on save).
-- Run folder: config.json, metrics.jsonl (one row per logged step), metrics.json (summary), model/
-  (a trader folder: `TraderModel.load`, `score_model`).
+- Runs on the training core (`quantlm.train.core`): gradient accumulation, mixed precision on CUDA,
+  DDP under `accelerate launch`, checkpoints every `checkpoint_every` steps and exact resume
+  (`train_sft(..., resume=True)`), best state by validation RankIC kept by the core.
+- A pretrained init must not have been trained on the validation block: its train_config.yaml's
+  split must lie label_horizon sessions before it (`quantlm.finetune.common.split_rows`).
+- Run folder: config.json, metrics.jsonl (one row per `log_every` steps and per evaluation),
+  metrics.json (summary), checkpoints/ (with checkpoint_every), model/ (a trader folder:
+  `TraderModel.load`, `score_model`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
-import math
-import shutil
 import time
 from pathlib import Path
 
@@ -26,8 +29,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from quantlm.finetune.common import pretrained_through, save_trader, split_rows, start_run
 from quantlm.finetune.config import SFTConfig
-from quantlm.finetune.data import FinetuneDataError, TraderData, WindowSampler, build_trader_data
+from quantlm.finetune.data import FinetuneDataError, TraderData, build_trader_data, row_window_sampler
 from quantlm.finetune.lora import apply_lora, freeze_bottom, merge_lora, trainable_parameters
 from quantlm.finetune.model import (
     LossWeights,
@@ -35,18 +39,9 @@ from quantlm.finetune.model import (
     TraderSpec,
     candle_features,
     is_trader_folder,
-    numpy_batch,
     trader_losses,
 )
 from quantlm.finetune.score import predict_rows, rank_ic
-
-
-def lr_at(step: int, cfg) -> float:
-    """Linear warmup then cosine decay from cfg.lr to cfg.min_lr over cfg.steps."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, frac)))
 
 
 def load_init(init: str | Path, from_scratch: bool = False, seed: int = 0):
@@ -65,18 +60,6 @@ def load_init(init: str | Path, from_scratch: bool = False, seed: int = 0):
         trunk = build_model(trunk.size, trunk.vocab_size, trunk.n_weekdays, trunk.n_slots,
                             special_ids=trunk.special_ids, seed=seed)
     return trunk, tok
-
-
-def split_rows(data: TraderData, train_end, valid_sessions: int) -> tuple[int, int, np.ndarray]:
-    """(last training session index, train_end session index, validation rows)."""
-    end = data.session_index(train_end)
-    last_train = end - valid_sessions
-    if last_train < 1:
-        raise FinetuneDataError(f"train_end {pd.Timestamp(train_end).date()} leaves no training sessions before "
-                                f"the {valid_sessions} validation sessions")
-    # Validation bars need their h=1 target known by train_end: session <= end - 2.
-    valid = np.flatnonzero((data.session > last_train) & (data.session <= end - 2))
-    return last_train, end, valid
 
 
 def evaluate_rows(model: TraderModel, data: TraderData, rows: np.ndarray, targets: dict, warm: int) -> dict:
@@ -108,22 +91,13 @@ def build_trader(init_model, data: TraderData, cfg: SFTConfig, last_train: int, 
     return TraderModel(init_model, spec)
 
 
-def start_run(store, out: str | Path, threads: int | None, seed: int | None = None):
-    """Common start of every post-training stage: torch threads, the Store, the run folder, the seed."""
-    from quantlm.data.store import Store
-
-    if threads:
-        torch.set_num_threads(threads)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    if seed is not None:
-        torch.manual_seed(seed)
-    return (store if isinstance(store, Store) else Store(store)), out
-
-
 def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_end, seed: int = 0,
-              progress: bool = False) -> Path:
-    """Fine-tune `init` on targets known by `train_end`; returns the run folder (model in run/model)."""
+              progress: bool = False, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Fine-tune `init` on targets known by `train_end`; returns the run folder (model in run/model).
+
+    resume continues from the newest checkpoint in out/checkpoints (bit-identical on CPU);
+    stop_after ends the run at that step with a checkpoint and no model (schedule unchanged).
+    """
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads, seed)
@@ -131,7 +105,8 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
     market = store.meta().get("market") or "cn"
     data = build_trader_data(store, tok, cfg.targets, text=cfg.text, text_half_life=cfg.text_half_life,
                              market=market, end=train_end, rank_target=cfg.rank_target)
-    last_train, _, valid_rows = split_rows(data, train_end, cfg.valid_sessions)
+    pretrained_until = None if is_trader_folder(Path(init)) else pretrained_through(init)
+    last_train, _, valid_rows = split_rows(data, train_end, cfg.valid_sessions, pretrained_until)
     model = build_trader(init_model, data, cfg, last_train, train_end, market)
     if model.trunk.max_bars < cfg.window_bars:
         raise FinetuneDataError(f"window_bars {cfg.window_bars} exceeds the trunk's context of {model.trunk.max_bars} bars")
@@ -141,16 +116,18 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
 
     train_targets = data.targets_known(data.calendar[last_train])
     valid_targets = data.targets_known(train_end)
-    sampler = WindowSampler(data, cfg.window_bars, last_train, seed)
+    sampler = row_window_sampler(data, cfg.window_bars, last_train, seed)
     bos = model.trunk.special_ids["bos"]
 
-    def next_batch(step: int) -> dict[str, np.ndarray]:
-        return data.gather(sampler.batch_starts(step, cfg.batch_size), cfg.window_bars, bos, train_targets)
+    def next_batch(index: int) -> dict[str, np.ndarray]:
+        return data.gather(sampler.batch_starts(index, cfg.batch_size), cfg.window_bars, bos, train_targets)
 
     def evaluate() -> dict[str, float]:
         return evaluate_rows(model, data, valid_rows, valid_targets, cfg.warm)
 
-    best = fit(model, cfg, next_batch, evaluate, out, progress=progress)
+    best = fit(model, cfg, next_batch, evaluate, out, progress=progress, resume=resume, stop_after=stop_after)
+    if best is None:
+        return out  # stopped early: a checkpoint to resume from, no model yet
     if peft_model is not None and cfg.lora.merge:  # merge: false keeps a peft adapter folder (model/adapter/)
         merge_lora(model, peft_model)
     save_trader(model, tok, out)
@@ -166,68 +143,40 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
 
 
 def fit(model: TraderModel, cfg: SFTConfig, next_batch, evaluate, out: Path, progress: bool = False,
-        select: str = "valid_rank_ic") -> dict:
-    """The optimisation loop shared by store and JSON Lines fine-tuning.
+        select: str = "valid_rank_ic", resume: bool = False, stop_after: int | None = None) -> dict | None:
+    """The SFT stage on the training core, shared by store and JSON Lines fine-tuning.
 
-    next_batch(step) -> numpy batch (inputs + targets, see `trader_losses`); evaluate() -> validation
-    metrics, called every cfg.eval_every steps and at the end; the weights of the evaluation with the
-    highest `select` are restored at the end. Writes out/metrics.jsonl; returns the best evaluation
-    (with its "step").
+    next_batch(i) -> numpy micro-batch i (inputs + targets, see `trader_losses`; a pure function of
+    i); evaluate() -> validation metrics (un-prefixed), called every cfg.eval_every steps and at the
+    end; the weights of the evaluation with the highest valid_<select> are restored at the end.
+    Writes out/metrics.jsonl (and out/checkpoints with cfg.checkpoint_every); returns the best
+    evaluation (its "valid_*" metrics and "step"), or None when stop_after ended the run first.
     """
     from quantlm.model.fpa import FPA
+    from quantlm.train.core import Trainer, TrainStage
 
     fpa = FPA(model.trunk, cfg.fpa.lambda0, cfg.fpa.gamma)
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     weights = LossWeights(**cfg.loss.model_dump())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    autocast = cfg.mixed_precision != "no" and device == "cuda"
-    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else torch.float16
-    model.to(device)
-    best: dict = {"step": -1}
-    best_state = None
-    model.train()
-    with (out / "metrics.jsonl").open("w") as log:
-        for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            batch = numpy_batch(next_batch(step), device)
-            with torch.autocast(device_type=device, dtype=dtype, enabled=autocast):
-                loss, parts = trader_losses(model, batch, weights)
-                pen = fpa.penalty(step)
-                if pen is not None:
-                    loss = loss + pen
-                    parts["fpa"] = float(pen.detach())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            row = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], **parts}
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                row.update({f"valid_{k}": v for k, v in evaluate().items()})
-                value = row.get(select, float("nan"))
-                if best_state is None or (np.isfinite(value) and not value <= best.get(select, -np.inf)):
-                    best = {k: v for k, v in row.items() if k.startswith("valid_")} | {"step": step + 1}
-                    best_state = copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-                if progress:
-                    print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-    model.load_state_dict(best_state)
-    fpa.remove()
+
+    def loss_fn(m, batch: dict[str, torch.Tensor], step: int):
+        loss, parts = trader_losses(m, batch, weights)
+        pen = fpa.penalty(step)
+        if pen is not None:
+            loss = loss + pen
+            parts["fpa"] = pen.detach()
+        return loss, parts
+
+    stage = TrainStage(
+        name="sft", model=model, loss_fn=loss_fn, batch_at=next_batch, optim=cfg.optim(),
+        evaluate=lambda m: {f"valid_{k}": v for k, v in evaluate().items()}, select=select,
+        eval_every=cfg.eval_every, log_every=cfg.log_every, checkpoint_every=cfg.checkpoint_every,
+        checkpoint_at_end=False, keep_checkpoints=cfg.keep_checkpoints)
+    trainer = Trainer(stage, out, progress=progress)
+    try:
+        result = trainer.fit(resume=resume, stop_after=stop_after)
+    finally:
+        fpa.remove()
+        trainer.close()
     model.eval()
     model.to("cpu")
-    return best
-
-
-def save_trader(model: TraderModel, tok, out: Path) -> Path:
-    """Write out/model atomically (temp folder, then rename)."""
-    tmp = out / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save(tmp, tokenizer=tok)
-    shutil.rmtree(out / "model", ignore_errors=True)
-    tmp.rename(out / "model")
-    return out / "model"
+    return result.best if result.finished else None

@@ -8,7 +8,8 @@ How a stage uses it:
     stage = TrainStage(
         name="sft",
         model=model,                                  # an nn.Module; the core prepares it (DDP / FSDP / DeepSpeed)
-        loss_fn=lambda model, batch, step: (loss, {"direction": d_loss}),   # logs: tensors or floats
+        loss_fn=lambda model, batch, step: (loss, {"direction": d_loss}),   # logs: tensors (or floats)
+        # `model` there is a ModelView: model(...) runs the prepared (DDP) module, model.spec etc. read the raw one
         batch_at=lambda i: sampler.batch(i),          # micro-batch i on the host, a pure function of i
         optim=OptimConfig(max_steps=200, lr=1e-3, ...),
         evaluate=lambda model: {"valid_rank_ic": ...}, select="valid_rank_ic",   # optional
@@ -74,7 +75,7 @@ class TrainStage:
 
     name: str
     model: torch.nn.Module
-    loss_fn: LossFn  # (prepared model, device batch, optimizer step) -> (scalar loss, logs with the same keys each call)
+    loss_fn: LossFn  # (ModelView of the prepared model, device batch, optimizer step) -> (scalar loss, logs with the same keys each call)
     batch_at: Callable[[int], dict[str, Any]]  # global micro-batch index -> host batch
     optim: OptimConfig
     evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None  # called on every process
@@ -99,6 +100,20 @@ class TrainResult:
     best: dict[str, Any]  # metrics of the restored best evaluation (+ "step"); {} without `select`
     last: dict[str, Any]  # the last metrics row written
     state: dict[str, Any]  # trainer.json of the checkpoint resumed from ({} for a fresh run)
+
+
+class ModelView:
+    """What `loss_fn` and `evaluate` receive: calls go to the prepared model (DDP / FSDP / compiled), so
+    gradients are synchronised, and attribute reads (model.spec, model.trunk, ...) go to the raw module."""
+
+    def __init__(self, prepared: torch.nn.Module, raw: torch.nn.Module) -> None:
+        self.__dict__["_prepared"], self.__dict__["_raw"] = prepared, raw
+
+    def __call__(self, *args, **kwargs):
+        return self._prepared(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._raw, name)
 
 
 class RunLog:
@@ -173,17 +188,32 @@ def save_checkpoint(accelerator, run_dir: Path, step: int, keep: int, extra: dic
     return final
 
 
+def use_cpu() -> bool:
+    """CPU training: no CUDA here, or ACCELERATE_USE_CPU set (`accelerate launch --cpu`)."""
+    from accelerate.utils import parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+
+
+def process_state():
+    """accelerate's PartialState; on CPU under a multi-process launcher (LOCAL_RANK / WORLD_SIZE set)
+    it is MULTI_CPU with gloo, which accelerate only chooses when told cpu=True."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=use_cpu())
+
+
 def make_accelerator(optim: OptimConfig):
     """An Accelerator for this stage: mixed precision per `optim` (fp32 on CPU unless cpu_autocast)."""
-    from accelerate import Accelerator, PartialState
+    from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    device = PartialState().device
-    mp = optim.mixed_precision if (device.type != "cpu" or optim.cpu_autocast) else "no"
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision", mp) != mp and PartialState().num_processes == 1:
+    state = process_state()
+    mp = optim.mixed_precision if (state.device.type != "cpu" or optim.cpu_autocast) else "no"
+    shared = AcceleratorState._shared_state
+    if shared and shared.get("_mixed_precision", mp) != mp and state.num_processes == 1:
         AcceleratorState._reset_state()  # a later stage in the same process asks for another precision
-    return Accelerator(mixed_precision=mp, gradient_accumulation_steps=optim.grad_accum,
+    return Accelerator(cpu=use_cpu(), mixed_precision=mp, gradient_accumulation_steps=optim.grad_accum,
                        step_scheduler_with_optimizer=False)
 
 
@@ -199,6 +229,7 @@ class Trainer:
         if stage.optim.compile:
             self.model = torch.compile(self.model)  # after the DDP / FSDP wrap (see the module docstring)
         self.raw = acc.unwrap_model(self.model)
+        self.view = self.raw if self.model is self.raw else ModelView(self.model, self.raw)
         self.best = BestState(stage.select, stage.select_mode) if stage.select else None
         self.progress, self.mlflow = progress, mlflow
         self.log: RunLog | None = None
@@ -211,7 +242,7 @@ class Trainer:
     def _evaluate(self) -> dict[str, float]:
         self.model.eval()
         with torch.no_grad(), self.accelerator.autocast():
-            metrics = dict(self.stage.evaluate(self.model))
+            metrics = dict(self.stage.evaluate(self.view))
         self.model.train()
         return metrics
 
@@ -268,7 +299,7 @@ class Trainer:
                         batch = next(batches)
                         with acc.accumulate(self.model):
                             with acc.autocast():
-                                loss, logs = st.loss_fn(self.model, batch, step)
+                                loss, logs = st.loss_fn(self.view, batch, step)
                             acc.backward(loss)
                             if acc.sync_gradients and oc.grad_clip > 0:
                                 acc.clip_grad_norm_(self.model.parameters(), oc.grad_clip)

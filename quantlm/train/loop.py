@@ -99,12 +99,11 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
     max_steps overrides train.max_steps (schedule included); stop_after ends the run early at that
     step (schedule unchanged), leaving a checkpoint to resume from.
     """
-    from accelerate import PartialState
     from accelerate.utils import set_seed
 
     from quantlm.data.store import Store
     from quantlm.tokenize import KlineTokenizer
-    from quantlm.train.core import Trainer, TrainStage, list_checkpoints
+    from quantlm.train.core import Trainer, TrainStage, list_checkpoints, process_state
     from quantlm.train.datasets import build_data
 
     if max_steps is not None:
@@ -114,7 +113,7 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
     if out is not None:
         cfg = cfg.model_copy(update={"run_dir": str(out)})
     tc, run_dir = cfg.train, Path(cfg.run_dir)
-    state = PartialState()
+    state = process_state()
     if resume and not list_checkpoints(run_dir):
         raise ConfigError(f"--resume: no checkpoint in {run_dir / 'checkpoints'}")
     if not resume and list_checkpoints(run_dir):

@@ -47,11 +47,15 @@ class OptimConfig(BaseModel):
         return self
 
 
-def lr_at(step: int, cfg: OptimConfig) -> float:
-    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr at max_steps."""
+def lr_at(step: int, cfg) -> float:
+    """Learning rate of optimizer step `step` (0-based): linear warmup, then cosine to min_lr at max_steps.
+
+    cfg: an OptimConfig, or any stage config with lr, min_lr, warmup_steps and max_steps (or steps).
+    """
+    max_steps = cfg.max_steps if hasattr(cfg, "max_steps") else cfg.steps
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
     return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - cfg.min_lr)
 
 
