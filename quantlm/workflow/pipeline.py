@@ -5,10 +5,11 @@ Order and point-in-time rules:
 
 1. data (synthesise or import into the store; or use the store as is), embed texts;
 2. the walk-forward fold calendar (`quantlm.baselines.compare.evaluation_setup`, the same folds
-   `quantlm evaluate` uses) is laid BEFORE any training: pretraining reads bars up to the first
-   fold's train end only (= first test start minus 1 + 2 embargo sessions; `data.end` of the
-   pretraining config is capped there, its tokenizer is fitted before it), and each fine-tuning stage
-   gets `train_end` = its fold's train end;
+   `quantlm evaluate` uses) is laid BEFORE any training: pretraining reads bars up to `pretrain_end`
+   only: the first fold's train end (= first test start minus 1 + 2 embargo sessions) minus SFT's
+   validation block and the label horizon (`data.end` of the pretraining config is capped there,
+   its tokenizer is fitted before it), and each fine-tuning stage gets `train_end` = its fold's
+   train end;
 3. pretrain (once), then per seed x variant (main + ablations) x fold the model stages
    (`quantlm.workflow.models`), the scoring of every model run, the baselines, the deployed model's
    latency and the evaluation (`run_evaluation` with the model runs as `extra_scores`); the chains
@@ -136,9 +137,34 @@ def capped_pretrain_config(pcfg, cap: pd.Timestamp, console: Console | None = No
     return pcfg.model_copy(update={"data": data, "run_dir": "stage"})
 
 
+def pretrain_end(cfg: RunConfig, store, cap: pd.Timestamp) -> pd.Timestamp:
+    """The last session pretraining may read: SFT of the first fold validates on its last `valid_sessions`
+    sessions up to `cap` (the first fold's train end) and its labels look `horizon` sessions ahead, so
+    pretraining ends valid_sessions + horizon sessions before cap (largest over the variants' sft
+    sections); `quantlm.finetune.common.split_rows` checks it again from the model's train_config."""
+    import numpy as np
+
+    need = 0
+    for variant in cfg.variants:
+        sft = variant.stages.get("sft") or cfg.main.stages.get("sft")
+        if sft is None:
+            continue
+        t = sft.targets
+        horizon = max([*t.horizons, t.barrier_horizon if t.direction == "triple_barrier" else 1])
+        need = max(need, sft.valid_sessions + horizon)
+    cal = store.calendar("1d", market=store.meta().get("market"))
+    i = int(np.searchsorted(cal.asi8, pd.Timestamp(cap).value, side="right")) - 1 - need
+    if i < 0:
+        raise WorkflowError(f"the first fold's train end {pd.Timestamp(cap).date()} leaves no session for pretraining "
+                            f"before SFT's validation block ({need} sessions = valid_sessions + label horizon): "
+                            "lower sft.valid_sessions or start the evaluation later")
+    return pd.Timestamp(cal[i])
+
+
 def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, cap: pd.Timestamp,
                    progress: bool = False) -> tuple[StageResult, Path]:
-    """(stage, pretrained model folder): pretrain on bars up to `cap`, or the given `pretrain.init` folder."""
+    """(stage, pretrained model folder): pretrain on bars up to `cap` (`pretrain_end`), or the given
+    `pretrain.init` folder."""
     if cfg.pretrain_init is not None:
         return _pretrained_init(cfg.pretrain_init, cache, cap)
     from quantlm.train.loop import pretrain
@@ -275,7 +301,7 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     options = evaluate_options(cfg)
     setup = evaluation_setup(store, options)
     folds = setup.folds
-    cap = folds[0].train_end
+    cap = pretrain_end(cfg, store, folds[0].train_end)  # before SFT's validation block of the first fold
     console.print(f"walk-forward: {len(folds)} {options.mode} fold(s), test {setup.start:%Y-%m-%d}..{setup.end:%Y-%m-%d};"
                   f" pretraining sees bars up to {cap:%Y-%m-%d}")
     pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress)
@@ -313,5 +339,5 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     return summary
 
 
-__all__ = ["WorkflowError", "capped_pretrain_config", "data_stage", "preflight", "embed_stage", "evaluate_options", "gates_of",
+__all__ = ["WorkflowError", "capped_pretrain_config", "pretrain_end", "data_stage", "preflight", "embed_stage", "evaluate_options", "gates_of",
            "pretrain_stage", "run_workflow"]
