@@ -39,7 +39,16 @@ from transformers import PreTrainedModel
 
 from quantlm.model.build import MarketGPT, lm_loss
 from quantlm.model.card import inherited_card_info
-from quantlm.model.hf import ADAPTER_DIR, TRADER_TYPE, TraderConfig, auto_map, model_type, read_config, write_code_files
+from quantlm.model.hf import (
+    ADAPTER_DIR,
+    TRADER_TYPE,
+    NoAutoClassCopy,
+    TraderConfig,
+    auto_map,
+    model_type,
+    read_config,
+    write_code_files,
+)
 
 TRADER_JSON = "trader.json"  # previous layout (read only)
 HEADS_WEIGHTS = "heads.safetensors"  # previous layout (read only)
@@ -93,7 +102,7 @@ def spec_from_config(config: TraderConfig) -> TraderSpec:
     return TraderSpec(**{k: (list(v) if isinstance(v, tuple) else v) for k, v in values.items() if v is not None})
 
 
-class TraderModel(PreTrainedModel):
+class TraderModel(NoAutoClassCopy, PreTrainedModel):
     """MarketGPT trunk + feature/text projections + direction, quantile and rank heads.
 
     Built as `TraderModel(trunk, spec)` or, by `from_pretrained`, from a TraderConfig. `spec` is the

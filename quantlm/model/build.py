@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import LlamaForCausalLM, PreTrainedModel
 
-from quantlm.model.hf import MarketGPTConfig, auto_map, write_code_files
+from quantlm.model.hf import MarketGPTConfig, NoAutoClassCopy, auto_map, write_code_files
 from quantlm.model.sizes import ModelSize, get_size
 
 QUANTLM_JSON = "quantlm.json"  # previous layout (read only)
@@ -50,7 +50,7 @@ def llama_config(size: ModelSize, vocab_size: int, max_prefix: int = 0, dropout:
     )
 
 
-class MarketGPT(PreTrainedModel):
+class MarketGPT(NoAutoClassCopy, PreTrainedModel):
     """Llama decoder (`self.lm`) + calendar embeddings + optional prefix projection.
 
     Built from a MarketGPTConfig (what `from_pretrained` does) or, as before, from

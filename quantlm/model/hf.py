@@ -58,7 +58,20 @@ __all__ = ["MarketGPT", "TraderModel"]
 '''
 
 
-class MarketGPTConfig(LlamaConfig):
+class NoAutoClassCopy:
+    """Mixin: keep transformers from copying quantlm's source files into saved folders.
+
+    Loading a folder with trust_remote_code calls `register_for_auto_class` on the class, after which
+    every `save_pretrained` would copy the defining module (e.g. quantlm/finetune/model.py) into the
+    folder and point auto_map at the copy. quantlm writes its own small code files and auto_map instead.
+    """
+
+    @classmethod
+    def register_for_auto_class(cls, auto_class: str = "AutoModel") -> None:
+        """No-op (see the class docstring)."""
+
+
+class MarketGPTConfig(NoAutoClassCopy, LlamaConfig):
     """A LlamaConfig (the decoder) plus the market GPT's calendar and prefix inputs.
 
     n_weekdays / n_slots: calendar embedding table sizes (a "none" row is added to each);
@@ -75,7 +88,7 @@ class MarketGPTConfig(LlamaConfig):
     size: dict | None = None
 
 
-class TraderConfig(PreTrainedConfig):
+class TraderConfig(NoAutoClassCopy, PreTrainedConfig):
     """The trader: a market GPT trunk config plus the `TraderSpec` fields (heads, inputs, scoring).
 
     adapter: folder (relative to the model folder) of an unmerged peft LoRA adapter on the trunk, or None.
