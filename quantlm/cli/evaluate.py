@@ -107,7 +107,7 @@ def _print_summary(summary: dict) -> None:
     table.add_column("run", no_wrap=True)
     for k in keys:
         table.add_column(columns[k], justify="right", no_wrap=True)
-    table.add_column("book")
+    table.add_column("book", no_wrap=True, min_width=6)
     table.add_column("gates", justify="right")
     for name, run in summary["runs"].items():
         passed = sum(g["passed"] for g in run["gates"].values())
