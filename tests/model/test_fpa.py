@@ -7,7 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from quantlm.model import build_model  # noqa: E402
-from quantlm.model.fpa import FPA, attention_concentration  # noqa: E402
+from quantlm.model.fpa import FPA, attention_concentration, eager_attention  # noqa: E402
 
 V = 64
 TINY = dict(n_layer=2, hidden=64, n_head=2, ffn=128, max_bars=16)
@@ -71,3 +71,29 @@ def test_fpa_schedule_and_errors():
     assert fpa.penalty(0).item() > 0
     with pytest.raises(ValueError):
         FPA(m, lambda0=-1)
+
+
+def test_fpa_penalty_equals_hand_computation_and_ignores_dropout():
+    """penalty = lambda0 * gamma**step * sum over layers, heads of mean over batch of sum_{i,j} A[i,j]^2,
+    with A the softmax probabilities (attention dropout forced to 0 while FPA is on)."""
+    torch.set_num_threads(1)
+    m = build_model("mini", V, seed=0, dropout=0.3, **TINY)
+    x = _batch(torch.Generator().manual_seed(5))[:3]
+    fpa = FPA(m, lambda0=0.05, gamma=0.9)
+    m.train()  # dropout active everywhere else: the probabilities read must still be the softmax itself
+    m.loss(x)
+    pen = fpa.penalty(step=3)
+    fpa.remove()
+    assert m.lm.config._attn_implementation == "sdpa"
+    assert all(layer.self_attn.attention_dropout == 0.3 for layer in m.lm.model.layers)  # restored
+    m.eval()
+    with torch.no_grad(), eager_attention(m):
+        out = m.lm(inputs_embeds=m.embed(x), output_attentions=True)
+    attn = out.attentions  # per layer [B, H, T, T]
+    assert len(attn) == TINY["n_layer"] and attn[0].shape == (3, TINY["n_head"], 33, 33)
+    hand = 0.0
+    for layer in attn:
+        for h in range(layer.shape[1]):
+            hand += sum(float((layer[b, h].double() ** 2).sum()) for b in range(layer.shape[0])) / layer.shape[0]
+    hand *= 0.05 * 0.9 ** 3
+    assert pen.item() == pytest.approx(hand, rel=1e-5)
