@@ -65,6 +65,9 @@ def register(app: typer.Typer) -> None:
         store: StoreOption = None,
         batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Texts per model batch.")] = 64,
         model: Annotated[str, typer.Option("--model", help="Embedding model (the packaged offline MiniLM, or a local folder).")] = "all-MiniLM-L6-v2",
+        method: Annotated[str | None, typer.Option(
+            "--method", help="Engine of the packaged MiniLM: onnx (default), torch, int8, onnx-int8, sentence-transformers "
+                             "(int8 ones are cached under <model>+<method>).")] = None,
     ) -> None:
         """Embed the store's texts (title + body) with an offline sentence model; cached, incremental."""
         from quantlm.data.text import TextExtraMissing, embed_texts
@@ -75,7 +78,7 @@ def register(app: typer.Typer) -> None:
         if not st.has_table("texts"):
             console.print(f"[yellow]no texts in {st.root}: nothing to embed[/]")
         try:
-            out = embed_texts(st, model_name=model, batch_size=batch_size)
+            out = embed_texts(st, model_name=model, batch_size=batch_size, method=method)
         except TextExtraMissing as e:
             fail(str(e))
             return

