@@ -59,10 +59,10 @@ from pydantic import Field, model_validator
 from quantlm.features.targets import TargetConfig
 from quantlm.finetune.config import _Strict
 from quantlm.finetune.data import FinetuneDataError, TraderData
-from quantlm.finetune.data import row_window_sampler as WindowSampler  # the shared quantlm.train.sampler
-from quantlm.finetune.model import TraderModel, numpy_batch, pinball_loss
+from quantlm.finetune.model import TraderModel, pinball_loss
 from quantlm.finetune.score import predict_rows, rank_ic
-from quantlm.finetune.student import StudentMLP, num_params, student_inputs, student_spec_from_teacher
+from quantlm.finetune.stagecore import CoreFields, unprefix
+from quantlm.finetune.student import StudentMLP, num_params, student_spec_from_teacher
 
 
 class MLPShape(_Strict):
@@ -74,6 +74,7 @@ class MLPShape(_Strict):
     layers: int = Field(2, ge=1)
     text_bars: int = Field(2, ge=1)
     text_dim: int = Field(16, ge=1)
+    window_bars: int | None = Field(None, ge=2)  # bars of context; None: the distill section's window_bars
 
 
 class GPTShape(_Strict):
@@ -95,10 +96,11 @@ class DistillLoss(_Strict):
     match_rank: float = Field(1.0, ge=0)
     match_quantile: float = Field(1.0, ge=0)
     match_scale: Literal["var", "none"] = "var"  # "var": MSE / the teacher's batch variance (see match_mse)
+    match_cross_section: float = Field(0.0, ge=0)  # 1 - corr of session-demeaned scores (distill_run; batches: cross_sections)
 
 
-class DistillConfig(_Strict):
-    """Teacher -> student distillation (see the module docstring)."""
+class DistillConfig(CoreFields):
+    """Teacher -> student distillation (see the module docstring; core keys from `stagecore.CoreFields`)."""
 
     student: Literal["mlp", "gpt"] = "mlp"
     window_bars: int = Field(32, ge=2)  # student context (bars)
@@ -120,6 +122,10 @@ class DistillConfig(_Strict):
     valid_sessions: int = Field(120, ge=10)
     eval_every: int = Field(100, ge=1)
     select: Literal["score_corr", "direction_agreement", "rank_ic", "last"] = "score_corr"
+    batches: Literal["windows", "cross_sections"] = "windows"  # see quantlm/finetune/distill_run.py
+    max_symbols: int = Field(32, ge=2)  # batches "cross_sections": windows per session
+    sizes: list[MLPShape] | None = None  # mlp students to train and compare; the deployed one: most accurate in budget
+    latency_budget_ms: float = Field(5.0, gt=0)  # p99 per decision (latency_symbols or 300 symbols) for `sizes`
     latency_symbols: int = Field(300, ge=0)  # 0: skip the latency measurement
     latency_updates: int = Field(50, ge=1)
     threads: int | None = None
@@ -128,6 +134,8 @@ class DistillConfig(_Strict):
     def _check(self) -> DistillConfig:
         if self.student == "gpt" and self.warm >= self.window_bars:
             raise ValueError(f"gpt student: warm ({self.warm}) must be < window_bars ({self.window_bars})")
+        if self.sizes is not None and (self.student != "mlp" or not self.sizes):
+            raise ValueError("sizes: a non-empty list of mlp shapes, with student: mlp")
         return self
 
 
@@ -177,6 +185,14 @@ def distill_loss(s_out: dict[str, torch.Tensor], t_out: dict[str, torch.Tensor],
                  features: torch.Tensor, cfg: DistillConfig, horizons: list[int], levels: torch.Tensor,
                  ) -> tuple[torch.Tensor, dict[str, float]]:
     """The distillation objective on flat rows (see the module docstring) and its parts (floats)."""
+    total, parts = distill_terms(s_out, t_out, tgt, features, cfg, horizons, levels)
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def distill_terms(s_out: dict[str, torch.Tensor], t_out: dict[str, torch.Tensor], tgt: dict[str, torch.Tensor],
+                  features: torch.Tensor, cfg: DistillConfig, horizons: list[int], levels: torch.Tensor,
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`distill_loss` with its parts as tensors (no host sync: the training step logs them)."""
     kl = distill_kl(s_out["direction"], t_out["direction"], cfg.temperature)
     hard = hard_losses(s_out, tgt, features, horizons, levels, cfg.loss)
     total = cfg.alpha * kl + (1 - cfg.alpha) * sum(hard.values(), kl.new_zeros(()))
@@ -189,17 +205,20 @@ def distill_loss(s_out: dict[str, torch.Tensor], t_out: dict[str, torch.Tensor],
         if w:
             parts[f"match_{head}"] = match_mse(s_out[head], t_out[head], cfg.loss.match_scale)
             total = total + w * parts[f"match_{head}"]
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, parts
 
 
 # ---------------------------------------------------------------------- students and batches
-def build_student(cfg: DistillConfig, teacher: TraderModel, train_end, seed: int = 0) -> TraderModel | StudentMLP:
-    """A freshly initialised student of cfg.student's kind sharing the teacher's tokenizer, heads and inputs."""
+def build_student(cfg: DistillConfig, teacher: TraderModel, train_end, seed: int = 0,
+                  shape: MLPShape | None = None) -> TraderModel | StudentMLP:
+    """A freshly initialised student of cfg.student's kind sharing the teacher's tokenizer, heads and inputs
+    (an mlp student of `shape`, default cfg.mlp)."""
     torch.manual_seed(seed)
     if cfg.student == "mlp":
-        m = cfg.mlp
-        return StudentMLP(student_spec_from_teacher(teacher, cfg.window_bars, m.text_bars, m.token_dim, m.bar_dim,
-                                                    m.hidden, m.layers, train_end, m.text_dim))
+        m = shape or cfg.mlp
+        return StudentMLP(student_spec_from_teacher(teacher, m.window_bars or cfg.window_bars, m.text_bars,
+                                                    m.token_dim, m.bar_dim, m.hidden, m.layers, train_end,
+                                                    m.text_dim))
     from quantlm.model.build import build_model
     from quantlm.model.sizes import ModelSize
 
@@ -216,21 +235,6 @@ def distilled_positions(cfg: DistillConfig, teacher_window: int) -> np.ndarray:
     """Positions of a teacher window whose bars are distilled (enough context for teacher and student)."""
     first = cfg.warm if cfg.student == "mlp" else teacher_window - cfg.window_bars + cfg.warm
     return np.arange(first, teacher_window)
-
-
-def student_forward(student, data: TraderData, starts: np.ndarray, tw: int, pos: np.ndarray, device="cpu",
-                    ) -> tuple[dict[str, torch.Tensor], np.ndarray]:
-    """Student outputs [N = B x len(pos), ...] for the bars at `pos` of the teacher windows at `starts`; and their rows."""
-    rows = (starts[:, None] + pos[None, :]).reshape(-1)
-    if isinstance(student, StudentMLP):
-        s = student.spec
-        out = student(numpy_batch(student_inputs(data, rows, s.window_bars, s.pad_id, s.text_bars), device))
-        return out, rows
-    w = student.spec.window_bars
-    batch = numpy_batch(data.gather(starts + tw - w, w, student.trunk.special_ids["bos"]), device)
-    out = student(batch)
-    keep = pos - (tw - w)
-    return {k: v[:, keep].flatten(0, 1) for k, v in out.items() if k != "bar_hidden"}, rows
 
 
 def agreement(student, teacher_res: dict[str, np.ndarray], data: TraderData, rows: np.ndarray, label: np.ndarray,
@@ -252,11 +256,16 @@ def agreement(student, teacher_res: dict[str, np.ndarray], data: TraderData, row
 
 # ---------------------------------------------------------------------- training
 def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Path, train_end, seed: int = 0,
-                  progress: bool = False) -> Path:
-    """Distil the trader folder (or SFT/RL run folder) `teacher` into a student; returns the run folder."""
-    from quantlm.finetune.common import load_policy_data, resolve_model_dir, save_trader, split_rows, start_run
-    from quantlm.finetune.latency import measure_latency
-    from quantlm.train.optim import lr_at
+                  progress: bool = False, resume: bool = False, stop_after: int | None = None) -> Path:
+    """Distil the trader folder (or SFT/RL run folder) `teacher` into a student; returns the run folder.
+
+    One student (cfg.sizes None): trained in `out` on the training core (resume / stop_after as in
+    `train_sft`). cfg.sizes: one mlp student per shape in out/sizes/<j>/ (a finished one is reused on
+    resume), each timed with `measure_latency`; out/model is the one with the best validation RankIC
+    whose p99 is within cfg.latency_budget_ms (none within: the fastest), and metrics.json's `sizes`
+    holds the accuracy / latency table.
+    """
+    from quantlm.finetune.common import load_policy_data, resolve_model_dir, split_rows, start_run
 
     t0 = time.time()
     store, out = start_run(store, out, cfg.threads)
@@ -269,86 +278,127 @@ def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Pat
     if not cfg.warm < tw <= t_model.trunk.max_bars or (cfg.student == "gpt" and cfg.window_bars > tw):
         raise FinetuneDataError(f"need warm {cfg.warm} < teacher window {tw} <= the teacher's context "
                                 f"{t_model.trunk.max_bars} (and a gpt student's window_bars <= {tw})")
-    device = "cuda" if torch.cuda.is_available() else "cpu"  # teacher and student; the saved student is on the CPU
-    t_model.eval().requires_grad_(False).to(device)
+    if cfg.sizes is not None and stop_after is not None:
+        raise ValueError("stop_after is for one student; with sizes, resume reuses the finished sizes")
+    t_model.eval().requires_grad_(False)
     last_train, _, valid_rows = split_rows(data, train_end, cfg.valid_sessions)
-    student = build_student(cfg, t_model, train_end, seed).to(device)
     train_targets = data.targets_known(data.calendar[last_train])
     label = data.targets_known(train_end)["ret"][valid_rows, 0]
-    sampler = WindowSampler(data, tw, last_train, seed)
-    pos = distilled_positions(cfg, tw)
-    bos = t_model.trunk.special_ids["bos"]
-    levels = torch.tensor(t_model.spec.quantiles, dtype=torch.float32, device=device)
-    horizons = list(t_model.spec.horizons)
-
     t_res = predict_rows(t_model, data, valid_rows, warm=cfg.warm, keep=("direction",))
     teacher_ic = rank_ic(t_res["score"], label, data.session[valid_rows])
+    common = {"teacher": str(teacher_dir), "teacher_rank_ic": teacher_ic, "train_end": str(pd.Timestamp(train_end).date()),
+              "last_train_session": str(data.calendar[last_train].date()), "valid_bars": int(len(valid_rows)),
+              "steps": cfg.steps, "seed": seed}
 
-    def evaluate() -> dict[str, float]:
-        return agreement(student, t_res, data, valid_rows, label, cfg.warm)
+    def one(run_dir: Path, shape: MLPShape | None, resume_one: bool, stop: int | None) -> dict | None:
+        from quantlm.finetune.distill_run import fit_student
 
-    initial = evaluate()
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
-    best: dict = {"step": 0, **{f"valid_{k}": v for k, v in initial.items()}}
-    best_state = copy.deepcopy(student.state_dict())
-    student.train()
-    with (out / "metrics.jsonl").open("w") as log:
-        for step in range(cfg.steps):
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, cfg)
-            starts = sampler.batch_starts(step, cfg.batch_size)
-            with torch.no_grad():
-                t_out = t_model(numpy_batch(data.gather(starts, tw, bos), device))
-                t_out = {k: t_out[k][:, pos].flatten(0, 1) for k in ("direction", "quantiles", "rank")}
-            s_out, rows = student_forward(student, data, starts, tw, pos, device)
-            tgt = numpy_batch({k: v[rows] for k, v in train_targets.items()} | {"features": data.features[rows]}, device)
-            loss, parts = distill_loss(s_out, t_out, tgt, tgt["features"], cfg, horizons, levels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            row = {"step": step + 1, "loss": float(loss.detach()), "lr": opt.param_groups[0]["lr"], **parts}
-            if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
-                row |= {f"valid_{k}": v for k, v in evaluate().items()}
-                student.train()
-                if cfg.select == "last" or _better(row.get(f"valid_{cfg.select}"), best.get(f"valid_{cfg.select}")):
-                    best = {k: v for k, v in row.items() if k.startswith("valid_")} | {"step": step + 1}
-                    best_state = copy.deepcopy(student.state_dict())
-                if progress:
-                    print(json.dumps(row), flush=True)
-            log.write(json.dumps(row) + "\n")
-    student.load_state_dict(best_state)
-    student.eval().to("cpu")
-    t_model.to("cpu")
-    if isinstance(student, StudentMLP):
-        tmp = out / "model.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save(tmp, tokenizer=tok)
-        shutil.rmtree(out / "model", ignore_errors=True)
-        tmp.rename(out / "model")
+        student = build_student(cfg, t_model, train_end, seed, shape)
+        pos = distilled_positions(cfg, tw)
+
+        def evaluate() -> dict[str, float]:
+            return agreement(student, t_res, data, valid_rows, label, cfg.warm)
+
+        initial = evaluate()
+        result = fit_student(cfg, student, t_model, data, tw, pos, last_train, train_targets, evaluate, run_dir, seed,
+                             progress=progress, resume=resume_one, stop_after=stop)
+        if not result.finished:
+            return None
+        _save_student(student, tok, run_dir)
+        best = result.best or result.last
+        res = {"student": cfg.student, **common, "best_step": best["step"], "valid": unprefix(best),
+               "initial": initial, "params": {"teacher": num_params(t_model), "student": num_params(student),
+                                              "ratio": num_params(t_model) / num_params(student)}}
+        if shape is not None:
+            res["shape"] = shape.model_dump()
+        return res
+
+    if cfg.sizes is None:
+        summary = one(out, None, resume, stop_after)
+        if summary is None:
+            return out  # stopped early: a checkpoint to resume from, no model yet
+        if cfg.latency_symbols:
+            summary["latency_ms"] = _latencies(cfg, store, teacher_dir, out / "model", train_end)
     else:
-        save_trader(student, tok, out)
-    n_t, n_s = num_params(t_model), num_params(student)
-    summary = {"student": cfg.student, "teacher": str(teacher_dir), "best_step": best["step"],
-               "valid": {k[len("valid_"):]: v for k, v in best.items() if k.startswith("valid_")},
-               "initial": initial, "teacher_rank_ic": teacher_ic,
-               "params": {"teacher": n_t, "student": n_s, "ratio": n_t / n_s},
-               "train_end": str(pd.Timestamp(train_end).date()), "last_train_session": str(data.calendar[last_train].date()),
-               "valid_bars": int(len(valid_rows)), "steps": cfg.steps, "seed": seed}
-    if cfg.latency_symbols:
-        lat = {name: measure_latency(d, store, cfg.latency_symbols, cfg.latency_updates, end=train_end)
-               for name, d in (("teacher", teacher_dir), ("student", out / "model"))}
-        lat["speedup_p50"] = lat["teacher"]["p50"] / lat["student"]["p50"]
-        summary["latency_ms"] = lat
+        summary = _train_sizes(cfg, out, one, store, teacher_dir, train_end, resume)
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"distill": cfg.model_dump(), "teacher": str(teacher_dir),
                                                  "train_end": str(train_end), "seed": seed}, indent=2, default=str))
+    from quantlm.model.card import refresh_run_card
+
+    refresh_run_card(out, "distill")  # the model card records this stage's config and metrics
     return out
 
 
-def _better(value, best) -> bool:
-    return value is not None and np.isfinite(value) and (best is None or not np.isfinite(best) or value > best)
+def _save_student(student, tok, run_dir: Path) -> None:
+    from quantlm.finetune.common import save_trader
+
+    student.eval().to("cpu")
+    save_trader(student, tok, run_dir)  # run_dir/model atomically (StudentMLP.save has the same signature)
+
+
+def _latencies(cfg: DistillConfig, store, teacher_dir: Path, student_dir: Path, train_end) -> dict:
+    from quantlm.finetune.latency import measure_latency
+
+    lat = {name: measure_latency(d, store, cfg.latency_symbols, cfg.latency_updates, end=train_end)
+           for name, d in (("teacher", teacher_dir), ("student", student_dir))}
+    lat["speedup_p50"] = lat["teacher"]["p50"] / lat["student"]["p50"]
+    return lat
+
+
+def _train_sizes(cfg: DistillConfig, out: Path, one, store, teacher_dir: Path, train_end, resume: bool) -> dict:
+    """Train every shape of cfg.sizes, time it, deploy the most accurate within the latency budget."""
+    from quantlm.finetune.latency import measure_latency
+
+    n_sym = cfg.latency_symbols or 300
+    table, results = [], []
+    for j, shape in enumerate(cfg.sizes):
+        d = out / "sizes" / str(j)
+        done = d / "size.json"
+        if resume and done.exists():
+            res = json.loads(done.read_text())
+        else:
+            if d.exists() and not resume:
+                shutil.rmtree(d)
+            res = one(d, shape, resume and (d / "checkpoints").exists(), None)
+            res["latency_ms"] = measure_latency(d / "model", store, n_sym, cfg.latency_updates, end=train_end)
+            done.write_text(json.dumps(res, indent=2))
+        results.append(res)
+        lat = res["latency_ms"]
+        table.append({"size": j, **shape.model_dump(), "params": res["params"]["student"],
+                      "rank_ic": res["valid"].get("rank_ic"), "score_corr": res["valid"].get("score_corr"),
+                      "rank_ic_vs_teacher": _ratio(res["valid"].get("rank_ic"), res["teacher_rank_ic"]),
+                      "p50_ms": lat["p50"], "p99_ms": lat["p99"], "n_symbols": n_sym,
+                      "within_budget": bool(lat["p99"] <= cfg.latency_budget_ms)})
+    pick = _deploy_pick(table)
+    for row in table:
+        row["deployed"] = row["size"] == pick
+    src = out / "sizes" / str(pick) / "model"
+    tmp = out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    tmp.rename(out / "model")
+    summary = dict(results[pick])
+    summary["sizes"] = table
+    summary["latency_budget_ms"] = cfg.latency_budget_ms
+    summary["deployed_size"] = pick
+    if cfg.latency_symbols:
+        summary["latency_ms"] = _latencies(cfg, store, teacher_dir, out / "model", train_end)
+    return summary
+
+
+def _deploy_pick(table: list[dict]) -> int:
+    """The size with the best validation RankIC among those within the latency budget (none within: the fastest)."""
+    inside = [r for r in table if r["within_budget"]]
+    if not inside:
+        return min(table, key=lambda r: r["p99_ms"])["size"]
+    return max(inside, key=lambda r: r["rank_ic"] if r["rank_ic"] is not None and np.isfinite(r["rank_ic"])
+               else -np.inf)["size"]
+
+
+def _ratio(a, b) -> float | None:
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b == 0:
+        return None
+    return float(a / b)

@@ -1,0 +1,112 @@
+"""One distillation run on the training core: stateless batches, the loss step, the cross-section match.
+
+    fit_student(cfg, student, teacher, data, ...) -> TrainResult     (used by `distill.train_distill`)
+
+Batches (micro-batch i, a pure function of (seed, i), so resume is exact):
+- cfg.batches "windows": batch_size random teacher windows (`train.sampler.WindowSampler`);
+- cfg.batches "cross_sections": batch_size // max_symbols sessions (at least one), each with up to
+  max_symbols symbols' windows ending on it (`reward.CrossSectionSampler`), so every distilled
+  window position is a real cross-section of one session.
+A batch carries the teacher's window inputs, the student's inputs for the distilled bars (keys
+prefixed "s_"), the hard targets known by the last training session ("y_") and each distilled
+bar's cross-section id ("y_group": block x session).
+
+Cross-section match (loss.match_cross_section, weight w): per group with >= 3 bars, 1 - Pearson
+correlation of the session-demeaned trading scores (student vs teacher, `TraderModel.score`), mean
+over groups: what the teacher's RankIC is made of (the ordering of one session's stocks), free of
+the time-series level that the plain head MSEs also fit.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from quantlm.finetune.data import TraderData
+from quantlm.finetune.student import StudentMLP, student_inputs
+
+
+def cross_section_corr_loss(s_score: torch.Tensor, t_score: torch.Tensor, group: torch.Tensor,
+                            min_size: int = 3) -> torch.Tensor:
+    """Mean over groups (>= min_size rows) of 1 - corr(student, teacher) of the group-demeaned scores [N]."""
+    _, inv = torch.unique(group, return_inverse=True)
+    n_g = int(inv.max()) + 1 if len(inv) else 0
+    ones = torch.ones_like(t_score, dtype=torch.float32)
+    count = torch.zeros(n_g, device=t_score.device).index_add_(0, inv, ones)
+    s, t = s_score.float(), t_score.float().detach()
+    ds = s - (torch.zeros(n_g, device=s.device).index_add_(0, inv, s) / count.clamp(min=1))[inv]
+    dt = t - (torch.zeros(n_g, device=t.device).index_add_(0, inv, t) / count.clamp(min=1))[inv]
+    num = torch.zeros(n_g, device=s.device).index_add_(0, inv, ds * dt)
+    ss = torch.zeros(n_g, device=s.device).index_add_(0, inv, ds * ds)
+    tt = torch.zeros(n_g, device=s.device).index_add_(0, inv, dt * dt)
+    corr = num / torch.sqrt(ss * tt + 1e-12)
+    keep = (count >= min_size) & (tt > 0)
+    return (1.0 - corr[keep]).mean() if bool(keep.any()) else s.sum() * 0.0
+
+
+def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarray, last_train: int,
+                train_targets: dict[str, np.ndarray], evaluate, out: Path, seed: int, progress: bool = False,
+                resume: bool = False, stop_after: int | None = None):
+    """Distil `teacher` (frozen) into `student` on the core; returns the TrainResult (see the module docstring)."""
+    from quantlm.finetune.distill import distill_terms
+    from quantlm.finetune.reward import CrossSectionSampler
+    from quantlm.finetune.stagecore import run_on_core
+    from quantlm.train.sampler import WindowSampler
+
+    bos = teacher.trunk.special_ids["bos"]
+    n_cal = len(data.calendar)
+    if cfg.batches == "cross_sections":
+        xs = CrossSectionSampler(data, tw, last_train, cfg.max_symbols, seed)
+        n_sessions = max(1, cfg.batch_size // cfg.max_symbols)
+
+        def starts_at(i: int) -> tuple[np.ndarray, np.ndarray]:
+            return xs.sample(i, n_sessions)
+    else:
+        ws = WindowSampler.from_rows(data.session, data.offsets, tw, last_train, seed)
+
+        def starts_at(i: int) -> tuple[np.ndarray, np.ndarray]:
+            starts = ws.batch_starts(i, cfg.batch_size)
+            return starts, np.arange(len(starts))  # each window its own block: groups are one bar (no match)
+
+    levels = torch.tensor(teacher.spec.quantiles, dtype=torch.float32)
+    horizons = list(teacher.spec.horizons)
+
+    def batch_at(i: int) -> dict[str, np.ndarray]:
+        starts, block = starts_at(i)
+        rows = (starts[:, None] + pos[None, :]).reshape(-1)
+        if isinstance(student, StudentMLP):
+            s = student.spec
+            s_in = student_inputs(data, rows, s.window_bars, s.pad_id, s.text_bars)
+        else:
+            w = student.spec.window_bars
+            s_in = data.gather(starts + tw - w, w, bos)
+        y = {k: v[rows] for k, v in train_targets.items()} | {"features": data.features[rows]}
+        y["group"] = np.repeat(block, len(pos)) * n_cal + data.session[rows]
+        return {**data.gather(starts, tw, bos), **{f"s_{k}": v for k, v in s_in.items()},
+                **{f"y_{k}": v for k, v in y.items()}}
+
+    def loss_fn(m, batch: dict[str, torch.Tensor], step: int):
+        p = torch.as_tensor(pos, device=batch["input_ids"].device)
+        with torch.no_grad():
+            t_all = teacher(batch)
+            t_out = {k: t_all[k][:, p].flatten(0, 1) for k in ("direction", "quantiles", "rank")}
+        s_batch = {k[2:]: v for k, v in batch.items() if k.startswith("s_")}
+        s_out = m(s_batch)
+        if not isinstance(student, StudentMLP):
+            keep = p - (tw - student.spec.window_bars)
+            s_out = {k: v[:, keep].flatten(0, 1) for k, v in s_out.items() if k != "bar_hidden"}
+        tgt = {k[2:]: v for k, v in batch.items() if k.startswith("y_")}
+        total, parts = distill_terms(s_out, t_out, tgt, tgt["features"], cfg, horizons, levels.to(p.device))
+        if cfg.loss.match_cross_section:
+            feats = tgt["features"]
+            xs_loss = cross_section_corr_loss(student.score(s_out, feats), teacher.score(t_out, feats), tgt["group"])
+            parts["match_cross_section"] = xs_loss.detach()
+            total = total + cfg.loss.match_cross_section * xs_loss
+        return total, {k: v.detach() for k, v in parts.items()}
+
+    student.train()
+    return run_on_core("distill", student, cfg, out, loss_fn, batch_at, evaluate,
+                       None if cfg.select == "last" else cfg.select, cfg.eval_every, progress=progress,
+                       resume=resume, stop_after=stop_after, to_device=lambda d: teacher.to(d))
