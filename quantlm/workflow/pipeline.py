@@ -149,8 +149,6 @@ def pretrain_end(cfg: RunConfig, store, cap: pd.Timestamp) -> pd.Timestamp:
     sessions up to `cap` (the first fold's train end) and its labels look `horizon` sessions ahead, so
     pretraining ends valid_sessions + horizon sessions before cap (largest over the variants' sft
     sections); `quantlm.finetune.common.split_rows` checks it again from the model's train_config."""
-    import numpy as np
-
     need = 0
     for variant in cfg.variants:
         sft = variant.stages.get("sft") or cfg.main.stages.get("sft")
@@ -160,7 +158,7 @@ def pretrain_end(cfg: RunConfig, store, cap: pd.Timestamp) -> pd.Timestamp:
         horizon = max([*t.horizons, t.barrier_horizon if t.direction == "triple_barrier" else 1])
         need = max(need, sft.valid_sessions + horizon)
     cal = store.calendar("1d", market=store.meta().get("market"))
-    i = int(np.searchsorted(cal.asi8, pd.Timestamp(cap).value, side="right")) - 1 - need
+    i = int(cal.searchsorted(pd.Timestamp(cap), side="right")) - 1 - need
     if i < 0:
         raise WorkflowError(f"the first fold's train end {pd.Timestamp(cap).date()} leaves no session for pretraining "
                             f"before SFT's validation block ({need} sessions = valid_sessions + label horizon): "

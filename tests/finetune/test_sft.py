@@ -158,3 +158,36 @@ def test_edited_texts_are_re_embedded(ft_env, tmp_path):
     a = build_trader_data(ft_env.store, tok, end=ft_env.train_end).text
     b = build_trader_data(st, tok, end=ft_env.train_end).text
     assert not np.array_equal(a, b)
+
+
+def test_sft_resume_is_bit_identical(ft_env, tmp_path):
+    """A run stopped after its step-2 checkpoint and resumed ends with the same weights, best step and metrics."""
+    cfg = _cfg(text=False, checkpoint_every=2, steps=6, eval_every=3)
+    straight = train_sft(cfg, ft_env.store, tmp_path / "a", ft_env.pretrained, ft_env.train_end, seed=3)
+    part = train_sft(cfg, ft_env.store, tmp_path / "b", ft_env.pretrained, ft_env.train_end, seed=3, stop_after=2)
+    assert not (part / "model").exists() and (part / "checkpoints" / "step_00000002" / "trainer.json").exists()
+    with pytest.raises(ValueError, match="already holds checkpoints"):
+        train_sft(cfg, ft_env.store, tmp_path / "b", ft_env.pretrained, ft_env.train_end, seed=3)
+    resumed = train_sft(cfg, ft_env.store, tmp_path / "b", ft_env.pretrained, ft_env.train_end, seed=3, resume=True)
+    a, b = _state(straight / "model"), _state(resumed / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (straight, resumed))
+    assert ma["best_step"] == mb["best_step"] and ma["valid_rank_ic"] == mb["valid_rank_ic"]
+
+
+def test_pretraining_that_reaches_the_validation_block_is_refused(ft_env, tmp_path):
+    """The init's train_config.yaml records where pretraining ended; SFT refuses one that saw its validation
+    block (less the label horizon) and accepts the fixture's (split 2020-03-31)."""
+    import yaml
+
+    from quantlm.finetune.common import pretrained_through
+
+    assert pretrained_through(ft_env.pretrained) == pd.Timestamp("2020-03-31")
+    late = tmp_path / "late"
+    shutil.copytree(ft_env.pretrained, late)
+    cfg = yaml.safe_load((late / "train_config.yaml").read_text())
+    cfg["data"]["split"] = "2020-08-20"  # inside [validation start - 10 sessions, train_end]
+    (late / "train_config.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ValueError, match="reaches into this stage's validation block"):
+        train_sft(_cfg(text=False), ft_env.store, tmp_path / "run", late, ft_env.train_end)
+    assert not (tmp_path / "run" / "model").exists()
