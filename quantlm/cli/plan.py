@@ -42,6 +42,7 @@ def plan_cmd(
     candidates: Annotated[list[Path] | None, typer.Option("--candidates", help="Candidate model folders (repeat, or list after the option).")] = None,
     prompt_tokens: Annotated[int, typer.Option("--prompt-tokens", min=1, help="Prompt length when timing a HF model.")] = 256,
     store: StoreOption = None,
+    run: Annotated[Path | None, typer.Option("--run", help="A finished `quantlm run` folder: plan each of its models (market GPT, teacher, student, LLM) and print the memory model's measured error.")] = None,
     more: Annotated[list[Path] | None, typer.Argument(help="More candidate folders (after --candidates DIR).", show_default=False)] = None,
 ) -> None:
     """Plan memory per GPU, training tokens/s and decision latency; or choose a model by measured latency."""
@@ -53,8 +54,21 @@ def plan_cmd(
             fail("--latency-budget and --candidates go together")
         _choose(latency_budget, candidates, store, prompt_tokens)
         return
+    if run is not None:
+        from quantlm.plan.memory import GPUS
+
+        mem = gpu_mem if gpu_mem is not None else GPUS.get(gpu.lower(), {}).get("mem", 16.0)
+        try:
+            print_run_plan(run, micro_batch=micro_batch if micro_batch > 1 else 16, gpu=gpu.lower(), gpu_mem_gb=mem,
+                           gpus=gpus, precision=precision, zero=zero, fsdp=fsdp, checkpointing=checkpointing)
+        except (ValueError, FileNotFoundError) as e:
+            fail(str(e))
+        validate = True
+        if model is None:
+            print_validation()
+            return
     if model is None and not validate:
-        fail("give --model DIR|SIZE (or --latency-budget with --candidates, or --validate)")
+        fail("give --model DIR|SIZE (or --run DIR, --latency-budget with --candidates, or --validate)")
     if model is not None:
         try:
             print_plan(model, method=method, lora_rank=rank, lora_targets=tuple(t.strip() for t in targets.split(",") if t.strip()),
@@ -107,6 +121,24 @@ def print_plan(model: str, **kw) -> None:
     if not m.fits and not cfg.checkpointing:
         console.print("hint: --checkpointing keeps one block's input per layer instead of all its activations",
                       highlight=False)
+
+
+def print_run_plan(run: Path, **kw) -> None:
+    """One row per model of a finished run (quantlm.plan.runs)."""
+    from rich.table import Table
+
+    from quantlm.plan.runs import plan_run
+
+    rows = plan_run(run, **kw)
+    tab = Table(title=f"models of {run}: estimates on {kw['gpus']} x {kw['gpu'].upper()} {kw['gpu_mem_gb']:g} GB, "
+                      f"{kw['precision']}, micro-batch {kw['micro_batch']}", title_justify="left")
+    for c in ("model", "params", "method", "seq", "train GiB/GPU", "infer GiB", "est. latency ms"):
+        tab.add_column(c, justify="left" if c in ("model", "method") else "right")
+    for r in rows:
+        tab.add_row(r["model"], f"{r['params'] / 1e6:,.3f}M", r["method"], "-" if r["seq"] is None else str(r["seq"]),
+                    "-" if r["train_gib"] is None else f"{r['train_gib']:.4f}", f"{r['infer_gib']:.4f}",
+                    "-" if r["latency_ms"] is None else f"{r['latency_ms']:.3f}")
+    console.print(tab)
 
 
 def print_validation() -> None:

@@ -84,8 +84,9 @@ SIZES: dict[str, Arch] = {
 
 def arch_from_config(cfg: dict, name: str = "custom") -> Arch:
     """An Arch from a Hugging Face config dict (Qwen2, Llama, Mistral and similar field names)."""
-    if "text_config" in cfg and "hidden_size" not in cfg:
-        cfg = cfg["text_config"]
+    for nested in ("text_config", "trunk"):  # multimodal configs; a quantlm trader's market GPT trunk
+        if nested in cfg and "hidden_size" not in cfg:
+            cfg = cfg[nested]
     try:
         h, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         layers, inter, vocab = int(cfg["num_hidden_layers"]), int(cfg["intermediate_size"]), int(cfg["vocab_size"])

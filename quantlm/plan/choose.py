@@ -6,7 +6,12 @@ Each candidate folder is timed here (p50 of one decision, ms) and its accuracy r
 The recommendation is the candidate with the highest known RankIC whose p50 is within the budget;
 if none within the budget has a known RankIC, the fastest one within the budget.
 
+A model inside a `quantlm run` folder (runs/demo/stages/distill-.../run/model, stages/llm.s0.f0-.../run)
+takes the RankIC of its own run (student, teacher, rl, llm) from the run's summary.json.
+
 How a folder is timed (`measure_folder`):
+    llm.json / adapter      an `llm sft` run or adapter: `quantlm.llm.latency.measure_llm_latency` (prompt
+                            build + prefill + answer log-probs for n_symbols symbols per update) on --store
     student.json / trader.json   a student or trader: `quantlm.finetune.latency.measure_latency`
                             (live path, n_symbols per update) on --store
     config.json (HF)        any local causal LM (a market GPT model folder too): one forward of `AutoModelForCausalLM` over a fixed
@@ -34,9 +39,33 @@ def parse_ms(text: str | float) -> float:
     return v * {"ms": 1.0, "s": 1e3, "us": 1e-3, "µs": 1e-3}[unit]
 
 
+_STAGE_RUNS = {"sft": "teacher", "rl": "rl", "distill": "student", "llm": "llm"}
+
+
+def _stage_run(folder: Path) -> tuple[Path | None, str | None]:
+    """(run folder, run name) when `folder` lies in a `quantlm run` stage folder: stages/sft.s0.f0-<key>
+    -> teacher, stages/sft@lora.s0.f0-<key> -> teacher[lora], stages/llm.s0.f0-<key> -> llm."""
+    for d in [folder, *folder.parents]:
+        if d.parent.name == "stages":
+            stage, _, tag = d.name.rsplit("-", 1)[0].split(".")[0].partition("@")
+            name = _STAGE_RUNS.get(stage)
+            return d.parent.parent, (name + (f"[{tag}]" if tag else "")) if name else None
+    return None, None
+
+
 def read_accuracy(folder: str | Path) -> float | None:
-    """RankIC from summary.json in the folder or its parent; None when absent."""
+    """RankIC from summary.json in the folder or its parent; for a model inside a `quantlm run` stage
+    folder, that run's summary.json entry of the model's own run (teacher / rl / student / llm).
+    None when absent."""
     folder = Path(folder)
+    run_dir, run_name = _stage_run(folder)
+    if run_dir is not None and run_name is not None and (run_dir / "summary.json").exists():
+        try:
+            v = (json.loads((run_dir / "summary.json").read_text()).get("runs") or {}).get(run_name, {}).get("rank_ic")
+        except (OSError, json.JSONDecodeError):
+            v = None
+        if isinstance(v, int | float) and math.isfinite(v):
+            return float(v)
     for f in (folder / "summary.json", folder.parent / "summary.json"):
         if not f.exists():
             continue
@@ -73,7 +102,11 @@ def measure_hf_forward(folder: str | Path, prompt_tokens: int = 256, repeats: in
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+    from quantlm.model.hf import MARKET_GPT_TYPE, model_type
+
+    # a quantlm market GPT folder's code is quantlm itself (installed): trust it, nothing else
+    own = model_type(folder) == MARKET_GPT_TYPE
+    model = AutoModelForCausalLM.from_pretrained(folder, trust_remote_code=own).eval()
     vocab = int(model.config.vocab_size)
     x = torch.randint(0, vocab, (1, prompt_tokens), generator=torch.Generator().manual_seed(0))
     old = torch.get_num_threads()
@@ -91,7 +124,15 @@ def measure_folder(folder: str | Path, store=None, prompt_tokens: int = 256, n_s
                    threads: int = 1) -> dict:
     """Measured latency of one candidate folder (see the module docstring for how each kind is timed)."""
     folder = Path(folder)
-    if (folder / "student.json").exists() or (folder / "trader.json").exists():
+    if (folder / "llm.json").exists() or (folder / "adapter_config.json").exists():
+        if store is None:
+            raise ValueError(f"{folder}: timing an LLM trader needs --store (its prompts are built from bars)")
+        from quantlm.llm.latency import measure_llm_latency
+
+        return measure_llm_latency(folder, store, n_symbols=n_symbols, n_updates=10, threads=threads)
+    from quantlm.finetune.model import is_trader_folder
+
+    if (folder / "student.json").exists() or is_trader_folder(folder):
         if store is None:
             raise ValueError(f"{folder}: timing a student / trader needs --store (its live path streams bars)")
         from quantlm.finetune.latency import measure_latency

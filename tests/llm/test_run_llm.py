@@ -109,3 +109,27 @@ def test_llm_section_errors_name_the_key(patch, expected):
     with pytest.raises(RunConfigError) as e:
         parse_run_config(raw, "llm.yaml")
     assert "llm.yaml: " in str(e.value) and expected.split(", ")[-1] in str(e.value)
+
+
+def test_planner_on_the_run_folder(llm_run):
+    """`quantlm plan --run` lists the run's models; `--latency-budget` picks among its teacher and its LLM
+    with each one's own RankIC from the run's summary.json."""
+    from functools import partial
+
+    from quantlm.plan.choose import choose, measure_folder
+    from quantlm.plan.runs import plan_run
+
+    run_dir, summary, _, store = llm_run
+    rows = {r["model"]: r for r in plan_run(run_dir, gpu="cpu", gpu_mem_gb=16.0)}
+    assert {"market GPT (pretrained)", "teacher (market GPT trunk)", "LLM (LoRA)"} <= set(rows)
+    llm_json = json.loads(next((run_dir / "stages").glob("llm.s0.f0-*/run/llm.json")).read_text())
+    assert rows["LLM (LoRA)"]["seq"] == llm_json["tokens"]["prompt_tokens_max"]
+    assert all(r["params"] > 0 and r["infer_gib"] > 0 for r in rows.values())
+    teacher = next((run_dir / "stages").glob("sft.s0.f0-*")) / "run" / "model"
+    llm = next((run_dir / "stages").glob("llm.s0.f0-*")) / "run"
+    found, best = choose([teacher, llm], 1e6, measure=partial(measure_folder, store=store, n_symbols=4))
+    by = {r["candidate"]: r for r in found}
+    assert by[str(teacher)]["rank_ic"] == pytest.approx(summary["runs"]["teacher"]["rank_ic"])
+    assert by[str(llm)]["rank_ic"] == pytest.approx(summary["runs"]["llm"]["rank_ic"])
+    assert by[str(llm)]["kind"] == "llm:qwen2" and by[str(llm)]["p50_ms"] > 0
+    assert best["rank_ic"] == max(summary["runs"]["teacher"]["rank_ic"], summary["runs"]["llm"]["rank_ic"])
