@@ -248,6 +248,10 @@ def baseline_scores(store, setup: EvaluationSetup, options: EvaluateOptions, exe
     return out
 
 
+# runs that lead the report only when named: a stack needs every input (LightGBM too) at decision time
+NOT_PRIMARY_BY_DEFAULT = ("stack",)
+
+
 def _rank_ic_mean(metrics: list[dict[str, float]]) -> float:
     vals = [m.get("rank_ic") for m in metrics]
     vals = [float(v) for v in vals if v is not None and not (isinstance(v, float) and math.isnan(v))]
@@ -332,8 +336,9 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     if primary is None:
         if signals is not None:
             primary = "signals"
-        elif extra_scores:
-            primary = max(extra_scores, key=lambda n: _rank_ic_mean(list(seed_metrics[n].values())))
+        elif [n for n in (extra_scores or {}) if n not in NOT_PRIMARY_BY_DEFAULT]:
+            primary = max((n for n in extra_scores if n not in NOT_PRIMARY_BY_DEFAULT),
+                          key=lambda n: _rank_ic_mean(list(seed_metrics[n].values())))
         else:
             primary = next(iter(runs))
     result, scores = runs[primary]

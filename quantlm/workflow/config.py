@@ -117,6 +117,9 @@ class EvaluateSection(_Strict):
     hedge_settings: dict[str, Any] | None = None  # HedgeConfig settings over the market's preset (hedge benchmark)
     gates: str | dict[str, float | None] | None = None  # a gates YAML file or inline thresholds; None: defaults
     primary: str | None = None  # run that leads the report and is gated; None: the model run with the best RankIC
+    # a `stack` run: the primary model + LightGBM + reversal / momentum, ridge weights per fold fitted on earlier
+    # out-of-sample sessions (quantlm.baselines.stack); the summary says what each part adds
+    stack: bool = False
     latency: bool = True  # measure the deployed model's decision latency (quantlm.finetune.measure_latency)
     latency_symbols: int = Field(300, ge=1)
     latency_updates: int = Field(50, ge=1)
@@ -375,6 +378,7 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
                     main=Variant("", main_stages), ablations=ablations, raw=raw or {}, llm=llm)
     if ev.primary is not None:
         known = cfg.model_runs() + [BASELINE_RUNS[b] for b in ev.baselines if b not in ("oracle", "benchmark")]
+        known += ["stack"] if ev.stack else []
         if ev.primary not in known:
             problems.append(f"evaluate.primary: '{ev.primary}' is not a run of this config ({', '.join(known)})")
     if "sft" not in main_stages and not problems:

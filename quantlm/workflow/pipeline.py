@@ -318,6 +318,13 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     # LightGBM folds: Ray tasks under the ray executor, else evaluate.jobs processes
     baselines = baselines_stage(store, options, setup, cache, fingerprint,
                                 executor if getattr(executor, "name", "") == "ray" else None)
+    stack_entry = None
+    if cfg.evaluate.stack:  # the primary model + LightGBM + the rules, weights per fold (quantlm.workflow.stack_stage)
+        from quantlm.workflow.stack_stage import stack_stage
+
+        stacked = stack_stage(cfg, setup, cache, fingerprint, baselines, scores)
+        if stacked is not None:
+            scores["stack"], stack_entry = stacked
     llm_entry = None
     if cfg.llm is not None:  # a general LLM with LoRA beside the market GPT (quantlm.workflow.llm_stage)
         from quantlm.workflow.llm_stage import RUN_NAME, run_llm
@@ -336,6 +343,8 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
                             gates_of(cfg), cache.records(), folds, evaluation.path / "report", chains[0])
     if llm_entry is not None:
         summary["llm"] = llm_entry
+    if stack_entry is not None:
+        summary["stack"] = stack_entry
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, allow_nan=False))
     tmp.replace(run_dir / "summary.json")

@@ -20,9 +20,14 @@ Schema (metric names exactly as in metrics.json of `quantlm evaluate`, fractions
                    policy, else the teacher; first seed, last fold); null if evaluate.latency is false
     ratios         {rank_ic_vs_oracle, ic_vs_oracle, rank_ic_vs_synth_oracle} (primary / oracle)
     period         "YYYY-MM-DD..YYYY-MM-DD": the out-of-sample sessions every run is judged on
+    stack          only with evaluate.stack: {inputs, rank_ic_alone, rank_ic_stack, rank_ic_without, adds
+                   (per input, means over seeds, on the test folds), weights_by_fold (first seed)}
     llm            only with an `llm:` section: {run, base, model, tokens (tokens_per_bar, prompt_tokens_mean
                    / _max, bars_mean), examples, last_loss, latency_ms (quantlm.llm.latency: p50, p99 per
                    update of n_symbols decisions, per_symbol_p50, prompt_p50, ...) or null}
+    post_training  the main chain's {reward: [{pairwise_accuracy, _last, baseline_cost_only_accuracy}],
+                   rl: [{promoted, reason}], distill: [{teacher_rank_ic, rank_ic, sizes}]} per fold
+    notes          lines printed under the table (reward accuracy vs cost-only, RL promotion, student sizes)
     folds          [{index, train_start, train_end, test_start, test_end}]
     stages         {stage id: {key (sha256), cached, seconds}} in run order
     report, evaluate_dir, store, config, version
@@ -115,7 +120,12 @@ def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any
         if r is not None:
             ratios["rank_ic_vs_synth_oracle"] = r
     book = evaluation.get("book", "long_only")
+    from quantlm.workflow.models import post_training_notes
+
+    post, notes = post_training_notes(main_chain) if main_chain is not None else ({}, [])
     return {
+        "post_training": post,
+        "notes": notes,
         "primary": primary,
         "book": book,
         "gates_judged": f"the {book} book of {primary} (evaluate.hedge: the book the config deploys)",
@@ -194,6 +204,12 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     console.print(f"primary {escape(summary['primary'])}: {ratio_txt}gates ({summary.get('book', 'long_only')} book) "
                   f"passed {passed}/{len(gates)}"
                   + (f"; {escape(lat_txt.rstrip('; '))}" if lat_txt else ""))
+    for note in summary.get("notes", []):
+        console.print(f"note: {escape(note)}", highlight=False)
+    if summary.get("stack"):
+        from quantlm.workflow.stack_stage import print_stack
+
+        print_stack(summary["stack"], console)
     llm = summary.get("llm")
     if llm:
         tok, lat = llm.get("tokens") or {}, llm.get("latency_ms")
