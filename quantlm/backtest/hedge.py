@@ -21,7 +21,9 @@ the kernel and the reference loop are untouched. The model, per bar t (all amoun
   unit moved (default: the long book's own realised cost per unit traded in this run).
 
 With zero costs, zero margin, ratio 1 and a fully invested book (x = 1) the hedged return is exactly
-r_t - b_t (tested). Intraday bars: the accounts re-size at each date's last bar only.
+r_t - b_t (tested). Intraday bars: the accounts re-size at each date's last bar only; with a
+daily-only benchmark (each bar carries its date's close) a date's futures P&L is booked at its first
+bar, so the hedged equity is exact at each date's last bar (the per-session metrics) but not inside a day.
 
 Hedged and long-short books are measured against cash (`cash_benchmark`: 0% a year), not the index:
 the short leg already subtracts the market, so their annual_excess_return is their own annual
