@@ -36,12 +36,70 @@ class Chain:
         return {RUN_NAMES[s] + self.variant.tag(): res for s, res in self.stages.items() if s in RUN_NAMES}
 
     def deployed(self) -> tuple[str, StageResult]:
-        """(run name, stage) of the model that would trade: the student if distilled, else the RL policy,
-        else the SFT teacher (the last fold's)."""
+        """(run name, stage) of the model that would trade: the student if distilled, else the RL policy
+        if promoted (`rl_promoted`), else the SFT teacher (the last fold's)."""
         for s in ("distill", "rl", "sft"):
-            if s in self.stages:
+            if s in self.stages and not (s == "rl" and not rl_promoted(self.stages[s][-1])):
                 return RUN_NAMES[s] + self.variant.tag(), self.stages[s][-1]
         raise KeyError("no model stage")
+
+
+def stage_metrics(stage: StageResult) -> dict:
+    """A training stage's run/metrics.json ({} if absent)."""
+    import json
+
+    path = stage.path / "run" / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def rl_promoted(stage: StageResult) -> bool:
+    """Whether an RL stage beat its SFT model on validation (metrics.json `promoted`; older runs: True)."""
+    return bool(stage_metrics(stage).get("promoted", True))
+
+
+def _num(x: Any, fmt: str = "{:.3f}") -> str:
+    return fmt.format(x) if isinstance(x, int | float) and x == x else "-"
+
+
+def _finite(obj: Any) -> Any:
+    """NaN / inf -> None, recursively (summary.json is written with allow_nan=False)."""
+    if isinstance(obj, float):
+        return obj if obj == obj and abs(obj) != float("inf") else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def post_training_notes(chain: Chain) -> tuple[dict[str, Any], list[str]]:
+    """({reward, rl, distill} per fold from the stages' metrics.json, summary note lines) of one chain."""
+    info: dict[str, Any] = {}
+    notes: list[str] = []
+    for k, st in enumerate(chain.stages.get("reward", [])):
+        m = stage_metrics(st)
+        row = {k2: m.get(k2) for k2 in ("pairwise_accuracy", "pairwise_accuracy_last", "baseline_cost_only_accuracy")}
+        info.setdefault("reward", []).append(row)
+        notes.append(f"reward model fold {k}: held-out pairwise accuracy {_num(row['pairwise_accuracy'])} "
+                     f"(last step {_num(row['pairwise_accuracy_last'])}) vs cost-only baseline "
+                     f"{_num(row['baseline_cost_only_accuracy'])}")
+    for k, st in enumerate(chain.stages.get("rl", [])):
+        m = stage_metrics(st)
+        info.setdefault("rl", []).append({"promoted": m.get("promoted", True), "reason": m.get("promotion_reason")})
+        if m.get("promotion_reason"):
+            notes.append(f"rl fold {k}: {m['promotion_reason']}"
+                         + ("" if m.get("promoted", True) else " (distillation teacher and deployed candidate)"))
+    for k, st in enumerate(chain.stages.get("distill", [])):
+        m = stage_metrics(st)
+        info.setdefault("distill", []).append({"teacher_rank_ic": m.get("teacher_rank_ic"),
+                                               "rank_ic": (m.get("valid") or {}).get("rank_ic"),
+                                               "sizes": m.get("sizes")})
+        for r in m.get("sizes") or []:
+            notes.append(f"student fold {k} size {r['size']} (hidden {r['hidden']}, layers {r['layers']}, window "
+                         f"{r.get('window_bars') or '-'}): RankIC {_num(r['rank_ic'], '{:.4f}')} "
+                         f"({_num(r['rank_ic_vs_teacher'], '{:.2f}')}x teacher), p50 {_num(r['p50_ms'], '{:.2f}')} ms, "
+                         f"p99 {_num(r['p99_ms'], '{:.2f}')} ms" + (" [deployed]" if r.get("deployed") else ""))
+    return _finite(info), notes
 
 
 def _dump(obj: Any) -> Any:
@@ -56,7 +114,9 @@ def train_chain(cfg: RunConfig, variant: Variant, seed: int, store, cache: Stage
     SFT of fold 0 starts from the pretrained model; with several train ends (refit "per_fold") SFT
     of fold k warm-starts from fold k-1's SFT model. An ablation takes the stages it does not run
     itself from `main` (same seed and fold): the SFT policy, the reward model for RL with
-    reward="model", and (for an ablation of distill alone) the RL policy as the teacher.
+    reward="model", and (for an ablation of distill alone) the RL policy as the teacher. An RL policy
+    that is not promoted (its metrics.json: validation RankIC / book return not better than the SFT
+    model's) steps aside: the SFT model is then the distillation teacher and the deployed candidate.
     """
     from quantlm.finetune.distill import train_distill
     from quantlm.finetune.reward import train_reward
@@ -97,7 +157,8 @@ def train_chain(cfg: RunConfig, variant: Variant, seed: int, store, cache: Stage
 
         policy = sft  # the distillation teacher: this variant's RL policy, else its SFT model
         if "sft" not in variant.stages and main is not None and "rl" in main.stages:
-            policy = main.stages["rl"][k]  # an ablation of distill only: the main chain's final policy
+            if rl_promoted(main.stages["rl"][k]):
+                policy = main.stages["rl"][k]  # an ablation of distill only: the main chain's final policy
         if "rl" in variant.stages:
             rlcfg = variant.stages["rl"]
             uses_reward = getattr(rlcfg, "reward", "model") == "model" and reward is not None
@@ -109,8 +170,9 @@ def train_chain(cfg: RunConfig, variant: Variant, seed: int, store, cache: Stage
                 train_rl(rlcfg, store, tmp / "run", policy=policy, reward=reward_dir, train_end=pd.Timestamp(train_end),
                          seed=seed)
 
-            policy = cache.run(f"rl{tag}{suffix}", key, build_rl, inputs=inputs)
-            chain.stages.setdefault("rl", []).append(policy)
+            rl = cache.run(f"rl{tag}{suffix}", key, build_rl, inputs=inputs)
+            chain.stages.setdefault("rl", []).append(rl)
+            policy = rl if rl_promoted(rl) else sft  # an RL policy that did not beat its SFT model steps aside
 
         if "distill" in variant.stages:
             dcfg = variant.stages["distill"]
@@ -165,4 +227,4 @@ def latency_stage(deployed: StageResult, store, cache: StageCache, fingerprint: 
     return cache.run("latency", key, build, inputs=[deployed.key])
 
 
-__all__ = ["Chain", "latency_stage", "model_dir", "score_run", "train_chain"]
+__all__ = ["Chain", "latency_stage", "model_dir", "post_training_notes", "rl_promoted", "score_run", "train_chain"]
