@@ -208,7 +208,7 @@ def activity_figure(result):
 
 
 def baselines_figure(runs: dict[str, Any]):
-    """Growth of 1 of every run on one chart."""
+    """Growth of 1 of every run on one chart (each run's deployed book)."""
     import plotly.graph_objects as go
 
     fig = go.Figure()
@@ -218,6 +218,12 @@ def baselines_figure(runs: dict[str, Any]):
                                                                       width=2.5 if i == 0 else 1.5)))
     fig.update_layout(height=420, title="Growth of 1: strategy and baselines", hovermode="x unified")
     return fig
+
+
+def _deployed(result):
+    """The book a result deploys: its hedged book when it has one."""
+    hedged = getattr(result, "hedged", None)
+    return hedged if hedged is not None else result
 
 
 def _cards(metrics: dict[str, float]) -> str:
@@ -323,7 +329,9 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
                      f"{books_html(books, book)}</div>")
     parts.append(f"<h2>Equity</h2><div class='panel'>{_figure_html(equity_figure(result), 'fig-equity')}</div>")
     parts.append(f"<div class='panel'>{_figure_html(drawdown_figure(result), 'fig-drawdown')}</div>")
-    parts.append(f"<h2>Returns by month</h2><div class='panel'>{_figure_html(monthly_figure(result), 'fig-monthly')}</div>")
+    deployed = _deployed(result)
+    month_title = f"Returns by month ({html.escape(book)} book)" if deployed is not result else "Returns by month"
+    parts.append(f"<h2>{month_title}</h2><div class='panel'>{_figure_html(monthly_figure(deployed), 'fig-monthly')}</div>")
     if ic_series is not None and len(ic_series):
         s, h = ic_figures(ic_series)
         parts.append("<h2>Prediction quality</h2><div class='row'>"
@@ -332,7 +340,7 @@ def render_report(result, metrics: dict[str, float], gates_table: dict[str, dict
     parts.append(f"<h2>Trading activity</h2><div class='panel'>{_figure_html(activity_figure(result), 'fig-activity')}</div>")
     if baselines:
         runs = {name: metrics} | {k: m for k, (_, m) in baselines.items()}
-        curves = {name: result} | {k: r for k, (r, _) in baselines.items()}
+        curves = {name: deployed} | {k: _deployed(r) for k, (r, _) in baselines.items()}
         parts.append(f"<h2>Against the baselines</h2><div class='panel'>{comparison_html(runs)}</div>"
                      f"<div class='panel'>{_figure_html(baselines_figure(curves), 'fig-baselines')}</div>")
     if walk_forward is not None and len(walk_forward[1]):
