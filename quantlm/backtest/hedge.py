@@ -229,7 +229,8 @@ def realised_cost_rate(result) -> float:
 def benchmark_hedge(result, config: HedgeConfig, market: str):
     """The hedged BacktestResult of a long book `result` (see the module docstring).
 
-    Equity, cash (the margin account), costs (the scaled long book's + the hedge's), turnover and
+    Equity, cash (the margin account), costs (the scaled long book's + the hedge's), turnover (the
+    scaled stock book's traded value / hedged equity; futures trades are in costs, not turnover) and
     exposure (stock value + short notional, over hedged equity) are the hedged book's; positions and
     trades stay the kernel book's (at its size). `hedge_detail` has the per-bar accounts.
     """
@@ -239,9 +240,11 @@ def benchmark_hedge(result, config: HedgeConfig, market: str):
     if rb is None:
         raise HedgeConfigError("hedge: benchmark needs a benchmark (set --benchmark or the store's meta 'benchmark')")
     idx = pd.DatetimeIndex(result.equity.index)
-    if rb.isna().any():
-        first = pd.Timestamp(rb.index[rb.isna()][0])
-        raise HedgeConfigError(f"hedge: the benchmark has no close at or before {first} (first bar of the backtest)")
+    closes = result.benchmark.reindex(idx).ffill()
+    if closes.isna().any():
+        first = pd.Timestamp(closes.index[closes.isna()][0])
+        raise HedgeConfigError(f"hedge: benchmark '{result.config.benchmark}' has no close at or before {first} "
+                               "(a bar of the backtest): the short leg cannot be valued there")
     dt, last_of_date = _bar_calendar(idx)
     rolls = roll_sessions(idx.normalize(), market, config.roll_months)
     roll = last_of_date & np.isin(idx.normalize(), rolls)

@@ -161,6 +161,17 @@ def test_engine_benchmark_hedge_is_long_minus_stock_weighted_benchmark():
     assert (res.hedged.benchmark == 1.0).all()  # a hedged book is measured against cash
 
 
+def test_benchmark_hedge_refuses_a_benchmark_that_starts_late():
+    bars = _bars(["A", "B", "IDX"])
+    late = bars[(bars["symbol"] == "IDX") & (bars["ts"] >= bars["ts"].iloc[5])]
+    scores = bars[bars["symbol"] != "IDX"][["symbol", "ts"]].assign(score=1.0)
+    cfg = BacktestConfig(topk=1, n_drop=0, benchmark="IDX", hedge="benchmark", market="cn")
+    with pytest.raises(HedgeConfigError, match="benchmark 'IDX' has no close at or before 2024-01-02"):
+        run_backtest(scores, bars[bars["symbol"] != "IDX"], cfg, benchmark_bars=late)
+    with pytest.raises(HedgeConfigError, match="needs a benchmark"):
+        run_backtest(scores, bars[bars["symbol"] != "IDX"], BacktestConfig(topk=1, hedge="benchmark"))
+
+
 def test_long_short_runs_on_us_and_is_refused_on_cn():
     bars = _bars(list("ABCDEF"), n=25, seed=3)
     scores = bars[["symbol", "ts"]].assign(score=np.random.default_rng(1).normal(size=len(bars)))
