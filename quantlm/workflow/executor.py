@@ -156,7 +156,11 @@ class RayExecutor:
             options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
                                        "logging_level": "warning"}
             if address:
-                ray.init(address=address, **options)
+                try:
+                    ray.init(address=address, **options)
+                except (ConnectionError, RuntimeError, ValueError, SystemExit) as e:  # Ray exits on a GCS timeout
+                    raise ExecutorError(f"could not connect to the Ray cluster at '{address}' (start one with "
+                                        f"'ray start --head', or leave the address out for a local Ray): {e}") from e
             else:
                 ray.init(num_cpus=local_cpus, **options)
                 self.owns = True
