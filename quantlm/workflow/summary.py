@@ -176,7 +176,9 @@ def print_summary(summary: dict[str, Any], console: Console) -> None:
     """One row per run (models first, then baselines, then the oracle), headline metrics as columns."""
     model_runs = list(summary["runs_by_seed"])
     order = model_runs + [n for n in summary["runs"] if n not in model_runs]
-    table = Table(title=f"out of sample {summary['period']} (primary *, mean over seeds {summary['seeds']})")
+    book = summary.get("book", "long_only")
+    table = Table(title=f"out of sample {summary['period']} (primary *, mean over seeds {summary['seeds']}; "
+                  f"{book} book{'s' if book != 'long_only' else ''} where a run has one)")
     table.add_column("run")
     for _, header, _ in COLUMNS:
         table.add_column(header, justify="right")
