@@ -33,6 +33,17 @@ teacher windows of the teacher's window_bars; the bars with at least `warm` bars
 (and, for a gpt student, of its own window) are distilled, and the student reads each of those bars'
 own history (bars <= the bar, so it may start before the window).
 
+Training runs on the core (`finetune.stagecore`, batches and the cross-section match in
+`finetune.distill_run`): checkpoint_every / resume / stop_after as in SFT, bit-identical on CPU.
+`batches: cross_sections` draws whole sessions' cross-sections (max_symbols windows ending on one
+session) so `loss.match_cross_section` can match the teacher's ordering of one session's stocks.
+
+Sizes (`sizes: [mlp shapes]`): one student per shape in out/sizes/<j>/, each timed with
+`measure_latency` (latency_symbols or 300 symbols); out/model is the one with the best validation
+RankIC whose p99 is within `latency_budget_ms` (none within: the fastest); metrics.json `sizes` is
+the table {size, shape, params, rank_ic, score_corr, rank_ic_vs_teacher, p50_ms, p99_ms,
+within_budget, deployed} and the rest of metrics.json is the deployed size's.
+
 Held-out metrics (the kept step is the best by cfg.select): direction_agreement (argmax agrees
 with the teacher's), direction_corr (mean per-session Spearman of P(buy) - P(sell), student vs
 teacher), score_corr (mean per-session Spearman of the student's vs the teacher's trading score;
@@ -45,7 +56,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -320,7 +330,9 @@ def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Pat
         if cfg.latency_symbols:
             summary["latency_ms"] = _latencies(cfg, store, teacher_dir, out / "model", train_end)
     else:
-        summary = _train_sizes(cfg, out, one, store, teacher_dir, train_end, resume)
+        from quantlm.finetune.distill_run import train_sizes
+
+        summary = train_sizes(cfg, out, one, store, teacher_dir, train_end, resume)
     summary["seconds"] = round(time.time() - t0, 1)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"distill": cfg.model_dump(), "teacher": str(teacher_dir),
@@ -345,60 +357,3 @@ def _latencies(cfg: DistillConfig, store, teacher_dir: Path, student_dir: Path, 
            for name, d in (("teacher", teacher_dir), ("student", student_dir))}
     lat["speedup_p50"] = lat["teacher"]["p50"] / lat["student"]["p50"]
     return lat
-
-
-def _train_sizes(cfg: DistillConfig, out: Path, one, store, teacher_dir: Path, train_end, resume: bool) -> dict:
-    """Train every shape of cfg.sizes, time it, deploy the most accurate within the latency budget."""
-    from quantlm.finetune.latency import measure_latency
-
-    n_sym = cfg.latency_symbols or 300
-    table, results = [], []
-    for j, shape in enumerate(cfg.sizes):
-        d = out / "sizes" / str(j)
-        done = d / "size.json"
-        if resume and done.exists():
-            res = json.loads(done.read_text())
-        else:
-            if d.exists() and not resume:
-                shutil.rmtree(d)
-            res = one(d, shape, resume and (d / "checkpoints").exists(), None)
-            res["latency_ms"] = measure_latency(d / "model", store, n_sym, cfg.latency_updates, end=train_end)
-            done.write_text(json.dumps(res, indent=2))
-        results.append(res)
-        lat = res["latency_ms"]
-        table.append({"size": j, **shape.model_dump(), "params": res["params"]["student"],
-                      "rank_ic": res["valid"].get("rank_ic"), "score_corr": res["valid"].get("score_corr"),
-                      "rank_ic_vs_teacher": _ratio(res["valid"].get("rank_ic"), res["teacher_rank_ic"]),
-                      "p50_ms": lat["p50"], "p99_ms": lat["p99"], "n_symbols": n_sym,
-                      "within_budget": bool(lat["p99"] <= cfg.latency_budget_ms)})
-    pick = _deploy_pick(table)
-    for row in table:
-        row["deployed"] = row["size"] == pick
-    src = out / "sizes" / str(pick) / "model"
-    tmp = out / "model.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    shutil.rmtree(out / "model", ignore_errors=True)
-    tmp.rename(out / "model")
-    summary = dict(results[pick])
-    summary["sizes"] = table
-    summary["latency_budget_ms"] = cfg.latency_budget_ms
-    summary["deployed_size"] = pick
-    if cfg.latency_symbols:
-        summary["latency_ms"] = _latencies(cfg, store, teacher_dir, out / "model", train_end)
-    return summary
-
-
-def _deploy_pick(table: list[dict]) -> int:
-    """The size with the best validation RankIC among those within the latency budget (none within: the fastest)."""
-    inside = [r for r in table if r["within_budget"]]
-    if not inside:
-        return min(table, key=lambda r: r["p99_ms"])["size"]
-    return max(inside, key=lambda r: r["rank_ic"] if r["rank_ic"] is not None and np.isfinite(r["rank_ic"])
-               else -np.inf)["size"]
-
-
-def _ratio(a, b) -> float | None:
-    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b == 0:
-        return None
-    return float(a / b)

@@ -1,6 +1,7 @@
 """One distillation run on the training core: stateless batches, the loss step, the cross-section match.
 
     fit_student(cfg, student, teacher, data, ...) -> TrainResult     (used by `distill.train_distill`)
+    train_sizes(cfg, out, one, ...) -> metrics.json content         (distill.sizes: the accuracy / latency table)
 
 Batches (micro-batch i, a pure function of (seed, i), so resume is exact):
 - cfg.batches "windows": batch_size random teacher windows (`train.sampler.WindowSampler`);
@@ -19,6 +20,8 @@ the time-series level that the plain head MSEs also fit.
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -110,3 +113,61 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
     return run_on_core("distill", student, cfg, out, loss_fn, batch_at, evaluate,
                        None if cfg.select == "last" else cfg.select, cfg.eval_every, progress=progress,
                        resume=resume, stop_after=stop_after, to_device=lambda d: teacher.to(d))
+
+
+def train_sizes(cfg, out: Path, one, store, teacher_dir: Path, train_end, resume: bool) -> dict:
+    """Train every shape of cfg.sizes, time it, deploy the most accurate within the latency budget."""
+    from quantlm.finetune.distill import _latencies
+    from quantlm.finetune.latency import measure_latency
+
+    n_sym = cfg.latency_symbols or 300
+    table, results = [], []
+    for j, shape in enumerate(cfg.sizes):
+        d = out / "sizes" / str(j)
+        done = d / "size.json"
+        if resume and done.exists():
+            res = json.loads(done.read_text())
+        else:
+            if d.exists() and not resume:
+                shutil.rmtree(d)
+            res = one(d, shape, resume and (d / "checkpoints").exists(), None)
+            res["latency_ms"] = measure_latency(d / "model", store, n_sym, cfg.latency_updates, end=train_end)
+            done.write_text(json.dumps(res, indent=2))
+        results.append(res)
+        lat = res["latency_ms"]
+        table.append({"size": j, **shape.model_dump(), "params": res["params"]["student"],
+                      "rank_ic": res["valid"].get("rank_ic"), "score_corr": res["valid"].get("score_corr"),
+                      "rank_ic_vs_teacher": _ratio(res["valid"].get("rank_ic"), res["teacher_rank_ic"]),
+                      "p50_ms": lat["p50"], "p99_ms": lat["p99"], "n_symbols": n_sym,
+                      "within_budget": bool(lat["p99"] <= cfg.latency_budget_ms)})
+    pick = _deploy_pick(table)
+    for row in table:
+        row["deployed"] = row["size"] == pick
+    src = out / "sizes" / str(pick) / "model"
+    tmp = out / "model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(out / "model", ignore_errors=True)
+    tmp.rename(out / "model")
+    summary = dict(results[pick])
+    summary["sizes"] = table
+    summary["latency_budget_ms"] = cfg.latency_budget_ms
+    summary["deployed_size"] = pick
+    if cfg.latency_symbols:
+        summary["latency_ms"] = _latencies(cfg, store, teacher_dir, out / "model", train_end)
+    return summary
+
+
+def _deploy_pick(table: list[dict]) -> int:
+    """The size with the best validation RankIC among those within the latency budget (none within: the fastest)."""
+    inside = [r for r in table if r["within_budget"]]
+    if not inside:
+        return min(table, key=lambda r: r["p99_ms"])["size"]
+    return max(inside, key=lambda r: r["rank_ic"] if r["rank_ic"] is not None and np.isfinite(r["rank_ic"])
+               else -np.inf)["size"]
+
+
+def _ratio(a, b) -> float | None:
+    if a is None or b is None or not np.isfinite(a) or not np.isfinite(b) or b == 0:
+        return None
+    return float(a / b)

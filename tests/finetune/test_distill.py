@@ -252,3 +252,29 @@ def test_teacher_trained_after_train_end_is_refused(env):
 
     with pytest.raises(FinetuneDataError, match="after train_end"):
         train_distill(_cfg(steps=1), env["store"], env["root"] / "bad", env["teacher"], "2020-06-30")
+
+
+def test_sizes_table_and_the_deployed_student(env, tmp_path):
+    """distill.sizes: one student per shape, each timed; the deployed one is the most accurate within the budget."""
+    from quantlm.finetune.distill_run import _deploy_pick
+    from quantlm.finetune.student import StudentMLP
+
+    sizes = [{"token_dim": 4, "bar_dim": 4, "hidden": 8, "layers": 1, "text_bars": 1},
+             {"token_dim": 4, "bar_dim": 4, "hidden": 16, "layers": 2, "text_bars": 1, "window_bars": 16}]
+    run = train_distill(_cfg(steps=10, eval_every=5, sizes=sizes, latency_budget_ms=1e6), env["store"],
+                        tmp_path / "sizes", env["teacher"], TRAIN_END, seed=0)
+    m = json.loads((run / "metrics.json").read_text())
+    table = m["sizes"]
+    assert [r["size"] for r in table] == [0, 1] and table[1]["window_bars"] == 16
+    assert all(r["within_budget"] and 0 < r["p50_ms"] <= r["p99_ms"] and r["n_symbols"] == 24 for r in table)
+    assert table[0]["params"] < table[1]["params"]
+    best = max(table, key=lambda r: r["rank_ic"])
+    assert [r["deployed"] for r in table] == [r is best for r in table] and m["deployed_size"] == best["size"]
+    assert StudentMLP.load(run / "model").spec.window_bars == (16 if best["size"] == 1 else 12)
+    assert m["shape"]["hidden"] == sizes[best["size"]]["hidden"] and "latency_ms" in m
+    # the choice rule: best RankIC inside the budget; none inside -> the fastest
+    rows = [{"size": 0, "rank_ic": 0.02, "p99_ms": 1.0, "within_budget": True},
+            {"size": 1, "rank_ic": 0.05, "p99_ms": 9.0, "within_budget": False},
+            {"size": 2, "rank_ic": 0.03, "p99_ms": 3.0, "within_budget": True}]
+    assert _deploy_pick(rows) == 2
+    assert _deploy_pick([dict(r, within_budget=False) for r in rows]) == 0
