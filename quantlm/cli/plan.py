@@ -59,7 +59,7 @@ def plan_cmd(
 
         mem = gpu_mem if gpu_mem is not None else GPUS.get(gpu.lower(), {}).get("mem", 16.0)
         try:
-            print_run_plan(run, micro_batch=micro_batch if micro_batch > 1 else 16, gpu=gpu.lower(), gpu_mem_gb=mem,
+            print_run_plan(run, micro_batch=micro_batch, gpu=gpu.lower(), gpu_mem_gb=mem,
                            gpus=gpus, precision=precision, zero=zero, fsdp=fsdp, checkpointing=checkpointing)
         except (ValueError, FileNotFoundError) as e:
             fail(str(e))

@@ -9,7 +9,7 @@ Found under `RUN/stages/` (the first of each kind; later folds and seeds have th
 
 Sequence lengths: a market GPT reads 2 tokens per bar, so seq = its max_position_embeddings (2 x
 max_bars); the LLM's is the longest prompt measured in its llm.json (tokens.prompt_tokens_max, else
-prompt.max_prompt_tokens). Micro-batch: `micro_batch` (default 16, the demo's fine-tuning batch).
+prompt.max_prompt_tokens). Micro-batch: `micro_batch` (the CLI's --micro-batch).
 Every decoder row is `plan_memory` / `throughput` with the caller's GPU settings.
 """
 
@@ -84,7 +84,7 @@ def run_models(run_dir: str | Path) -> list[dict]:
     return out
 
 
-def plan_run(run_dir: str | Path, micro_batch: int = 16, **gpu) -> list[dict]:
+def plan_run(run_dir: str | Path, micro_batch: int = 1, **gpu) -> list[dict]:
     """One row per model of the run: params, method, seq, training / inference GiB estimate, est. latency ms.
 
     gpu: PlanConfig fields (gpu, gpu_mem_gb, gpus, precision, ...) applied to every decoder row.

@@ -133,3 +133,19 @@ def test_planner_on_the_run_folder(llm_run):
     assert by[str(llm)]["rank_ic"] == pytest.approx(summary["runs"]["llm"]["rank_ic"])
     assert by[str(llm)]["kind"] == "llm:qwen2" and by[str(llm)]["p50_ms"] > 0
     assert best["rank_ic"] == max(summary["runs"]["teacher"]["rank_ic"], summary["runs"]["llm"]["rank_ic"])
+
+
+def test_plan_cli_prints_the_run_models_a_7b_plan_and_the_validation(llm_run, monkeypatch):
+    from typer.testing import CliRunner
+
+    from quantlm.cli import app
+    from quantlm.cli.common import console
+
+    monkeypatch.setattr(console, "width", 220)  # one line per table row
+    run_dir = llm_run[0]
+    res = CliRunner().invoke(app, ["plan", "--run", str(run_dir), "--model", "7B", "--method", "lora", "--gpus", "8",
+                                   "--gpu-mem", "80", "--gpu", "h100"], terminal_width=200)
+    assert res.exit_code == 0, res.output
+    assert "LLM (LoRA)" in res.output and "teacher (market GPT trunk)" in res.output
+    assert "Qwen2.5-7B" in res.output and "8 x H100 80 GB" in res.output
+    assert "memory model vs measured peak" in res.output
