@@ -575,4 +575,7 @@ def train_sft_jsonl(cfg, path: str | Path, out: str | Path, init: str | Path, va
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"sft": cfg.model_dump(), "init": str(init), "jsonl": str(path),
                                                  "valid_fraction": valid_fraction, "seed": seed}, indent=2, default=str))
+    from quantlm.model.card import refresh_run_card
+
+    refresh_run_card(out, "sft_jsonl")  # the model card records this stage's config and metrics
     return out

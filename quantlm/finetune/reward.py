@@ -419,6 +419,9 @@ def train_reward(cfg: RewardConfig, store, out: str | Path, policy: str | Path, 
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"reward": cfg.model_dump(), "policy": str(policy),
                                                  "train_end": str(train_end), "seed": seed}, indent=2, default=str))
+    from quantlm.model.card import refresh_run_card
+
+    refresh_run_card(out, "reward", out / "model" / "trader")  # the model card records this stage's config and metrics
     return out
 
 

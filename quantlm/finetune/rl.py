@@ -378,4 +378,7 @@ def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: 
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"rl": cfg.model_dump(), "policy": str(policy), "reward": str(reward),
                                                  "train_end": str(train_end), "seed": seed}, indent=2, default=str))
+    from quantlm.model.card import refresh_run_card
+
+    refresh_run_card(out, "rl")  # the model card records this stage's config and metrics
     return out

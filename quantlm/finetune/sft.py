@@ -139,6 +139,9 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"sft": cfg.model_dump(), "init": str(init), "train_end": str(train_end),
                                                  "seed": seed}, indent=2, default=str))
+    from quantlm.model.card import refresh_run_card
+
+    refresh_run_card(out, "sft")  # the model card records this stage's config and metrics
     return out
 
 

@@ -103,8 +103,9 @@ def refresh_model_card(folder: str | Path, **updates: Any) -> Path:
 
 
 def refresh_run_card(run_dir: str | Path, stage: str, model_dir: str | Path | None = None) -> Path | None:
-    """Add a finished training stage to its model's card: the stage's config.json and metrics.json
-    (in `run_dir`) as a stage entry, its numeric metrics as the model's metrics. None without a model card."""
+    """Add a finished training stage to its model's card: the stage's config.json and metrics.json (in
+    `run_dir`) as a stage entry (a student without stages first takes its teacher's data, tokenizer and
+    stages, config["teacher"]). None without a model card."""
     run = Path(run_dir)
     folder = Path(model_dir) if model_dir is not None else run / "model"
     if not (folder / CARD_FILE).exists():
@@ -112,9 +113,13 @@ def refresh_run_card(run_dir: str | Path, stage: str, model_dir: str | Path | No
     config, metrics = ({} if not (run / n).exists() else json.loads((run / n).read_text())
                        for n in ("config.json", "metrics.json"))
     info = read_card_info(folder)
+    teacher = config.get("teacher")
+    if not info.get("stages") and isinstance(teacher, str) and Path(teacher).is_dir():
+        parent = inherited_card_info(read_card_info(teacher))  # a student: the teacher's lineage
+        info = {**parent, **info, "data": {**parent.get("data", {}), **info.get("data", {})}}
     stages = [s for s in info.get("stages", []) if s.get("name") != stage or s.get("config") != config]
     stages.append({"name": stage, "config": config, "metrics": metrics})
-    return refresh_model_card(folder, stages=stages, metrics={stage: _numbers(metrics)})
+    return write_model_card(folder, {**info, "stages": stages})
 
 
 def inherited_card_info(info: dict) -> dict:

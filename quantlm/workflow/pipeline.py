@@ -348,9 +348,24 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     tmp = run_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, allow_nan=False))
     tmp.replace(run_dir / "summary.json")
+    refresh_deployed_card(chains[0], summary)
     print_summary(summary, console)
     console.print(f"report: {run_dir / 'report.html'}  summary: {run_dir / 'summary.json'}")
     return summary
+
+
+def refresh_deployed_card(chain, summary: dict[str, Any]) -> None:
+    """Write the walk-forward metrics of the deployed model's run into its model card (README.md)."""
+    from quantlm.model.card import refresh_model_card
+    from quantlm.workflow.models import model_dir
+
+    try:
+        run, stage = chain.deployed()
+    except KeyError:  # no trained model in this run
+        return
+    metrics = {k: v for k, v in summary["runs"].get(run, {}).items() if isinstance(v, int | float)}
+    refresh_model_card(model_dir(stage), metrics={"walk_forward": {"run": run, "period": summary.get("period"),
+                                                                   **metrics}})
 
 
 __all__ = ["WorkflowError", "capped_pretrain_config", "pretrain_end", "data_stage", "preflight", "embed_stage", "evaluate_options", "gates_of",

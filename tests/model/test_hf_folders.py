@@ -188,9 +188,19 @@ def test_model_cards(tmp_path):
     info = read_card_info(tmp_path / "t")
     assert info["stages"][-1] == {"name": "sft", "config": {"sft": {"steps": 7}},
                                   "metrics": {"valid_rank_ic": 0.0312, "steps": 7}}
-    assert info["metrics"]["sft"]["valid_rank_ic"] == 0.0312 and info["metrics"]["walk_forward"]["sharpe"] == 1.25
+    assert info["metrics"] == {"walk_forward": {"rank_ic": 0.021, "sharpe": 1.25}}
     text = (tmp_path / "t" / "README.md").read_text()
-    assert "### sft" in text and "| walk_forward.sharpe | 1.25 |" in text
+    assert "### sft" in text and "| valid_rank_ic | 0.0312 |" in text and "| walk_forward.sharpe | 1.25 |" in text
+    # a student's first stage takes the teacher's lineage
+    from quantlm.finetune.student import StudentMLP, StudentSpec
+
+    StudentMLP(StudentSpec(vocab_size=V, window_bars=4)).save(tmp_path / "s")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"distill": {}, "teacher": str(tmp_path / "t")}))
+    refresh_run_card(tmp_path / "run", "distill", tmp_path / "s")
+    student = read_card_info(tmp_path / "s")
+    assert [s["name"] for s in student["stages"]] == ["sft", "distill"] and student["kind"] == "student"
+    assert student["data"]["store"] == "synth"
     # a trader built on a loaded trunk inherits the trunk's stages in its card
     g = gpt()
     g.save(tmp_path / "g", card={"stages": [{"name": "pretrain", "config": {"steps": 3}}]})
