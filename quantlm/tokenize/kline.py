@@ -58,7 +58,6 @@ N_SPECIAL = 16  # the 8 above + 8 reserved
 FEATURE_NAMES = ("ret", "gap", "upper", "lower", "vol", "amount", "logsig")
 _AXES = ("ret", "vol", "gap", "upper", "lower")
 _FORMAT = "quantlm.KlineTokenizer/1"
-TOKENIZER_CONFIG = "tokenizer_config.json"
 _NS_PER_DAY = 86_400 * 10**9
 _WINSOR = 25.0  # squared returns enter the variance EWMA capped at 25 sigma^2 (5 sigma)
 
@@ -365,41 +364,18 @@ class KlineTokenizer:
 
 
     def save_pretrained(self, directory) -> Path:
-        """Hugging Face-style save: tokenizer_config.json (the class, config, special ids and the fitted bins
-        as JSON numbers, exact) next to the files of `save`, which `load` keeps reading. Returns the folder."""
-        self.save(directory)
-        d = Path(directory)
-        meta = json.loads((d / "tokenizer.json").read_text())
-        bins = {axis: {"edges": self.edges[axis].tolist(), "reps": self.reps[axis].tolist()} for axis in _AXES}
-        cfg = {"tokenizer_class": "KlineTokenizer", "quantlm_class": "quantlm.tokenize.KlineTokenizer", **meta,
-               "bins": bins}
-        (d / TOKENIZER_CONFIG).write_text(json.dumps(cfg, indent=1))
-        return d
+        """Hugging Face-style save: tokenizer_config.json (class, config, special ids, the fitted bins as
+        exact JSON numbers) beside the files of `save`, which `load` keeps reading. Returns the folder."""
+        from quantlm.tokenize.pretrained import save_pretrained
+
+        return save_pretrained(self, directory)
 
     @classmethod
     def from_pretrained(cls, directory) -> KlineTokenizer:
         """A tokenizer saved by `save_pretrained` (or, without tokenizer_config.json, by `save`)."""
-        d = Path(directory)
-        p = d / TOKENIZER_CONFIG
-        if not p.exists():
-            if (d / "tokenizer.json").exists():
-                return cls.load(d)
-            raise FileNotFoundError(f"{d}: no {TOKENIZER_CONFIG} or tokenizer.json (not a saved KlineTokenizer)")
-        meta = json.loads(p.read_text())
-        if meta.get("tokenizer_class") != "KlineTokenizer" or meta.get("format") != _FORMAT:
-            raise ValueError(f"{p}: not a quantlm KlineTokenizer config (tokenizer_class "
-                             f"{meta.get('tokenizer_class')!r}, format {meta.get('format')!r})")
-        missing = [a for a in _AXES if a not in meta.get("bins", {})]
-        if missing:
-            raise ValueError(f"{p}: bins lack the axes {missing}")
-        tok = cls(**meta["config"])
-        tok.freq, tok.step_minutes, tok.n_slots, tok.fit_end = (meta["freq"], meta["step_minutes"], meta["n_slots"],
-                                                                meta["fit_end"])
-        for axis in _AXES:
-            tok.edges[axis] = np.asarray(meta["bins"][axis]["edges"], dtype=np.float64)
-            tok.reps[axis] = np.asarray(meta["bins"][axis]["reps"], dtype=np.float64)
-        tok._lookup = K.bin_lookup([tok.edges[a] for a in _AXES])
-        return tok
+        from quantlm.tokenize.pretrained import from_pretrained
+
+        return from_pretrained(cls, directory)
 
 
 def state_to_dict(state: TokenizerState) -> dict:

@@ -222,6 +222,7 @@ def test_tokenizer_save_pretrained_round_trip(tmp_path):
     old = KlineTokenizer.load(tmp_path / "tok")  # the files of `save` are still there
     for axis in tok.edges:
         np.testing.assert_array_equal(back.edges[axis], tok.edges[axis])
+        assert back.edges[axis].dtype == tok.edges[axis].dtype
         np.testing.assert_array_equal(back.reps[axis], tok.reps[axis])
     ref = tok.encode(bars)
     for t in (back, old):
