@@ -98,18 +98,18 @@ def _scores(run_dir: Path) -> dict[str, pd.DataFrame]:
             for p in sorted((run_dir / "stages").glob("score.*"))}
 
 
-def test_ray_run_equals_process_run_bit_for_bit(local_ray, tmp_path, monkeypatch):
-    """2 seeds x (main + LoRA ablation) chains, 4 scorings and 2 LightGBM folds as Ray tasks: the same
-    scores and metrics as the in-process run; a borrowed Ray stays up; a failing unit raises its error."""
+@pytest.fixture(scope="module")
+def two_runs(local_ray, tmp_path_factory):
+    """The tiny run in this process and on the local Ray (counting the units sent to Ray)."""
     from quantlm.data.store import Store
     from quantlm.data.synth import SynthConfig, write_market
     from quantlm.workflow.executor import RayExecutor
     from quantlm.workflow.pipeline import run_workflow
 
-    store = Store(tmp_path / "store")
+    tmp = tmp_path_factory.mktemp("ray")
+    store = Store(tmp / "store")
     write_market(store, SynthConfig(**SYNTH))
-    cfg = parse_run_config(TINY, "tiny.yaml")
-    by_process = run_workflow(cfg, store, run_dir=tmp_path / "process", console=quiet())
+    by_process = run_workflow(parse_run_config(TINY, "tiny.yaml"), store, run_dir=tmp / "process", console=quiet())
     sent: list[str] = []
     original_map = RayExecutor.map
 
@@ -118,13 +118,22 @@ def test_ray_run_equals_process_run_bit_for_bit(local_ray, tmp_path, monkeypatch
         sent.extend([getattr(fn, "__name__", "?")] * len(items))
         return original_map(self, fn, items)
 
-    monkeypatch.setattr(RayExecutor, "map", counting_map)
     ray_cfg = parse_run_config({**TINY, "evaluate": {**TINY["evaluate"], "executor": "ray"}}, "tiny.yaml")
-    by_ray = run_workflow(ray_cfg, store, run_dir=tmp_path / "ray", console=quiet())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(RayExecutor, "map", counting_map)
+        by_ray = run_workflow(ray_cfg, store, run_dir=tmp / "ray", console=quiet())
+    return tmp, store, by_process, by_ray, sent
+
+
+def test_ray_run_equals_process_run_bit_for_bit(local_ray, two_runs):
+    """2 seeds x (main + LoRA ablation) chains, 4 scorings and 2 LightGBM folds as Ray tasks: the same
+    scores and metrics as the in-process run; a borrowed Ray stays up; a failing unit raises its error."""
+    from quantlm.workflow.executor import RayExecutor
+
+    tmp_path, _, by_process, by_ray, sent = two_runs
     assert local_ray.is_initialized()  # not started by quantlm: not shut down by it
     # 2 main chains, 2 ablation chains, 2 runs x 2 seeds scorings, 2 LightGBM folds went to Ray
     assert sent.count("chain") == 4 and sent.count("score") == 4 and sent.count("_run_task") == 2
-
     assert by_ray["runs"] == by_process["runs"] and by_ray["runs_by_seed"] == by_process["runs_by_seed"]
     assert len(by_ray["runs_by_seed"]["teacher[lora]"]) == 2
     assert by_ray["runs"]["lightgbm"] == by_process["runs"]["lightgbm"]
@@ -143,3 +152,28 @@ def test_ray_run_equals_process_run_bit_for_bit(local_ray, tmp_path, monkeypatch
         with pytest.raises(ValueError, match="math domain error"):
             ex.map(math.log, [1.0, 0.0])
     assert local_ray.is_initialized()
+
+
+def test_ray_sweep_shares_the_stage_cache(two_runs, tmp_path):
+    """A 2-variant sweep on Ray, its stage cache seeded with the process run's stages: the variant equal to
+    the run finds every stage cached and reports the run's metrics; the other re-runs SFT only."""
+    import shutil
+
+    import yaml
+
+    from quantlm.workflow.sweep import run_sweep
+
+    run_tmp, store, by_process, _, _ = two_runs
+    config, grid = tmp_path / "tiny.yaml", tmp_path / "grid.yaml"
+    config.write_text(yaml.safe_dump(TINY))
+    grid.write_text(yaml.safe_dump({"sft.steps": [2, 3]}))  # v00 is TINY itself
+    out = tmp_path / "sweep"
+    shutil.copytree(run_tmp / "process" / "stages", out / "stages")
+    res = run_sweep(config, grid, store, out=out, executor="ray", console=quiet(), quiet_variants=True)
+    assert [r["status"] for r in res["variants"]] == ["ok", "ok"]
+    v00, v01 = (json.loads((out / "variants" / v / "summary.json").read_text()) for v in ("v00", "v01"))
+    assert v00["runs"] == by_process["runs"] and all(s["cached"] for s in v00["stages"].values())
+    assert v01["stages"]["pretrain"]["cached"] and v01["stages"]["baselines"]["cached"]
+    assert not v01["stages"]["sft/s1/f0"]["cached"] and not v01["stages"]["sft[lora]/s0/f0"]["cached"]
+    assert res["variants"][0]["rank_ic"] == by_process["runs"][by_process["primary"]]["rank_ic"]
+    assert (out / "sweep.csv").exists() and (out / "sweep.html").exists()
