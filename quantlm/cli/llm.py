@@ -6,6 +6,7 @@
     quantlm llm sft     --base DIR --data examples.jsonl --out runs/llm   (`quantlm finetune export` lines)
     quantlm llm score   --model runs/llm [--base DIR] --store STORE --start 2024-01-01 --end 2024-06-30
                         --out scores.parquet
+    quantlm llm dpo     --model runs/llm --store STORE --train-end 2023-12-31 --out runs/llm-dpo [--steps 50 --beta 0.1]
     quantlm llm latency --model runs/llm --store STORE [--symbols 20 --updates 10]
                         [--compare runs/demo/stages/distill-.../run/model ...]
 """
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     g.command("sft")(user_errors(sft_cmd))
     g.command("score")(user_errors(score_cmd))
     g.command("latency")(user_errors(latency_cmd))
+    g.command("dpo")(user_errors(dpo_cmd))
     app.add_typer(g, name="llm")
 
 
@@ -142,3 +144,24 @@ def latency_cmd(model: Annotated[Path, typer.Option("--model", help="Run folder 
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(rows, indent=2, default=str))
+
+
+def dpo_cmd(model: Annotated[Path, typer.Option("--model", help="Run folder of `llm sft` (adapter/ + llm.json).")],
+            out: Annotated[Path, typer.Option("--out", help="Run folder for the preference-tuned adapter.")],
+            train_end: Annotated[str, typer.Option("--train-end", help="Last session whose outcome is known (YYYY-MM-DD).")],
+            store: StoreOption = None,
+            start: Annotated[str | None, typer.Option("--start", help="First decision session of the pairs.")] = None,
+            steps: Annotated[int, typer.Option("--steps", min=1)] = 50,
+            batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
+            lr: Annotated[float, typer.Option("--lr")] = 5e-4,
+            beta: Annotated[float, typer.Option("--beta", help="DPO temperature on the log-ratio margin.")] = 0.1,
+            seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+    """DPO over realised outcomes on an SFT run's LoRA adapter (chosen = realised direction, rejected = the losing trade)."""
+    from quantlm.llm.dpo import DPOSettings, run_dpo
+
+    info = run_dpo(model, store_from(store), train_end, out,
+                   DPOSettings(steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed), start=start,
+                   log=console.print)["dpo"]
+    console.print(f"{info['pairs']} pairs, loss {info['first_loss']:.4f} -> {info['last_loss']:.4f}; chosen preferred "
+                  f"{info['chosen_preferred_before']:.1%} -> {info['chosen_preferred_after']:.1%}; wrote {out}",
+                  highlight=False)

@@ -77,7 +77,7 @@ def answer_logprobs(model, tokenizer, prompts: list[str], batch_size: int = 16) 
                     m2 = torch.cat([mask, torch.ones((len(enc), k), dtype=mask.dtype, device=device)], 1)
                     p2 = pos[:, -1:] + 1 + torch.arange(k, device=device)
                     r2 = model(input_ids=cont, attention_mask=m2, position_ids=p2,
-                               past_key_values=copy.deepcopy(res.past_key_values), use_cache=True)
+                               cache=copy.deepcopy(res.cache), use_cache=True)
                     logp = torch.log_softmax(r2.logits.float(), -1)
                     lp = lp + logp.gather(-1, torch.tensor([a[1:]], device=device).expand(len(enc), k)[..., None]
                                           )[..., 0].sum(1)

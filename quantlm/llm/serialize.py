@@ -68,6 +68,7 @@ class Examples:
     ts: list[pd.Timestamp] = field(default_factory=list)
     prompt: list[str] = field(default_factory=list)
     answer: list[str | None] = field(default_factory=list)
+    ret: list[float | None] = field(default_factory=list)  # realised ret_1 (fraction) where known
 
     def __len__(self) -> int:
         return len(self.prompt)
@@ -173,7 +174,6 @@ def examples_from_frames(tokenizer, bars: pd.DataFrame, texts: dict[str, pd.Data
     cfg.answer_return); need_label keeps labelled rows only.
     """
     cfg = cfg or PromptConfig()
-    out = Examples()
     lo = pd.Timestamp(start) if start is not None else pd.Timestamp.min
     hi = pd.Timestamp(end) if end is not None else pd.Timestamp.max
     lab = labels.to_numpy() if labels is not None else None
@@ -202,13 +202,21 @@ def examples_from_frames(tokenizer, bars: pd.DataFrame, texts: dict[str, pd.Data
                 k1 = np.searchsorted(tx_ts, ts[i].to_datetime64(), side="right")
                 if k1 > k0:
                     text = "\n\n".join(tx["content"].iloc[k0:k1])
-            rows.append((ts[i], sym, build_prompt(tokenizer, lines[:i + 1], text, cfg), answer))
+            ret = float(rets[a + i]) if rets is not None and answer is not None else None
+            rows.append((ts[i], sym, build_prompt(tokenizer, lines[:i + 1], text, cfg), answer, ret))
+    return _collect(rows)
+
+
+def _collect(rows: list[tuple]) -> Examples:
+    """Examples from (ts, symbol, prompt, answer, ret) rows, ordered by (ts, symbol)."""
+    out = Examples()
     rows.sort(key=lambda r: (r[0], r[1]))
-    for t, s, p, ans in rows:
+    for t, s, p, ans, ret in rows:
         out.ts.append(t)
         out.symbol.append(s)
         out.prompt.append(p)
         out.answer.append(ans)
+        out.ret.append(ret)
     return out
 
 
@@ -248,12 +256,6 @@ def examples_from_jsonl(path, tokenizer, cfg: PromptConfig | None = None) -> Exa
     for i in range(len(data)):
         lines = bar_lines(data.example_bars(i), cfg.volume_bars)
         answer = answer_text(data.signal[i], ret1[i] if ret1 is not None else None, cfg.answer_return)
-        rows.append((data.ts[i], str(data.symbol[i]), build_prompt(tokenizer, lines, data.text[i], cfg), answer))
-    rows.sort(key=lambda r: (r[0], r[1]))
-    out = Examples()
-    for t, sym, p, ans in rows:
-        out.ts.append(t)
-        out.symbol.append(sym)
-        out.prompt.append(p)
-        out.answer.append(ans)
-    return out
+        ret = float(ret1[i]) if ret1 is not None and np.isfinite(ret1[i]) else None
+        rows.append((data.ts[i], str(data.symbol[i]), build_prompt(tokenizer, lines, data.text[i], cfg), answer, ret))
+    return _collect(rows)
