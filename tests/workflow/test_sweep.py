@@ -97,3 +97,35 @@ def test_two_variant_sweep_via_cli_shares_unchanged_stages(tmp_path):
     html = (out / "sweep.html").read_text()
     assert "v01" in html and "sft.steps" in html and "RankIC" in html
     assert "best RankIC" in res.output and "sweep finished" in res.output
+
+
+def test_concurrent_runs_sharing_a_stage_cache_build_a_stage_once(tmp_path):
+    """Two caches on one stages folder (as two sweep variants on Ray): the stage lock makes the second wait
+    and find the first one's stage done instead of building it again."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from quantlm.workflow.stages import StageCache, stage_key
+
+    builds: list[int] = []
+    started = threading.Event()
+
+    def build(tmp):
+        started.set()
+        time.sleep(0.3)
+        builds.append(1)
+        (tmp / "out.txt").write_text("x")
+
+    key = stage_key("pretrain", {"x": 1})
+    caches = [StageCache(tmp_path / f"run{i}", stages_dir=tmp_path / "stages") for i in range(2)]
+
+    def second():
+        started.wait(5)
+        return caches[1].run("pretrain", key, build)
+
+    with ThreadPoolExecutor(2) as pool:
+        first, other = pool.submit(caches[0].run, "pretrain", key, build), pool.submit(second)
+        results = [first.result(), other.result()]
+    assert len(builds) == 1 and [r.cached for r in results] == [False, True]
+    assert results[0].path == results[1].path and (results[1].path / "out.txt").read_text() == "x"
