@@ -35,11 +35,11 @@ def load_model(model_dir, base=None, device: str = "cpu"):
         from peft import PeftModel
 
         base = base or info.get("base") or json.loads((d / "adapter_config.json").read_text())["base_model_name_or_path"]
-        model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
         model = PeftModel.from_pretrained(model, d)
         tok = AutoTokenizer.from_pretrained(d)
     else:
-        model = AutoModelForCausalLM.from_pretrained(d, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(d)
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
