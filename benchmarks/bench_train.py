@@ -1,165 +1,209 @@
-"""Training throughput of the market GPT: tokens/s and model-FLOPs utilisation (MFU), vs a plain baseline.
+"""Training throughput of the REAL pretraining loop vs a plain Hugging Face loop: tokens/s and MFU.
 
-    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_train.py [--threads 1] [--steps 10]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_train.py --quick            # CPU, mini, < 1 min
+    .venv/bin/python benchmarks/bench_train.py --device cuda --compile              # one H100 / H200
 
-CPU (always): `mini` MarketGPT (calendar embeddings on, SDPA) beside a plain
-transformers.LlamaForCausalLM of the same shape trained in the same run, plus the FPA regulariser's
-overhead (eager attention + probability hooks) vs FPA off. GPU (when CUDA is available): `small`
-and `base`, bf16 autocast, torch.compile, fused AdamW, batch 64 x 513 tokens, beside the plain
-Llama baseline compiled the same way; targets: small >= 2.5M tokens/s, base >= 45% MFU on one H100.
+For each size (`small`, `base`; `--sizes`), in the same run:
+- quantlm: `quantlm.train.core.Trainer` on a `MarketGPT` with the pretraining loss
+  (`quantlm.train.loop.next_token_loss`), fed by the prefetching loader (`Prefetcher`: background
+  thread, pinned memory, non_blocking copies, int8 calendar ids) from real tokenized windows
+  (`quantlm.train.datasets.build_data` on a synthetic market written to a temporary store);
+  bf16 autocast, SDPA, fused AdamW on CUDA (fp32 on CPU), `--compile` = torch.compile after the wrap.
+- plain: `transformers.LlamaForCausalLM` of the same shape (`model.lm.config`), the same windows'
+  token ids, a textbook loop (`model(input_ids, labels=input_ids).loss`, backward, clip, AdamW step),
+  the same precision / SDPA / fused AdamW / `--compile`.
 
-FLOPs per token = 6 N + 12 n_layer hidden T (N = weights in matmuls incl. the output head; the
-second term is attention scores and values, nanoGPT/PaLM convention). Peak FLOP/s assumed:
-CPU: --cpu-peak-gflops per thread (default 80 GFLOP/s: 2.5 GHz x 2 AVX2 FMA units x 8 fp32 lanes x 2);
-H100 SXM: 989 TFLOP/s dense bf16.
+Both train `--steps` timed steps after as many warm-up steps (compilation happens there). Tokens per
+step = batch x (seq - 1) predicted tokens; FLOPs per token = 6 N + 12 n_layer hidden L (N = matmul
+weights incl. the output head, L = forward length; nanoGPT / PaLM convention). Peak: `--peak-tflops`,
+else 989 TFLOP/s dense bf16 for H100 / H200, else `--cpu-peak-gflops` per thread on CPU.
+Targets on one H100 / H200: small >= 1.8x the plain loop's tokens/s; base >= 45% MFU.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-H100_BF16_PEAK = 989e12
+HOPPER_BF16_PEAK = 989e12
 
 
 def flops_per_token(n_layer: int, hidden: int, n_matmul_params: int, seq_len: int) -> float:
+    """Training FLOPs per token (forward + backward) at forward length seq_len."""
     return 6.0 * n_matmul_params + 12.0 * n_layer * hidden * seq_len
 
 
-def time_interleaved(step_fns: dict, steps: int, warmup: int, sync) -> dict[str, float]:
-    """Median seconds per step of each candidate; candidates alternate step by step, so a busy shared
-    machine slows them alike and the ratios stay fair."""
-    for _ in range(warmup):
-        for fn in step_fns.values():
-            fn()
-    sync()
-    times: dict[str, list[float]] = {k: [] for k in step_fns}
-    for _ in range(steps):
-        for k, fn in step_fns.items():
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            times[k].append(time.perf_counter() - t0)
-    return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+def make_windows(root: Path, bars: int, symbols: int, years: int):
+    """TokenWindows over a synthetic market: the real store -> tokenizer -> window path."""
+    from quantlm.data.store import Store
+    from quantlm.data.synth import SynthConfig, write_market
+    from quantlm.train.config import DataConfig
+    from quantlm.train.datasets import build_data
+
+    store = Store(root / "store")
+    end = 2018 + years - 1
+    write_market(store, SynthConfig(n_symbols=symbols, start="2018-01-02", end=f"{end}-12-31"))
+    data = DataConfig(window_bars=bars, valid_fraction=0.1)
+    tok, windows, _ = build_data(store, data, {}, seed=0)
+    return tok, windows
 
 
-def make_step(model, ids, cal, opt, autocast, loss_fn):
-    def step():
-        with autocast():
-            loss = loss_fn(model, ids, cal)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return step
+def peak_flops(device: str, args) -> float:
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if device == "cuda":
+        name = torch.cuda.get_device_name()
+        if "H100" in name or "H200" in name:
+            return HOPPER_BF16_PEAK
+        raise SystemExit(f"unknown GPU {name!r}: pass --peak-tflops")
+    return args.cpu_peak_gflops * 1e9 * torch.get_num_threads()
 
 
-def market_loss(fpa=None):
-    from quantlm.model.build import lm_loss
+def run_quantlm(size: str, tok, windows, device: str, batch: int, bars: int, steps: int, compile_: bool,
+                run_dir: Path) -> float:
+    """Seconds per optimizer step of the core loop, over the `steps` steps after `steps` warm-up steps."""
+    from quantlm.model.build import model_for_tokenizer
+    from quantlm.train.core import Trainer, TrainStage
+    from quantlm.train.loop import next_token_loss
+    from quantlm.train.optim import OptimConfig
 
-    def f(model, ids, cal):
-        loss = lm_loss(model(ids, cal).logits, ids)[0]
-        p = fpa.penalty(0) if fpa is not None else None
-        return loss if p is None else loss + p
-    return f
+    model = model_for_tokenizer(size, tok, seed=0, max_bars=bars)
+    oc = OptimConfig(max_steps=2 * steps, lr=3e-4, min_lr=3e-5, warmup_steps=0,
+                     mixed_precision="bf16" if device == "cuda" else "no", compile=compile_)
+    stage = TrainStage("bench", model, lambda m, b, s: (next_token_loss(m, b)[0], {}),
+                       lambda i: windows.train_batch(i, batch), oc, log_every=steps, checkpoint_at_end=False,
+                       tokens_per_batch=batch * 2 * bars, prefetch_depth=4)
+    trainer = Trainer(stage, run_dir)
+    trainer.fit()
+    trainer.close()
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return batch * 2 * bars / rows[-1]["tokens_per_s"]  # the second window: steps+1 .. 2 steps
 
 
-def plain_loss(model, ids, cal):
-    return model(input_ids=ids, labels=ids).loss
-
-
-def bench(size: str, device: str, batch: int, n_bars: int, steps: int, warmup: int, dtype, compile_: bool,
-          peak: float, variants=("quantlm", "plain_llama"), fpa_lambda: float = 0.01) -> dict:
-    """Train steps of each variant on the same random batch: quantlm (MarketGPT), plain_llama
-    (transformers LlamaForCausalLM, same config), quantlm_fpa (MarketGPT with FPA on)."""
+def run_plain(size: str, tok, windows, device: str, batch: int, bars: int, steps: int, compile_: bool) -> float:
+    """Seconds per step of a plain HF LlamaForCausalLM loop of the same shape on the same windows."""
     from contextlib import nullcontext
 
     from transformers import LlamaForCausalLM
 
-    from quantlm.model.build import build_model
-    from quantlm.model.fpa import FPA
+    from quantlm.model.build import model_for_tokenizer
 
-    vocab = 528  # 16 special + 256 coarse + 256 fine, the default KlineTokenizer
-    seq = 1 + 2 * n_bars
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(16, vocab, (batch, seq), generator=g).to(device)
-    cal = torch.randint(0, 5, (batch, seq, 2), generator=g).to(device)
-
-    def autocast():
-        return torch.autocast(device, dtype=dtype) if dtype is not None else nullcontext()
+    config = model_for_tokenizer(size, tok, seed=0, max_bars=bars).lm.config
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config).to(device)
+    model.train()
+    if compile_:
+        model = torch.compile(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1,
+                            fused=device == "cuda")
 
     def sync():
         if device == "cuda":
             torch.cuda.synchronize()
 
-    fns, ref = {}, None
-    for name in variants:
-        model = build_model(size, vocab, seed=0, max_bars=n_bars).to(device)
-        ref = ref or model
-        if name == "plain_llama":
-            m, loss_fn = LlamaForCausalLM(model.lm.config).to(device), plain_loss
-        elif name == "quantlm_fpa":
-            m, loss_fn = model, market_loss(FPA(model, fpa_lambda))
-        else:
-            m, loss_fn = model, market_loss()
-        m.train()
-        if compile_:
-            m.compile()
-        opt = torch.optim.AdamW(m.parameters(), lr=1e-4, fused=device == "cuda")
-        fns[name] = make_step(m, ids, cal, opt, autocast, loss_fn)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+    t0 = 0.0
+    for i in range(2 * steps):
+        if i == steps:
+            sync()
+            t0 = time.perf_counter()
+        ids = windows.train_batch(i, batch)["input_ids"].to(device)
+        with amp:
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    sync()
+    return (time.perf_counter() - t0) / steps
+
+
+def bench_size(size: str, tok, windows, args, peak: float, work: Path) -> dict:
+    from quantlm.model.build import model_for_tokenizer
+
+    bars = (args.seq - 1) // 2
+    ref = model_for_tokenizer(size, tok, seed=0, max_bars=bars)
     n_matmul = ref.num_params(non_embedding=True) + ref.lm.lm_head.weight.numel()
-    fpt = flops_per_token(ref.size.n_layer, ref.size.hidden, n_matmul, seq)
-    results = {"params": ref.num_params(non_embedding=False), "flops_per_token": fpt}
-    for name, dt in time_interleaved(fns, steps, warmup, sync).items():
-        tps = batch * seq / dt
-        results[name] = {"s_per_step": dt, "tokens_per_s": tps, "mfu": tps * fpt / peak}
-    return results
-
-
-def row(label: str, r: dict, base: dict | None = None) -> str:
-    s = f"{label:<42} {r['tokens_per_s']:>12,.0f} tok/s   MFU {100 * r['mfu']:6.2f}%"
-    if base is not None:
-        s += f"   ratio vs baseline {r['tokens_per_s'] / base['tokens_per_s']:.2f}x"
-    return s
+    tokens = args.batch * 2 * bars  # predicted tokens per step
+    out = {"size": size, "params": ref.num_params(non_embedding=False), "tokens_per_step": tokens}
+    n_layer, hidden = ref.size.n_layer, ref.size.hidden
+    del ref
+    for name in ("plain", "quantlm"):
+        if name == "plain":
+            dt = run_plain(size, tok, windows, args.device, args.batch, bars, args.steps, args.compile)
+            fwd_len = 2 * bars + 1
+        else:
+            run_dir = work / f"run-{size}"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            dt = run_quantlm(size, tok, windows, args.device, args.batch, bars, args.steps, args.compile, run_dir)
+            fwd_len = 2 * bars
+        fpt = flops_per_token(n_layer, hidden, n_matmul, fwd_len)
+        out[name] = {"s_per_step": dt, "tokens_per_s": tokens / dt, "mfu": tokens / dt * fpt / peak}
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    out["ratio"] = out["quantlm"]["tokens_per_s"] / out["plain"]["tokens_per_s"]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--bars", type=int, default=64, help="window length in bars (tokens = 1 + 2 bars)")
-    ap.add_argument("--cpu-peak-gflops", type=float, default=80.0, help="assumed CPU peak per thread, GFLOP/s fp32")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
+    ap.add_argument("--sizes", default=None, help="comma-separated model sizes (default small,base; mini with --quick)")
+    ap.add_argument("--batch", type=int, default=64, help="windows per step")
+    ap.add_argument("--seq", type=int, default=513, help="tokens per window (1 + 2 x bars)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (after as many warm-up steps)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile both loops")
+    ap.add_argument("--symbols", type=int, default=100, help="synthetic market size for the windows")
+    ap.add_argument("--years", type=int, default=6)
+    ap.add_argument("--quick", action="store_true", help="CPU smoke run: mini, batch 4, seq 65, 5 steps, small market")
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--cpu-peak-gflops", type=float, default=80.0, help="assumed fp32 peak per CPU thread")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    cpu_peak = args.cpu_peak_gflops * 1e9 * args.threads
-    print(f"torch {torch.__version__}; CPU threads {args.threads}; assumed CPU peak {cpu_peak / 1e9:.0f} GFLOP/s fp32; "
-          f"H100 peak {H100_BF16_PEAK / 1e12:.0f} TFLOP/s bf16 dense")
-    print(f"\n== CPU, mini, batch {args.batch} x {1 + 2 * args.bars} tokens, fp32, AdamW, median of {args.steps} steps")
-    r = bench("mini", "cpu", args.batch, args.bars, args.steps, 3, None, False, cpu_peak,
-              variants=("quantlm", "plain_llama", "quantlm_fpa"))
-    print(f"params {r['params'] / 1e6:.2f}M, {r['flops_per_token'] / 1e6:.1f} MFLOP/token")
-    print(row("plain transformers LlamaForCausalLM (baseline)", r["plain_llama"]))
-    print(row("quantlm MarketGPT mini (SDPA)", r["quantlm"], r["plain_llama"]))
-    print(row("quantlm MarketGPT mini, FPA on (eager + hooks)", r["quantlm_fpa"], r["plain_llama"]))
-    print(f"FPA overhead: {100 * (r['quantlm']['tokens_per_s'] / r['quantlm_fpa']['tokens_per_s'] - 1):.1f}% "
-          "more time per step than FPA off")
-
-    if not torch.cuda.is_available():
-        print("\n== GPU: skipped (CUDA not available). Targets on one H100: small >= 2.5M tok/s, base >= 45% MFU.")
-        return
-    print(f"\n== GPU ({torch.cuda.get_device_name()}), bf16 autocast, torch.compile, fused AdamW, batch 64 x 513")
-    torch.backends.cuda.matmul.allow_tf32 = True
-    for size, target in (("small", "target >= 2.5M tok/s"), ("base", "target >= 45% MFU")):
-        g = bench(size, "cuda", 64, 256, 20, 5, torch.bfloat16, True, H100_BF16_PEAK)
-        print(f"{size}: params {g['params'] / 1e6:.1f}M ({target})")
-        print(row(f"  plain LlamaForCausalLM {size} (baseline)", g["plain_llama"]))
-        print(row(f"  quantlm MarketGPT {size}", g["quantlm"], g["plain_llama"]))
-    g = bench("small", "cuda", 64, 256, 10, 3, torch.bfloat16, False, H100_BF16_PEAK, variants=("quantlm", "quantlm_fpa"))
-    print(row("  MarketGPT small, FPA off (no compile)", g["quantlm"]))
-    print(row("  MarketGPT small, FPA on (eager, no compile)", g["quantlm_fpa"], g["quantlm"]))
+    if args.quick:
+        args.batch, args.seq, args.steps, args.symbols, args.years = 4, 65, 5, 12, 2
+        args.sizes = args.sizes or "mini"
+    args.sizes = args.sizes or "small,base"
+    if args.device == "cpu":
+        args.compile = False
+    bars = (args.seq - 1) // 2
+    if args.seq != 1 + 2 * bars or bars % 4:
+        print(f"note: seq {args.seq} -> {1 + 2 * bars} tokens; the forward length 2 x bars = {2 * bars} is a "
+              f"multiple of 8 only when bars is a multiple of 4")
+    peak = peak_flops(args.device, args)
+    work = Path(tempfile.mkdtemp(prefix="bench_train-"))
+    try:
+        t0 = time.perf_counter()
+        tok, windows = make_windows(work, bars, args.symbols, args.years)
+        print(f"torch {torch.__version__}, device {args.device}"
+              f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}, "
+              f"peak {peak / 1e12:.2f} TFLOP/s, batch {args.batch} x {1 + 2 * bars} tokens, {args.steps} timed steps, "
+              f"compile {args.compile}; windows: {windows.n_windows()['train']:,} from {args.symbols} symbols "
+              f"({time.perf_counter() - t0:.0f} s to build)")
+        results = [bench_size(s, tok, windows, args, peak, work) for s in args.sizes.split(",")]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'size':<6} {'params':>8} {'loop':<8} {'s/step':>9} {'tokens/s':>12} {'MFU':>7}")
+    for r in results:
+        for name in ("plain", "quantlm"):
+            x = r[name]
+            print(f"{r['size']:<6} {r['params'] / 1e6:>7.1f}M {name:<8} {x['s_per_step']:>9.4f} "
+                  f"{x['tokens_per_s']:>12,.0f} {100 * x['mfu']:>6.2f}%")
+    for r in results:
+        goal = {"small": "target >= 1.8x", "base": "target MFU >= 45%"}.get(r["size"], "")
+        where = " on one H100 / H200" if args.device == "cpu" and goal else ""
+        print(f"{r['size']}: quantlm / plain tokens/s = {r['ratio']:.2f}x, quantlm MFU {100 * r['quantlm']['mfu']:.1f}%"
+              + (f"  ({goal}{where})" if goal else ""))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    assert all(math.isfinite(r["ratio"]) for r in results)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 - `split_rows`: the time split of a stage: training sessions, then the `valid_sessions` validation
   block before `train_end`; with `pretrained_through` it refuses an init model whose pretraining
   reached into that block (minus the label horizon).
-- `pretrained_through`: the last date a pretrained model folder was trained on (its train_config.yaml).
+- `pretrained_through`: the last date a pretrained model folder was trained on (its tokenizer's fit_end).
 - `load_policy_data` / `resolve_model_dir`: a trader folder with its TraderData up to train_end.
 - `save_trader`: out/model written atomically.
 """
@@ -42,17 +42,14 @@ def label_horizon(data: TraderData) -> int:
 
 
 def pretrained_through(init: str | Path) -> pd.Timestamp | None:
-    """The last bar date a pretrained model folder's weights were trained on: its train_config.yaml's
-    data.split (training windows end there; data.end if no split is recorded); None for folders
-    without one (trader folders, models from elsewhere)."""
-    import yaml
-
-    path = Path(init) / "train_config.yaml"
+    """The last bar date a pretrained model folder's weights were trained on: its tokenizer's fit_end
+    (pretraining fits the tokenizer on exactly the bars its training windows may use, ts <= split);
+    None without one."""
+    path = Path(init) / "tokenizer" / "tokenizer.json"
     if not path.exists():
         return None
-    data = (yaml.safe_load(path.read_text()) or {}).get("data") or {}
-    when = data.get("split") or data.get("end")
-    return pd.Timestamp(when) if when else None
+    fit_end = json.loads(path.read_text()).get("fit_end")
+    return pd.Timestamp(fit_end) if fit_end else None
 
 
 def split_rows(data: TraderData, train_end, valid_sessions: int, pretrained_until=None,

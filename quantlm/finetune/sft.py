@@ -12,8 +12,8 @@
 - Runs on the training core (`quantlm.train.core`): gradient accumulation, mixed precision on CUDA,
   DDP under `accelerate launch`, checkpoints every `checkpoint_every` steps and exact resume
   (`train_sft(..., resume=True)`), best state by validation RankIC kept by the core.
-- A pretrained init must not have been trained on the validation block: its train_config.yaml's
-  split must lie label_horizon sessions before it (`quantlm.finetune.common.split_rows`).
+- A pretrained init must not have been trained on the validation block: its last training bar (the
+  tokenizer's fit_end) must lie label_horizon sessions before it (`quantlm.finetune.common.split_rows`).
 - Run folder: config.json, metrics.jsonl (one row per `log_every` steps and per evaluation),
   metrics.json (summary), checkpoints/ (with checkpoint_every), model/ (a trader folder:
   `TraderModel.load`, `score_model`).

@@ -10,9 +10,9 @@ Run directory:
     checkpoints/step_N/     accelerate state (model, optimizer, RNG states) + trainer.json
     model/                  the final model folder (MarketGPT.save + tokenizer/ + train_config.yaml)
 
-train_config.yaml records the resolved `data.split` (the last date of the training windows) and
-`data.end` (the last bar read): fine-tuning checks them against its validation block
-(`quantlm.finetune.common.split_rows`). Checkpoints are atomic and resume is exact (see the core).
+The tokenizer's `fit_end` is the split date, the last bar of any training window: fine-tuning
+checks it against its validation block (`quantlm.finetune.common.pretrained_through`,
+`split_rows`). Checkpoints are atomic and resume is exact (see the core).
 
 The loss: the forward runs on the first 2T tokens of a [BOS, c_1, f_1, .., c_T, f_T] window and
 predicts tokens 1..2T; the logits of the last position are never needed, so dropping that token
@@ -79,16 +79,6 @@ def next_token_loss(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor
     with torch.no_grad():
         acc = (logits.argmax(-1) == targets).float().mean()
     return loss, acc
-
-
-def resolved_config(cfg: PretrainConfig, split, windows) -> PretrainConfig:
-    """cfg with data.split and data.end set to the dates actually used (recorded in the model folder)."""
-    last = max(int(s.ts.max()) for s in windows.sources if len(s.ts))
-    import pandas as pd
-
-    data = cfg.data.model_copy(update={"split": str(pd.Timestamp(split).date()),
-                                       "end": str(pd.Timestamp(last).date())})
-    return cfg.model_copy(update={"data": data})
 
 
 def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Path | None = None,
@@ -168,7 +158,7 @@ def pretrain(cfg: PretrainConfig, store: str | Path | None = None, out: str | Pa
         if trainer.main:
             export = build(seed=None)
             export.load_state_dict(full)
-            save_model_folder(export, tok, resolved_config(cfg, split, windows), run_dir / "model")
+            save_model_folder(export, tok, cfg, run_dir / "model")
     fpa.remove()
     trainer.close()
     return run_dir

@@ -176,18 +176,16 @@ def test_sft_resume_is_bit_identical(ft_env, tmp_path):
 
 
 def test_pretraining_that_reaches_the_validation_block_is_refused(ft_env, tmp_path):
-    """The init's train_config.yaml records where pretraining ended; SFT refuses one that saw its validation
-    block (less the label horizon) and accepts the fixture's (split 2020-03-31)."""
-    import yaml
-
+    """The init's tokenizer records where pretraining ended (fit_end = its split); SFT refuses one that saw its
+    validation block (less the label horizon) and accepts the fixture's (split 2020-03-31)."""
     from quantlm.finetune.common import pretrained_through
 
     assert pretrained_through(ft_env.pretrained) == pd.Timestamp("2020-03-31")
     late = tmp_path / "late"
     shutil.copytree(ft_env.pretrained, late)
-    cfg = yaml.safe_load((late / "train_config.yaml").read_text())
-    cfg["data"]["split"] = "2020-08-20"  # inside [validation start - 10 sessions, train_end]
-    (late / "train_config.yaml").write_text(yaml.safe_dump(cfg))
+    tok = json.loads((late / "tokenizer" / "tokenizer.json").read_text())
+    tok["fit_end"] = "2020-08-20"  # inside [validation start - 10 sessions, train_end]
+    (late / "tokenizer" / "tokenizer.json").write_text(json.dumps(tok))
     with pytest.raises(ValueError, match="reaches into this stage's validation block"):
         train_sft(_cfg(text=False), ft_env.store, tmp_path / "run", late, ft_env.train_end)
     assert not (tmp_path / "run" / "model").exists()
