@@ -114,11 +114,12 @@ def embed_stage(store, cache: StageCache, fingerprint: str) -> StageResult:
     key = stage_key("embed", {"model": DEFAULT_MODEL}, store=fingerprint)
 
     def build(tmp: Path) -> None:
-        method, t0 = default_method(), time.perf_counter()
+        method, t0, c0 = default_method(), time.perf_counter(), time.process_time()
         table = embed_texts(store, method=method)
         (tmp / "embed.json").write_text(json.dumps({"model": DEFAULT_MODEL, "method": method, "texts": len(table),
                                                     "new": int(table.attrs.get("n_new", 0)),
-                                                    "seconds": round(time.perf_counter() - t0, 2)}))
+                                                    "seconds": round(time.perf_counter() - t0, 2),
+                                                    "cpu_seconds": round(time.process_time() - c0, 2)}))
 
     def complete(_: Path) -> bool:
         n_texts = store.read_table("texts")["text_id"].nunique() if store.has_table("texts") else 0
