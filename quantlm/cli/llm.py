@@ -59,6 +59,8 @@ def sft_cmd(base: Annotated[Path, typer.Option("--base", help="Local Hugging Fac
             max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens")] = 1024,
             merge: Annotated[bool, typer.Option("--merge", help="Also write merged/ (base + adapter).")] = False,
             answer_return: Annotated[bool, typer.Option("--answer-return", help="Answers carry the return: 'buy +35bp'.")] = False,
+            device: Annotated[str, typer.Option("--device", help="cpu | cuda (bf16 autocast on CUDA).")] = "cpu",
+            qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base (CUDA + bitsandbytes only).")] = False,
             seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
     """LoRA-fine-tune a local causal LM to answer buy / hold / sell on point-in-time prompts (store or JSON Lines)."""
     from quantlm.cli.common import fail
@@ -73,7 +75,7 @@ def sft_cmd(base: Annotated[Path, typer.Option("--base", help="Local Hugging Fac
                    SFTSettings(lora_rank=lora_rank, freeze_bottom=freeze_bottom, steps=steps,
                                batch_size=batch_size, lr=lr, seed=seed),
                    PromptConfig(window_bars=window_bars, max_prompt_tokens=max_prompt_tokens, answer_return=answer_return),
-                   start=start, merge=merge, log=console.print, data=data)
+                   start=start, merge=merge, log=console.print, data=data, device=device, qlora=qlora)
     tok = info["tokens"]
     console.print(f"tokens per bar {tok['tokens_per_bar']:.2f} (this tokenizer); prompts {tok['prompt_tokens_mean']:.0f} "
                   f"tokens on average, max {tok['prompt_tokens_max']} (limit {max_prompt_tokens})", highlight=False)
@@ -86,11 +88,12 @@ def score_cmd(model: Annotated[Path, typer.Option("--model", help="Run folder of
               base: Annotated[Path | None, typer.Option("--base", help="Base model folder (default: the run's).")] = None,
               start: Annotated[str | None, typer.Option("--start")] = None,
               end: Annotated[str | None, typer.Option("--end")] = None,
-              batch_size: Annotated[int, typer.Option("--batch-size")] = 16) -> None:
+              batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+              device: Annotated[str, typer.Option("--device", help="cpu | cuda.")] = "cpu") -> None:
     """Score = log P(buy) - log P(sell) per (symbol, session): a signals file for `quantlm backtest`."""
     from quantlm.llm.score import score_store
 
-    df = score_store(model, store_from(store), start=start, end=end, base=base, batch_size=batch_size)
+    df = score_store(model, store_from(store), start=start, end=end, base=base, batch_size=batch_size, device=device)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix.lower() == ".csv":
         df.to_csv(out, index=False)

@@ -75,7 +75,7 @@ def _load_trainable(run_dir: Path, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info = json.loads((run_dir / "llm.json").read_text())
-    base = AutoModelForCausalLM.from_pretrained(info["base"], torch_dtype=torch.float32).to(device)
+    base = AutoModelForCausalLM.from_pretrained(info["base"], dtype=torch.float32).to(device)
     model = PeftModel.from_pretrained(base, run_dir / "adapter", is_trainable=True)
     tok = AutoTokenizer.from_pretrained(run_dir / "adapter")
     if tok.pad_token_id is None and tok.eos_token is not None:

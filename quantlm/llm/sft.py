@@ -81,8 +81,13 @@ def lora_targets(model) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n in block_linears(model)[0]})
 
 
-def load_base(base, device: str = "cpu"):
-    """(tokenizer, fp32 model) of a local folder through the Auto classes; a missing pad token becomes eos."""
+def load_base(base, device: str = "cpu", qlora: bool = False):
+    """(tokenizer, model) of a local folder through the Auto classes; a missing pad token becomes eos.
+
+    fp32 weights; with qlora, the linear weights in 4-bit NF4 (bitsandbytes, bf16 compute) on a CUDA
+    device, prepared for k-bit training by peft. QLoRA needs a CUDA GPU and bitsandbytes: elsewhere it
+    raises ValueError before loading anything. (Not exercised by the CPU test suite.)
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -92,7 +97,22 @@ def load_base(base, device: str = "cpu"):
     tok = AutoTokenizer.from_pretrained(base)
     if tok.pad_token_id is None and tok.eos_token is not None:
         tok.pad_token = tok.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).to(device)
+    if qlora:
+        import importlib.util
+
+        if not str(device).startswith("cuda") or not torch.cuda.is_available():
+            raise ValueError("QLoRA (4-bit) needs a CUDA GPU: pass device='cuda' on a machine with one")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("QLoRA (4-bit) needs bitsandbytes: pip install bitsandbytes")
+        from peft import prepare_model_for_kbit_training
+        from transformers import BitsAndBytesConfig
+
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+                               bnb_4bit_use_double_quant=True)
+        index = torch.device(device).index or 0
+        model = AutoModelForCausalLM.from_pretrained(base, quantization_config=q, device_map={"": index})
+        return tok, prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).to(device)
     return tok, model
 
 
@@ -161,7 +181,7 @@ def prompt_stats(tokenizer, ex: Examples, sample: int = 200) -> dict:
 
 
 def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, prompt: PromptConfig | None = None,
-            start=None, merge: bool = False, device: str = "cpu", log=None, data=None) -> dict:
+            start=None, merge: bool = False, device: str = "cpu", log=None, data=None, qlora: bool = False) -> dict:
     """Fine-tune `base` on labelled prompts and write `out` (see the module doc); returns llm.json's content.
 
     Examples: the store's point-in-time prompts of decision sessions start..train_end whose labels are
@@ -174,7 +194,7 @@ def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, pr
     s, cfg = settings or SFTSettings(), prompt or PromptConfig()
     out = Path(out)
     t0 = time.time()
-    tok, model = load_base(base, device)
+    tok, model = load_base(base, device, qlora=qlora)
     if data is not None:
         ex = examples_from_jsonl(data, tok, cfg)
     else:
@@ -191,6 +211,8 @@ def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, pr
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "adapter")
+    if merge and qlora:
+        raise ValueError("merge a QLoRA adapter into the full-precision base: load it without qlora and merge")
     if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(out / "merged")
@@ -200,6 +222,6 @@ def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, pr
             "data": None if data is None else str(Path(data).resolve()), "prompt": cfg.to_dict(),
             "settings": s.__dict__, "examples": len(ex), "answers": counts, "tokens": stats,
             "first_loss": losses[0], "last_loss": float(np.mean(losses[-10:])),
-            "seconds": round(time.time() - t0, 2), "merged": merge}
+            "seconds": round(time.time() - t0, 2), "merged": merge, "qlora": qlora, "device": str(device)}
     (out / "llm.json").write_text(json.dumps(info, indent=2, default=str))
     return info

@@ -118,3 +118,10 @@ def test_dpo_prefers_the_realised_outcome_and_scores(tiny_qwen, synth_store, tmp
     ex = Examples(["A", "B", "C", "D"], [0, 0, 0, 0], ["p"] * 4, ["buy", "sell", "hold", "hold +5bp"],
                   [0.01, -0.01, -0.002, 0.001])
     assert [r for _, _, r in preference_pairs(ex)] == ["sell", "buy", "buy", "sell"]
+
+
+def test_qlora_refused_without_a_cuda_gpu(tiny_qwen):
+    from quantlm.llm.sft import load_base
+
+    with pytest.raises(ValueError, match="QLoRA \\(4-bit\\) needs a CUDA GPU"):
+        load_base(tiny_qwen, "cpu", qlora=True)
