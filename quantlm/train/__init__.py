@@ -1,4 +1,6 @@
-"""Training: pretraining config (config.py), time-split token windows (datasets.py), the accelerate loop (loop.py).
+"""Training: the core every stage runs on (core.py: accelerate Trainer; optim.py: AdamW, schedule, best
+state; prefetch.py: background batches; sampler.py: the one window sampler), and pretraining (config.py,
+datasets.py: time-split token windows, loop.py).
 
 `pretrain(cfg, ...)` imports torch / accelerate, so it loads lazily.
 """

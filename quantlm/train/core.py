@@ -44,6 +44,8 @@ What the core handles, so a stage does not:
 - Atomic checkpoints (`checkpoints/step_N/`: accelerate state = model, optimizer, scaler, RNG states;
   best.pt; trainer.json written last; temp folder + os.replace; newest `keep_checkpoints` kept) and
   exact resume: on CPU a resumed run ends bit-identical to an uninterrupted one.
+- Training forwards build no KV cache: `use_cache` is False on every transformers config inside the
+  model during `fit` (restored after).
 - Logging: metrics.jsonl + TensorBoard (tb/) + MLflow when `mlflow=True` and mlflow is importable,
   rich progress bar, all on the main process. Losses stay device tensors, summed across micro-steps;
   the only host syncs are on log steps (every `log_every` optimizer steps).
@@ -287,6 +289,7 @@ class Trainer:
         last_row: dict[str, Any] = {}
         n_logged, t0, tok_window = 0, time.perf_counter(), 0
         self.model.train()
+        caches = _no_kv_cache(self.raw)
         prefetch = Prefetcher(st.batch_at, indices, acc.device, st.prefetch_depth)
         batches = iter(prefetch)
         try:
@@ -334,6 +337,8 @@ class Trainer:
                         self._checkpoint(step, tokens)
         finally:
             prefetch.close()
+            for config, value in caches:
+                config.use_cache = value
         finished = step >= oc.max_steps
         best: dict[str, Any] = {}
         if finished and self.best is not None and self.best.state is not None:
@@ -360,6 +365,19 @@ class Trainer:
         if self.log is not None:
             self.log.close()
         self.accelerator.end_training()
+
+
+def _no_kv_cache(model: torch.nn.Module) -> list[tuple[Any, bool]]:
+    """Set use_cache=False on every transformers config inside `model` (a training forward never needs
+    a KV cache); returns (config, old value) pairs to restore."""
+    seen, out = set(), []
+    for m in model.modules():
+        config = getattr(m, "config", None)
+        if config is not None and id(config) not in seen and isinstance(getattr(config, "use_cache", None), bool):
+            seen.add(id(config))
+            out.append((config, config.use_cache))
+            config.use_cache = False
+    return out
 
 
 def _accumulate(sums: dict[str, torch.Tensor], logs: dict[str, Any], grad_accum: int) -> None:
