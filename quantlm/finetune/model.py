@@ -28,6 +28,7 @@ config.json, model.safetensors, the code files, tokenizer/, README.md and, for a
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -217,7 +218,7 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
         attached unmerged (`lora.merge: false`), model.safetensors holds the base weights and adapter/
         the peft adapter; config.adapter records where it is."""
         from quantlm.model.build import _quiet
-        from quantlm.model.card import inherited_card_info, trader_card_info, write_model_card
+        from quantlm.model.card import trader_card_info, write_model_card
 
         _quiet()
         d = Path(directory)
@@ -230,6 +231,7 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
         peft = self.peft_model
         self.config.adapter = ADAPTER_DIR if peft is not None else None
         state = None
+        shutil.rmtree(d / ADAPTER_DIR, ignore_errors=True)  # never leave a stale adapter beside new weights
         if peft is not None:
             state = base_state_dict(self)
             peft.save_pretrained(d / ADAPTER_DIR)

@@ -267,3 +267,13 @@ def test_unmerged_lora_adapter_folder(tmp_path):
         assert (base(batch)["rank"] - ref["rank"]).abs().max().item() > 0
         PeftModel.from_pretrained(base.trunk.lm, str(d / "adapter"))
         assert_same_heads(base(batch), ref)
+    # merged and saved over the same folder: no adapter left behind, same scores up to rounding
+    from quantlm.finetune.lora import merge_lora
+
+    loaded = TraderModel.load(d)
+    merge_lora(loaded, loaded.peft_model)
+    assert loaded.peft_model is None
+    loaded.save(d)
+    assert not (d / "adapter").exists() and json.loads((d / "config.json").read_text())["adapter"] is None
+    with torch.no_grad():
+        torch.testing.assert_close(TraderModel.load(d).eval()(batch)["rank"], ref["rank"], atol=1e-5, rtol=1e-4)
