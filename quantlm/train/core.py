@@ -121,15 +121,21 @@ class ModelView:
 class RunLog:
     """metrics.jsonl + TensorBoard (+ MLflow), main process only; rows are {"step": N, ...}."""
 
-    def __init__(self, run_dir: Path, enabled: bool, append: bool, mlflow: bool = False, name: str = "train") -> None:
+    def __init__(self, run_dir: Path, enabled: bool, resume_step: int | None = None, mlflow: bool = False,
+                 name: str = "train") -> None:
+        """A fresh metrics.jsonl, or on resume the existing one without rows after `resume_step` (steps the
+        interrupted run did past its last checkpoint are done again)."""
         self.enabled, self.writer, self.mlflow = enabled, None, None
         if not enabled:
             return
         from torch.utils.tensorboard import SummaryWriter
 
         self.path = run_dir / "metrics.jsonl"
-        if not append:
-            self.path.write_text("")
+        kept = []
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        self.path.write_text("".join(line + "\n" for line in kept))
         self.writer = SummaryWriter(str(run_dir / "tb"))
         if mlflow:
             try:
@@ -278,7 +284,7 @@ class Trainer:
         state = self._restore(resume)
         step, tokens = int(state.get("step", 0)), int(state.get("tokens", 0))
         last_step = min(oc.max_steps, stop_after) if stop_after is not None else oc.max_steps
-        self.log = RunLog(self.run_dir, self.main, append=resume, mlflow=self.mlflow, name=st.name)
+        self.log = RunLog(self.run_dir, self.main, step if resume else None, mlflow=self.mlflow, name=st.name)
         if not resume and st.start_info:
             self.log.write(0, event="start", **st.start_info)
         tokens_per_step = (st.tokens_per_batch or 0) * oc.grad_accum * acc.num_processes

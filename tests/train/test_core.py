@@ -108,6 +108,8 @@ def test_core_resume_is_bit_identical_with_dropout_accumulation_and_best_state(t
     assert all(torch.equal(w_a[k], w_b[k]) for k in w_a)
     rows = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [3, 4, 6, 8, 9, 12]
+    rows_b = [json.loads(x) for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows_b] == [3, 4, 6, 7, 8, 9, 12]  # 7: the stopped run's last row
     assert {"loss", "mse", "lr"} <= set(rows[0]) and "valid_mse" in rows[1]
     with pytest.raises(ValueError, match="already holds checkpoints"):
         _run(tmp_path / "a")
