@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -117,7 +118,9 @@ def test_core_resume_is_bit_identical_with_dropout_accumulation_and_best_state(t
 
 def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     """DDP over 2 gloo processes (batch B each) = 1 process with grad_accum 2 (batch B): the same global
-    batch, so the same loss curve and weights; tolerance 1e-5 relative (all-reduce summation order)."""
+    batch, so the same loss curve and weights; tolerance 1e-5 relative (all-reduce summation order).
+    `accelerate launch --cpu` alone starts ONE process (accelerate 1.15 needs mpirun for multi-CPU), so the
+    2 processes come from `--multi_gpu` with ACCELERATE_USE_CPU=true: DDP over gloo on the CPU."""
     from safetensors.torch import load_file
 
     from quantlm.data.store import Store
@@ -126,9 +129,13 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     Store(store).write_bars(make_bars(symbols=[f"S{i}" for i in range(6)], periods=160, seed=1), market="cn",
                             freq="1d")
     script = str(ROOT / "tests" / "train" / "ddp_pretrain.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "ACCELERATE_USE_CPU": "true"}
+    with socket.socket() as sock:  # a free rendezvous port: other test processes may run beside this one
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+                "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+                "--dynamo_backend", "no"]
     two = subprocess.run([*launcher, script, str(store), str(tmp_path / "ddp"), "4", "1"], env=env,
                          capture_output=True, text=True, timeout=300)
     assert two.returncode == 0, two.stderr[-3000:]
