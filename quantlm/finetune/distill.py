@@ -132,7 +132,7 @@ class DistillConfig(CoreFields):
     valid_sessions: int = Field(120, ge=10)
     eval_every: int = Field(100, ge=1)
     select: Literal["score_corr", "direction_agreement", "rank_ic", "last"] = "score_corr"
-    batches: Literal["windows", "cross_sections"] = "windows"  # see quantlm/finetune/distill_run.py
+    batches: Literal["windows", "cross_sections", "rows"] = "windows"  # see quantlm/finetune/distill_run.py
     max_symbols: int = Field(32, ge=2)  # batches "cross_sections": windows per session
     sizes: list[MLPShape] | None = None  # mlp students to train and compare; the deployed one: most accurate in budget
     latency_budget_ms: float = Field(5.0, gt=0)  # p99 per decision (latency_symbols or 300 symbols) for `sizes`
@@ -144,6 +144,8 @@ class DistillConfig(CoreFields):
     def _check(self) -> DistillConfig:
         if self.student == "gpt" and self.warm >= self.window_bars:
             raise ValueError(f"gpt student: warm ({self.warm}) must be < window_bars ({self.window_bars})")
+        if self.batches == "rows" and self.student != "mlp":
+            raise ValueError("batches 'rows' (cached teacher outputs) is for mlp students")
         if self.sizes is not None and (self.student != "mlp" or not self.sizes):
             raise ValueError("sizes: a non-empty list of mlp shapes, with student: mlp")
         return self
@@ -300,8 +302,13 @@ def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Pat
               "last_train_session": str(data.calendar[last_train].date()), "valid_bars": int(len(valid_rows)),
               "steps": cfg.steps, "seed": seed}
 
+    cache: dict = {}
+
     def one(run_dir: Path, shape: MLPShape | None, resume_one: bool, stop: int | None) -> dict | None:
-        from quantlm.finetune.distill_run import fit_student
+        from quantlm.finetune.distill_run import fit_student, teacher_rows
+
+        if cfg.batches == "rows" and not cache:  # the teacher's outputs once for every size
+            cache.update(teacher_rows(t_model, data, last_train, cfg.warm))
 
         student = build_student(cfg, t_model, train_end, seed, shape)
         pos = distilled_positions(cfg, tw)
@@ -311,7 +318,7 @@ def train_distill(cfg: DistillConfig, store, out: str | Path, teacher: str | Pat
 
         initial = evaluate()
         result = fit_student(cfg, student, t_model, data, tw, pos, last_train, train_targets, evaluate, run_dir, seed,
-                             progress=progress, resume=resume_one, stop_after=stop)
+                             progress=progress, resume=resume_one, stop_after=stop, teacher_out=cache or None)
         if not result.finished:
             return None
         _save_student(student, tok, run_dir)

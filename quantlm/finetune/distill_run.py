@@ -12,6 +12,12 @@ A batch carries the teacher's window inputs, the student's inputs for the distil
 prefixed "s_"), the hard targets known by the last training session ("y_") and each distilled
 bar's cross-section id ("y_group": block x session).
 
+- cfg.batches "rows": the teacher's outputs for every training bar (>= warm bars of history, session
+  <= the last training session) are computed once (`teacher_rows`, eval mode, `score.predict_rows`);
+  a step then takes whole sessions of those bars (about batch_size x (teacher window - warm) bars),
+  so each step costs a student forward only: many more steps in the same time, and every step is a
+  set of complete cross-sections. mlp students only.
+
 Cross-section match (loss.match_cross_section, weight w): per group with >= 3 bars, 1 - Pearson
 correlation of the session-demeaned trading scores (student vs teacher, `TraderModel.score`), mean
 over groups: what the teacher's RankIC is made of (the ordering of one session's stocks), free of
@@ -49,9 +55,21 @@ def cross_section_corr_loss(s_score: torch.Tensor, t_score: torch.Tensor, group:
     return (1.0 - corr[keep]).mean() if bool(keep.any()) else s.sum() * 0.0
 
 
+def teacher_rows(teacher, data: TraderData, last_train: int, warm: int) -> dict[str, np.ndarray]:
+    """{"rows": training rows (>= warm bars of history, session <= last_train) sorted by session, and the
+    teacher's direction [R, 3], quantiles [R, n_h, n_q], rank [R, n_h] on them (float32)}."""
+    from quantlm.finetune.reward import bar_history
+    from quantlm.finetune.score import predict_rows
+
+    rows = np.flatnonzero((data.session <= last_train) & (bar_history(data) >= warm))
+    rows = rows[np.argsort(data.session[rows], kind="stable")]
+    res = predict_rows(teacher, data, rows, warm=warm, keep=("direction", "quantiles", "rank"))
+    return {"rows": rows, **{k: res[k].astype(np.float32) for k in ("direction", "quantiles", "rank")}}
+
+
 def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarray, last_train: int,
                 train_targets: dict[str, np.ndarray], evaluate, out: Path, seed: int, progress: bool = False,
-                resume: bool = False, stop_after: int | None = None):
+                resume: bool = False, stop_after: int | None = None, teacher_out: dict | None = None):
     """Distil `teacher` (frozen) into `student` on the core; returns the TrainResult (see the module docstring)."""
     from quantlm.finetune.distill import distill_terms
     from quantlm.finetune.reward import CrossSectionSampler
@@ -60,7 +78,20 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
 
     bos = teacher.trunk.special_ids["bos"]
     n_cal = len(data.calendar)
-    if cfg.batches == "cross_sections":
+    cached = cfg.batches == "rows"
+    if cached:
+        if teacher_out is None:
+            teacher_out = teacher_rows(teacher, data, last_train, cfg.warm)
+        t_rows = teacher_out["rows"]
+        sess = data.session[t_rows]
+        sess_ids, first, count = np.unique(sess, return_index=True, return_counts=True)
+        n_sessions = max(1, int(round(cfg.batch_size * len(pos) / max(count.mean(), 1.0))))
+
+        def rows_at(i: int) -> np.ndarray:
+            rng = np.random.default_rng([seed, i])
+            pick = rng.choice(len(sess_ids), size=min(n_sessions, len(sess_ids)), replace=False)
+            return np.concatenate([np.arange(first[s], first[s] + count[s]) for s in pick])  # indices into t_rows
+    elif cfg.batches == "cross_sections":
         xs = CrossSectionSampler(data, tw, last_train, cfg.max_symbols, seed)
         n_sessions = max(1, cfg.batch_size // cfg.max_symbols)
 
@@ -77,6 +108,15 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
     horizons = list(teacher.spec.horizons)
 
     def batch_at(i: int) -> dict[str, np.ndarray]:
+        if cached:
+            j = rows_at(i)
+            rows = t_rows[j]
+            s = student.spec
+            y = {k: v[rows] for k, v in train_targets.items()} | {"features": data.features[rows],
+                                                                    "group": data.session[rows]}
+            return {**{f"t_{k}": teacher_out[k][j] for k in ("direction", "quantiles", "rank")},
+                    **{f"s_{k}": v for k, v in student_inputs(data, rows, s.window_bars, s.pad_id, s.text_bars).items()},
+                    **{f"y_{k}": v for k, v in y.items()}}
         starts, block = starts_at(i)
         rows = (starts[:, None] + pos[None, :]).reshape(-1)
         if isinstance(student, StudentMLP):
@@ -91,10 +131,13 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
                 **{f"y_{k}": v for k, v in y.items()}}
 
     def loss_fn(m, batch: dict[str, torch.Tensor], step: int):
-        p = torch.as_tensor(pos, device=batch["input_ids"].device)
-        with torch.no_grad():
-            t_all = teacher(batch)
-            t_out = {k: t_all[k][:, p].flatten(0, 1) for k in ("direction", "quantiles", "rank")}
+        p = torch.as_tensor(pos, device=batch["y_features"].device)
+        if cached:
+            t_out = {k[2:]: v for k, v in batch.items() if k.startswith("t_")}
+        else:
+            with torch.no_grad():
+                t_all = teacher(batch)
+                t_out = {k: t_all[k][:, p].flatten(0, 1) for k in ("direction", "quantiles", "rank")}
         s_batch = {k[2:]: v for k, v in batch.items() if k.startswith("s_")}
         s_out = m(s_batch)
         if not isinstance(student, StudentMLP):

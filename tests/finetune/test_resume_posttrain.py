@@ -89,10 +89,11 @@ def test_rl_resume_is_bit_identical(env, tmp_path, reward):
     assert np.isfinite(m["before"]["book_return_sft_score"]) and m["after"]["kl_ref"] > 0
 
 
-def test_distill_resume_is_bit_identical(env, tmp_path):
+@pytest.mark.parametrize("batches", ["cross_sections", "rows"])
+def test_distill_resume_is_bit_identical(env, tmp_path, batches):
     cfg = DistillConfig(window_bars=12, mlp={"token_dim": 4, "bar_dim": 4, "hidden": 16, "layers": 1, "text_bars": 1},
                         warm=8, steps=4, batch_size=8, lr=1e-2, warmup_steps=1, valid_sessions=40, eval_every=2,
-                        checkpoint_every=2, latency_symbols=0, batches="cross_sections", max_symbols=4,
+                        checkpoint_every=2, latency_symbols=0, batches=batches, max_symbols=4,
                         loss={"match_cross_section": 1.0})
     a, _ = _straight_and_resumed(lambda out, **kw: train_distill(cfg, env["store"], out, env["policy"], TRAIN_END,
                                                                  seed=3, **kw), tmp_path, "distill")
