@@ -31,6 +31,7 @@ OutRun = Annotated[Path, typer.Option("--out", help="Run folder (config.json, me
 TrainEnd = Annotated[str | None, typer.Option("--train-end", help="Last session of data the run may read (YYYY-MM-DD).")]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed.")]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Print validation rows while training.")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out (bit-exact on CPU).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -130,12 +131,16 @@ def sft_cmd(
     valid_fraction: Annotated[float, typer.Option("--valid-fraction", min=0.0, max=1.0,
                                                   help="--jsonl: latest share of example timestamps held out.")] = 0.1,
     progress: Progress = False,
+    resume: Resume = False,
 ) -> None:
     """Supervised fine-tuning: pretrained market GPT -> trader (direction, quantile and rank heads)."""
     cfg = section_config("sft", config)
     _need_dir(init, "--init")
     if jsonl is not None:
         from quantlm.finetune.jsonl import train_sft_jsonl
+
+        if resume:
+            fail("--resume works with --store runs only (JSON Lines fine-tuning restarts from --init)")
 
         if train_end is not None:
             console.print("[yellow]warning:[/] --train-end is ignored with --jsonl (examples are split by their ts)",
@@ -146,7 +151,8 @@ def sft_cmd(
     else:
         from quantlm.finetune.sft import train_sft
 
-        run = train_sft(cfg, store_from(store), out, init, _need_train_end(train_end), seed=seed, progress=progress)
+        run = train_sft(cfg, store_from(store), out, init, _need_train_end(train_end), seed=seed, progress=progress,
+                        resume=resume)
     _summary(run, "sft")
 
 
@@ -159,13 +165,14 @@ def reward_cmd(
     config: ConfigOption = None,
     seed: Seed = 0,
     progress: Progress = False,
+    resume: Resume = False,
 ) -> None:
     """Train a reward model (pairwise, net of costs) initialised from the SFT trader."""
     from quantlm.finetune.reward import train_reward
 
     cfg = section_config("reward", config)
     run = train_reward(cfg, store_from(store), out, _need_dir(policy, "--policy"), _need_train_end(train_end),
-                       seed=seed, progress=progress)
+                       seed=seed, progress=progress, resume=resume)
     _summary(run, "reward")
 
 
@@ -179,6 +186,7 @@ def rl_cmd(
     config: ConfigOption = None,
     seed: Seed = 0,
     progress: Progress = False,
+    resume: Resume = False,
 ) -> None:
     """GRPO fine-tuning of the trader's direction head, KL-anchored to the SFT model."""
     from quantlm.finetune.rl import train_rl
@@ -189,7 +197,7 @@ def rl_cmd(
     if reward is not None:
         _need_dir(reward, "--reward")
     run = train_rl(cfg, store_from(store), out, _need_dir(policy, "--policy"), reward, _need_train_end(train_end),
-                   seed=seed, progress=progress)
+                   seed=seed, progress=progress, resume=resume)
     _summary(run, "rl")
 
 
@@ -202,13 +210,14 @@ def distill_cmd(
     config: ConfigOption = None,
     seed: Seed = 0,
     progress: Progress = False,
+    resume: Resume = False,
 ) -> None:
     """Distil a trader into a small, fast student (MLP or small GPT)."""
     from quantlm.finetune.distill import train_distill
 
     cfg = section_config("distill", config)
     run = train_distill(cfg, store_from(store), out, _need_dir(teacher, "--teacher"), _need_train_end(train_end),
-                        seed=seed, progress=progress)
+                        seed=seed, progress=progress, resume=resume)
     _summary(run, "distill")
 
 
