@@ -333,17 +333,21 @@ def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor,
 
 
 def trader_losses(model: TraderModel, batch: dict[str, torch.Tensor], weights: LossWeights,
-                  ) -> tuple[torch.Tensor, dict[str, float]]:
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Multi-task loss: direction CE + pinball on vol-normalised returns + rank MSE + lm * next-token CE.
 
     batch targets: direction [B, n] int64 (-1 = none), ret [B, n, n_h] (fractions, NaN = none),
-    rank [B, n, n_h] (in [-1, 1], NaN = none).
+    rank [B, n, n_h] (in [-1, 1], NaN = none). Returns (total loss, detached parts as device tensors):
+    nothing here waits for the device, so a training step syncs with the host only when it logs. Every
+    enabled part is always present (0 when a batch has no known target of its kind).
     """
     out = model(batch, with_lm=weights.lm > 0)
     parts: dict[str, torch.Tensor] = {}
-    d = batch["direction"]
-    if weights.direction and (d >= 0).any():
-        parts["direction"] = F.cross_entropy(out["direction"].float().reshape(-1, 3), d.reshape(-1), ignore_index=-1)
+    d = batch["direction"].reshape(-1)
+    if weights.direction:
+        known = d >= 0
+        ce = F.cross_entropy(out["direction"].float().reshape(-1, 3), d.clamp(min=0), reduction="none")
+        parts["direction"] = (ce * known).sum() / known.sum().clamp(min=1)
     ret = batch["ret"]
     if weights.quantile:
         sigma = torch.exp(batch["features"][..., 6].float()).unsqueeze(-1)  # [B, n, 1]
@@ -359,7 +363,7 @@ def trader_losses(model: TraderModel, batch: dict[str, torch.Tensor], weights: L
     if weights.lm:
         parts["lm"], _ = lm_loss(out["lm_logits"], batch["input_ids"])
     total = sum(getattr(weights, k) * v for k, v in parts.items())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}
 
 
 def numpy_batch(arrays: dict[str, np.ndarray], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
