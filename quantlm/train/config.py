@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from quantlm.data.schema import FREQS, MARKETS
 from quantlm.model.fpa import FPAConfig
+from quantlm.train.optim import OptimConfig
 
 
 class ConfigError(ValueError):
@@ -88,36 +89,20 @@ class DataConfig(_Strict):
         return v
 
 
-class TrainConfig(_Strict):
-    max_steps: int = Field(1000, ge=1)
+class TrainConfig(OptimConfig):
+    """Pretraining's `train:` section: the core's optimisation settings (`OptimConfig`) plus batching,
+    logging, validation and checkpoint cadence."""
+
     batch_size: int = Field(32, ge=1)
-    grad_accum: int = Field(1, ge=1)
-    lr: float = Field(3e-4, gt=0.0)
-    min_lr: float = Field(3e-5, ge=0.0)
-    warmup_steps: int = Field(100, ge=0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    beta2: float = Field(0.95, ge=0.0, lt=1.0)
-    grad_clip: float = Field(1.0, ge=0.0)  # 0 = no clipping
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    compile: bool = False
     log_every: int = Field(10, ge=1)
     eval_every: int = Field(200, ge=0)  # 0 = only at the end
     eval_batches: int = Field(8, ge=0)  # 0 = no validation
     checkpoint_every: int = Field(500, ge=0)  # 0 = only at the end
     keep_checkpoints: int = Field(2, ge=1)
 
-    @model_validator(mode="after")
-    def _lrs(self) -> TrainConfig:
-        if self.min_lr > self.lr:
-            raise ValueError(f"min_lr ({self.min_lr}) must be <= lr ({self.lr})")
-        return self
-
-    def optim(self):
+    def optim(self) -> OptimConfig:
         """The training core's `OptimConfig` (quantlm.train.optim) from these keys."""
-        from quantlm.train.optim import OptimConfig
-
-        return OptimConfig(**{k: getattr(self, k) for k in OptimConfig.model_fields if k in type(self).model_fields})
+        return OptimConfig(**{k: getattr(self, k) for k in OptimConfig.model_fields})
 
 
 class PretrainConfig(_Strict):
