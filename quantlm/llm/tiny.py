@@ -57,8 +57,14 @@ def make_tokenizer(vocab_size: int = 1500):
 
 def make_tiny_model(folder, family: str = "qwen2", layers: int = 2, hidden: int = 48, heads: int = 4,
                     kv_heads: int = 2, intermediate: int = 96, vocab_size: int = 1500, max_positions: int = 2048,
-                    seed: int = 0) -> Path:
-    """Write a tiny `family` ("qwen2" or "llama") model and its tokenizer to `folder`; returns the folder."""
+                    seed: int = 0, embed_std: float = 0.2) -> Path:
+    """Write a tiny `family` ("qwen2" or "llama") model and its tokenizer to `folder`; returns the folder.
+
+    The (tied) embeddings are drawn with std `embed_std` instead of transformers' 0.02: a LoRA on the
+    blocks cannot touch the tied output embeddings or the final norm, so the logits it can reach are
+    bounded by |hidden| x |embedding|; at 0.02 the answer tokens stay below ~0.3% probability and the
+    loss cannot fall (a pretrained model's embeddings are trained and larger). At 0.2 a LoRA learns.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -75,6 +81,8 @@ def make_tiny_model(folder, family: str = "qwen2", layers: int = 2, hidden: int 
         model = Qwen2ForCausalLM(Qwen2Config(**common))
     else:
         model = LlamaForCausalLM(LlamaConfig(**common))
+    with torch.no_grad():
+        torch.nn.init.normal_(model.get_input_embeddings().weight, std=embed_std)
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tok.save_pretrained(folder)

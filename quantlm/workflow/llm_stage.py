@@ -45,6 +45,7 @@ class TinySection(BaseModel):
     intermediate: int = Field(96, ge=8)
     vocab_size: int = Field(1500, ge=300)
     seed: int = 0
+    embed_std: float = Field(0.2, gt=0)  # init std of the tied embeddings (see make_tiny_model)
 
 
 class LLMSection(BaseModel):
