@@ -340,7 +340,10 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     evaluation = evaluate_stage(cfg, store, options, setup, cache, fingerprint, baselines, scores)
 
     shutil.copyfile(evaluation.path / "report" / "report.html", run_dir / "report.html")
-    summary = build_summary(cfg, store, json.loads((evaluation.path / "evaluation.json").read_text()), latency,
+    evaluated = json.loads((evaluation.path / "evaluation.json").read_text())
+    if evaluated["primary"] == "llm" and llm_entry is not None and llm_entry.get("latency_ms"):
+        latency = {"run": "llm", **llm_entry["latency_ms"]}  # a primary LLM is gated on its own latency
+    summary = build_summary(cfg, store, evaluated, latency,
                             gates_of(cfg), cache.records(), folds, evaluation.path / "report", chains[0])
     if llm_entry is not None:
         summary["llm"] = llm_entry
