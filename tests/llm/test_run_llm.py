@@ -73,6 +73,9 @@ def test_llm_row_beside_teacher_and_baselines(llm_run):
     entry = on_disk["llm"]
     assert entry["tokens"]["tokens_per_bar"] > 1 and entry["tokens"]["prompt_tokens_max"] <= 400
     assert entry["latency_ms"]["p50"] > 0 and entry["latency_ms"]["n_symbols"] == 4
+    if on_disk["primary"] == "llm":  # gated on its own latency, not the deployed market model's
+        assert on_disk["latency_ms"]["run"] == "llm" and on_disk["gates"]["latency_p99_ms"]["value"] == entry[
+            "latency_ms"]["p99"]
     stages = on_disk["stages"]
     folds = on_disk["folds"]
     assert {"llm/base", "score/llm/s0", "llm/latency"} <= set(stages)
