@@ -168,8 +168,9 @@ def book_pg_loss(logits: torch.Tensor, ref_logits: torch.Tensor, acts: torch.Ten
 
     logits, ref_logits [M, P, 3] (M windows, P scored positions), acts [M, P, K] sampled classes,
     ret / cost [M, P] (NaN ret = unknown), block [M] cross-section of each window, slot [M] its place in it.
-    Every known state's sampled action in book k gets book k's advantage, weighted 1 / (known stocks of
-    its group), averaged over valid groups and samples; KL to the reference and entropy over known states.
+    A book's log-probability is the sum of its stocks' sampled actions' log-probabilities, so every known
+    state's sampled action in book k gets book k's full advantage; the policy-gradient term is averaged over
+    valid groups and samples; KL to the reference and entropy are means over known states.
     """
     M, P, K = acts.shape
     dev = logits.device
@@ -182,8 +183,7 @@ def book_pg_loss(logits: torch.Tensor, ref_logits: torch.Tensor, acts: torch.Ten
     rewards, valid = book_rewards(buy, r, c)  # [B, P, K], [B, P]
     adv = torch.where(valid.unsqueeze(-1), loo_advantages(rewards, eps), 0.0)
     known = torch.isfinite(ret)  # [M, P]
-    n_known = torch.isfinite(r).sum(1).clamp(min=1)  # [B, P]
-    wt = (known & valid[block]).double() / n_known[block]  # [M, P]
+    wt = (known & valid[block]).double()  # [M, P]: log pi(book) = sum over its stocks
     logp = F.log_softmax(logits.float(), -1)
     logp_a = logp.gather(-1, acts)  # [M, P, K]
     n_groups = valid.sum().clamp(min=1)
