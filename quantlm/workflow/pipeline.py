@@ -311,7 +311,8 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     console.print(f"walk-forward: {len(folds)} {options.mode} fold(s), test {setup.start:%Y-%m-%d}..{setup.end:%Y-%m-%d};"
                   f" pretraining sees bars up to {cap:%Y-%m-%d}")
     pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress)
-    train_ends = [cap] if cfg.evaluate.refit == "once" else [f.train_end for f in folds]
+    # SFT trains up to the fold's train end (its validation block follows pretraining's cap, not precedes it)
+    train_ends = [folds[0].train_end] if cfg.evaluate.refit == "once" else [f.train_end for f in folds]
 
     units = RunUnits(cfg, store, cache, fingerprint, pretrained, pretrained_dir, train_ends, folds)
     chains = units.train_chains(executor)

@@ -57,6 +57,9 @@ def test_stack_run_in_the_same_table(tmp_path):
     metrics = json.loads((tmp_path / "run" / "summary.json").read_text())["runs"]["stack"]
     assert metrics["rank_ic"] == pytest.approx(summary["runs"]["stack"]["rank_ic"])
     assert "stack: what each part adds" in out.getvalue()
+    # refit "once": SFT trains up to the first fold's train end (pretraining stops earlier, before its validation block)
+    sft = json.loads((next((tmp_path / "run" / "stages").glob("sft.s0.f0-*")) / "run" / "config.json").read_text())
+    assert pd.Timestamp(sft["train_end"]) == pd.Timestamp(summary["folds"][0]["train_end"])
 
 
 def test_stack_can_be_named_primary_only_when_on():
