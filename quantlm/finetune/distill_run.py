@@ -78,7 +78,7 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
 
     bos = teacher.trunk.special_ids["bos"]
     n_cal = len(data.calendar)
-    cached = cfg.batches == "rows"
+    cached = cfg.batch_mode == "rows"
     if cached:
         if teacher_out is None:
             teacher_out = teacher_rows(teacher, data, last_train, cfg.warm)
@@ -91,7 +91,7 @@ def fit_student(cfg, student, teacher, data: TraderData, tw: int, pos: np.ndarra
             rng = np.random.default_rng([seed, i])
             pick = rng.choice(len(sess_ids), size=min(n_sessions, len(sess_ids)), replace=False)
             return np.concatenate([np.arange(first[s], first[s] + count[s]) for s in pick])  # indices into t_rows
-    elif cfg.batches == "cross_sections":
+    elif cfg.batch_mode == "cross_sections":
         xs = CrossSectionSampler(data, tw, last_train, cfg.max_symbols, seed)
         n_sessions = max(1, cfg.batch_size // cfg.max_symbols)
 
