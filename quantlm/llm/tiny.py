@@ -31,7 +31,10 @@ _CORPUS = [
     "Regulator opens investigation; management declined to comment. Output roughly flat month on month.",
 ]
 # The serialisation's own words (the system prompt) and the integers 0..999 with their signs, so a bar
-# line costs about 9 tokens (r + 12 g - 3 h 25 v 118 newline) instead of ~18 with digit pieces.
+# line costs about 11 tokens (r + 12 Ġg - 3 Ġh 25 Ġv 118 newline) instead of ~17 with one token a digit.
+# transformers loads a folder whose config says qwen2 with its Qwen2Tokenizer, whose pre-tokenizer
+# splits digits one by one as the real Qwen2 models do: a tiny Qwen2 then costs ~17 tokens a bar (as a
+# real Qwen2 would), a tiny Llama ~11. `llm sft` measures and reports it either way.
 _NUMBERS = " ".join(f"r+{i} g-{i} h{i} v{i}" for i in range(1000))
 
 
