@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from quantlm.baselines.stack import LABEL_SESSIONS, RIDGE, WINDOW_SESSIONS
 from quantlm.workflow.stages import StageCache, StageResult, stage_key
 
 RUN_NAME = "stack"
@@ -50,7 +51,8 @@ def stack_stage(cfg, setup, cache: StageCache, fingerprint: str, baselines: Stag
     for seed, model_stage in scores[model].items():
         inputs_keys = [baselines.key, model_stage.key]
         key = stage_key(RUN_NAME, {"model": model, "rules": rules, "seed": int(seed), "folds": folds,
-                                   "fill": setup.config.fill}, inputs_keys, fingerprint)
+                                   "fill": setup.config.fill, "ridge": RIDGE, "window_sessions": WINDOW_SESSIONS,
+                                   "label_sessions": LABEL_SESSIONS}, inputs_keys, fingerprint)
 
         def build(tmp: Path, seed=seed, model_stage=model_stage) -> None:
             from quantlm.baselines.stack import what_each_part_adds
