@@ -261,14 +261,16 @@ def _rank_ic_mean(metrics: list[dict[str, float]]) -> float:
 def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals_path: Path | None = None,
                    extra_scores: Mapping[str, pd.DataFrame | Mapping[int, pd.DataFrame]] | None = None,
                    primary: str | None = None, baselines: BaselineScores | None = None, gates=None,
-                   title: str | None = None, setup: EvaluationSetup | None = None, executor=None) -> dict[str, Any]:
+                   title: str | None = None, setup: EvaluationSetup | None = None, executor=None,
+                   not_primary: tuple[str, ...] = ()) -> dict[str, Any]:
     """Run every baseline, the signals and the extra runs; write the comparison to `out_dir`.
 
     extra_scores: {run name: Scores or {seed: Scores}} (e.g. trained models) backtested exactly like
     the baselines; primary: the run that leads the report and whose gates count (default: see the
     module docstring); baselines: precomputed `baseline_scores` (skips recomputing them); gates: a
     Gates object (default: options.gates_file or the default gates); title: the report's title;
-    executor: where the LightGBM folds run when the baselines are computed here (see `baseline_scores`).
+    executor: where the LightGBM folds run when the baselines are computed here (see `baseline_scores`);
+    not_primary: extra runs never chosen as the default primary (e.g. an RL run that was not promoted).
     Returns {"primary", "runs" (write_outputs' per-run metrics, book, books and gates), "seed_metrics"
     ({run: {seed: metrics of the deployed book}} for runs given per seed), "seed_books" ({run: {seed:
     {book: metrics}}}: long-only and hedged), "book" (the book gates judge:
@@ -336,8 +338,8 @@ def run_evaluation(store, out_dir: str | Path, options: EvaluateOptions, signals
     if primary is None:
         if signals is not None:
             primary = "signals"
-        elif [n for n in (extra_scores or {}) if n not in NOT_PRIMARY_BY_DEFAULT]:
-            primary = max((n for n in extra_scores if n not in NOT_PRIMARY_BY_DEFAULT),
+        elif [n for n in (extra_scores or {}) if n not in (*NOT_PRIMARY_BY_DEFAULT, *not_primary)]:
+            primary = max((n for n in extra_scores if n not in (*NOT_PRIMARY_BY_DEFAULT, *not_primary)),
                           key=lambda n: _rank_ic_mean(list(seed_metrics[n].values())))
         else:
             primary = next(iter(runs))

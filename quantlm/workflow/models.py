@@ -72,6 +72,12 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def not_promoted_runs(chains: list[Chain]) -> list[str]:
+    """RL run names with a stage (any seed, any fold) that was not promoted: never the default primary."""
+    return sorted({RUN_NAMES["rl"] + c.variant.tag() for c in chains
+                   for st in c.stages.get("rl", []) if not rl_promoted(st)})
+
+
 def post_training_notes(chain: Chain) -> tuple[dict[str, Any], list[str]]:
     """({reward, rl, distill} per fold from the stages' metrics.json, summary note lines) of one chain."""
     info: dict[str, Any] = {}
@@ -88,7 +94,7 @@ def post_training_notes(chain: Chain) -> tuple[dict[str, Any], list[str]]:
         info.setdefault("rl", []).append({"promoted": m.get("promoted", True), "reason": m.get("promotion_reason")})
         if m.get("promotion_reason"):
             notes.append(f"rl fold {k}: {m['promotion_reason']}"
-                         + ("" if m.get("promoted", True) else " (distillation teacher and deployed candidate)"))
+                         + ("" if m.get("promoted", True) else " (distillation teacher, deployed and primary candidate)"))
     for k, st in enumerate(chain.stages.get("distill", [])):
         m = stage_metrics(st)
         info.setdefault("distill", []).append({"teacher_rank_ic": m.get("teacher_rank_ic"),
@@ -227,4 +233,5 @@ def latency_stage(deployed: StageResult, store, cache: StageCache, fingerprint: 
     return cache.run("latency", key, build, inputs=[deployed.key])
 
 
-__all__ = ["Chain", "latency_stage", "model_dir", "post_training_notes", "rl_promoted", "score_run", "train_chain"]
+__all__ = ["Chain", "latency_stage", "model_dir", "not_promoted_runs", "post_training_notes", "rl_promoted", "score_run",
+           "train_chain"]

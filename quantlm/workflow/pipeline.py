@@ -34,7 +34,7 @@ import yaml
 from rich.console import Console
 
 from quantlm.workflow.config import RunConfig
-from quantlm.workflow.models import latency_stage
+from quantlm.workflow.models import latency_stage, not_promoted_runs
 from quantlm.workflow.stages import StageCache, StageResult, file_stamp, stage_key, store_fingerprint
 
 from quantlm.workflow.units import RunUnits
@@ -238,8 +238,10 @@ def baselines_stage(store, options, setup, cache: StageCache, fingerprint: str, 
 
 
 def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fingerprint: str,
-                   baselines: StageResult, scores: dict[str, dict[int, StageResult]]) -> StageResult:
-    """run_evaluation of the model runs and the baselines (report.html, metrics.json, evaluation.json)."""
+                   baselines: StageResult, scores: dict[str, dict[int, StageResult]],
+                   not_primary: list[str] | None = None) -> StageResult:
+    """run_evaluation of the model runs and the baselines (report.html, metrics.json, evaluation.json);
+    not_primary: runs never chosen as the default primary (RL runs that were not promoted)."""
     from quantlm.backtest.outputs import to_jsonable
     from quantlm.baselines.compare import BaselineScores, run_evaluation
 
@@ -249,7 +251,7 @@ def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fin
     runs = {name: {seed: r.key for seed, r in by_seed.items()} for name, by_seed in scores.items()}
     evaluate = cfg.evaluate.model_dump(mode="json", exclude={"executor", "ray"})  # results do not depend on them
     config = {"evaluate": evaluate, "gates": gates.model_dump(), "title": cfg.report.title,
-              "runs": runs, "seeds": cfg.seeds}
+              "runs": runs, "seeds": cfg.seeds} | ({"not_primary": sorted(not_primary)} if not_primary else {})
     inputs = [baselines.key] + [k for by_seed in runs.values() for k in by_seed.values()]
     key = stage_key("evaluate", config, inputs, fingerprint)
 
@@ -258,7 +260,7 @@ def evaluate_stage(cfg: RunConfig, store, options, setup, cache: StageCache, fin
                  for name, by_seed in scores.items()}
         res = run_evaluation(store, tmp / "report", options, extra_scores=extra, primary=cfg.evaluate.primary,
                              baselines=BaselineScores.load(baselines.path), gates=report_gates,
-                             title=cfg.report.title, setup=setup)
+                             title=cfg.report.title, setup=setup, not_primary=tuple(not_primary or ()))
         payload = {"primary": res["primary"], "period": res["period"], "runs": res["runs"],
                    "seed_metrics": res["seed_metrics"], "seed_books": res["seed_books"], "book": res["book"]}
         (tmp / "evaluation.json").write_text(json.dumps(to_jsonable(payload), indent=2, allow_nan=False))
@@ -338,7 +340,8 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
         lat = latency_stage(deployed, store, cache, fingerprint, cfg.evaluate.latency_symbols,
                             cfg.evaluate.latency_updates)
         latency = {"run": deployed_run, **json.loads((lat.path / "latency.json").read_text())}
-    evaluation = evaluate_stage(cfg, store, options, setup, cache, fingerprint, baselines, scores)
+    evaluation = evaluate_stage(cfg, store, options, setup, cache, fingerprint, baselines, scores,
+                                not_primary=not_promoted_runs(chains))
 
     shutil.copyfile(evaluation.path / "report" / "report.html", run_dir / "report.html")
     evaluated = json.loads((evaluation.path / "evaluation.json").read_text())

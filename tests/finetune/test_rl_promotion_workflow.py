@@ -7,7 +7,7 @@ import math
 from pathlib import Path
 
 from quantlm.workflow.config import Variant
-from quantlm.workflow.models import Chain, post_training_notes, rl_promoted
+from quantlm.workflow.models import Chain, not_promoted_runs, post_training_notes, rl_promoted
 from quantlm.workflow.stages import StageResult
 
 
@@ -29,11 +29,12 @@ def test_unpromoted_rl_steps_aside_and_the_notes_say_why(tmp_path):
     info, notes = post_training_notes(chain)
     assert info["rl"] == [{"promoted": False, "reason": "RL not promoted (RankIC not higher): x"}]
     assert any("0.531" in n and "cost-only baseline 0.507" in n for n in notes)
-    assert any(n.startswith("rl fold 0: RL not promoted") and "deployed candidate" in n for n in notes)
+    assert any(n.startswith("rl fold 0: RL not promoted") and "primary candidate" in n for n in notes)
+    assert not_promoted_runs([chain]) == ["rl"]  # never the default primary
 
     promoted = _stage(tmp_path, "rl2", {"promoted": True, "promotion_reason": "RL promoted: y"})
     chain.stages["rl"] = [promoted]
-    assert chain.deployed() == ("rl", promoted)
+    assert chain.deployed() == ("rl", promoted) and not_promoted_runs([chain]) == []
     student = _stage(tmp_path, "distill", {"teacher_rank_ic": 0.05, "valid": {"rank_ic": float("nan")},
                                            "sizes": [{"size": 0, "hidden": 64, "layers": 2, "window_bars": None,
                                                       "rank_ic": 0.046, "rank_ic_vs_teacher": 0.92, "p50_ms": 0.4,
