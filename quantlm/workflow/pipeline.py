@@ -36,8 +36,8 @@ from rich.console import Console
 from quantlm.workflow.config import RunConfig
 from quantlm.workflow.models import latency_stage, not_promoted_runs
 from quantlm.workflow.stages import StageCache, StageResult, file_stamp, stage_key, store_fingerprint
-
 from quantlm.workflow.units import RunUnits
+
 
 class WorkflowError(ValueError):
     """A run that cannot proceed with this store or config (shown to CLI users as a plain message)."""
@@ -129,19 +129,31 @@ def embed_stage(store, cache: StageCache, fingerprint: str) -> StageResult:
 
 
 # -------------------------------------------------------------------------------------- pretrain
-def capped_pretrain_config(pcfg, cap: pd.Timestamp, console: Console | None = None):
-    """The pretraining config with data.end <= cap (the last session before the embargo of the first test
-    period); a split on or after the cap falls back to valid_fraction."""
+def capped_pretrain_config(pcfg, cap: pd.Timestamp, console: Console | None = None,
+                           data_end: pd.Timestamp | None = None):
+    """The pretraining config whose TRAINING windows end by `cap` (`pretrain_end`: before SFT's validation
+    block and its label horizon).
+
+    data_end (the first fold's train end, default cap): the last session pretraining may read at all. Bars
+    after `cap` up to it form pretraining's validation windows (split = cap): they only report a held-out
+    loss, pretraining keeps its last step and selects nothing on them, so SFT's validation block stays
+    unseen by the weights. A configured data.end / split earlier than that is kept; a split on or after
+    the data end falls back to valid_fraction.
+    """
     data = pcfg.data
+    limit = pd.Timestamp(data_end) if data_end is not None else pd.Timestamp(cap)
     end = pd.Timestamp(data.end) if data.end is not None else None
-    end = cap if end is None or end > cap else end
-    split = data.split
-    if split is not None and pd.Timestamp(split) >= end:
+    end = limit if end is None or end > limit else end
+    split = pd.Timestamp(data.split) if data.split is not None else None
+    if end > cap:
+        split = cap if split is None or split > cap else split
+    elif split is not None and split >= end:
         if console is not None:
-            console.print(f"[yellow]pretrain.data.split {split} is not before the data end {end.date()} (first "
-                          "fold's train end): using valid_fraction instead[/]")
+            console.print(f"[yellow]pretrain.data.split {split.date()} is not before the data end {end.date()} "
+                          "(first fold's train end): using valid_fraction instead[/]")
         split = None
-    data = data.model_copy(update={"end": str(end.date()), "split": split, "store": None})
+    data = data.model_copy(update={"end": str(end.date()), "split": None if split is None else str(split.date()),
+                                   "store": None})
     return pcfg.model_copy(update={"data": data, "run_dir": "stage"})
 
 
@@ -168,14 +180,14 @@ def pretrain_end(cfg: RunConfig, store, cap: pd.Timestamp) -> pd.Timestamp:
 
 
 def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, cap: pd.Timestamp,
-                   progress: bool = False) -> tuple[StageResult, Path]:
-    """(stage, pretrained model folder): pretrain on bars up to `cap` (`pretrain_end`), or the given
-    `pretrain.init` folder."""
+                   progress: bool = False, data_end: pd.Timestamp | None = None) -> tuple[StageResult, Path]:
+    """(stage, pretrained model folder): pretrain on windows up to `cap` (`pretrain_end`), validating on
+    bars up to `data_end` (see `capped_pretrain_config`), or the given `pretrain.init` folder."""
     if cfg.pretrain_init is not None:
         return _pretrained_init(cfg.pretrain_init, cache, cap)
     from quantlm.train.loop import pretrain
 
-    pcfg = capped_pretrain_config(cfg.pretrain, cap, cache.console)
+    pcfg = capped_pretrain_config(cfg.pretrain, cap, cache.console, data_end=data_end)
     key = stage_key("pretrain", pcfg.model_dump(mode="json"), store=fingerprint)
 
     def build(tmp: Path) -> None:
@@ -311,8 +323,9 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     folds = setup.folds
     cap = pretrain_end(cfg, store, folds[0].train_end)  # before SFT's validation block of the first fold
     console.print(f"walk-forward: {len(folds)} {options.mode} fold(s), test {setup.start:%Y-%m-%d}..{setup.end:%Y-%m-%d};"
-                  f" pretraining sees bars up to {cap:%Y-%m-%d}")
-    pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress)
+                  f" pretraining trains on bars up to {cap:%Y-%m-%d} (validates up to {folds[0].train_end:%Y-%m-%d})")
+    pretrained, pretrained_dir = pretrain_stage(cfg, store, cache, fingerprint, cap, progress,
+                                                data_end=folds[0].train_end)
     # SFT trains up to the fold's train end (its validation block follows pretraining's cap, not precedes it)
     train_ends = [folds[0].train_end] if cfg.evaluate.refit == "once" else [f.train_end for f in folds]
 
