@@ -8,7 +8,8 @@
   the network. Texts longer than the model's 256 word pieces are truncated by the model.
   The packaged model runs through `quantlm.data.embedders.FastEmbedder` (each distinct text once,
   batches sorted by length, ONNX Runtime on a fused graph by default: `method="onnx"`, float32,
-  cosine >= 0.99999 to sentence-transformers, ~3-5x faster on CPU; `benchmarks/bench_embed.py`).
+  cosine >= 0.99999 to sentence-transformers, ~2.8x less CPU time on the demo's news;
+  `benchmarks/bench_embed.py`).
   The cache key is the model's name, plus the method where the vectors differ (`+int8`,
   `+onnx-int8`), so a changed method re-embeds instead of mixing vectors.
 - `align_texts(texts, market)` adds `session`: the first session whose decision cut-off is strictly

@@ -106,7 +106,7 @@ def embed_stage(store, cache: StageCache, fingerprint: str) -> StageResult:
     """Embed the store's texts with the offline MiniLM (incremental; the vectors are cached in the store).
 
     The engine is `quantlm.data.text.default_method()` (ONNX Runtime, float32: the same vectors and
-    cache key as sentence-transformers, ~5x faster; `benchmarks/bench_embed.py`)."""
+    cache key as sentence-transformers, ~2.8x less CPU time; `benchmarks/bench_embed.py`)."""
     import time
 
     from quantlm.data.text import DEFAULT_MODEL, EMBEDDINGS_TABLE, default_method, embed_texts
