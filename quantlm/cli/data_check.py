@@ -82,4 +82,5 @@ def register(app: typer.Typer) -> None:
         except TextExtraMissing as e:
             fail(str(e))
             return
-        console.print(f"{len(out):,} text embeddings cached for {model} ({out.attrs.get('n_new', 0):,} new)")
+        key = str(out["model"].iloc[0]) if len(out) else model  # the cache key: the model, + the method if vectors differ
+        console.print(f"{len(out):,} text embeddings cached for {key} ({out.attrs.get('n_new', 0):,} new)")

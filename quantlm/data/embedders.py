@@ -38,10 +38,17 @@ DEFAULT_METHOD = "onnx"
 EXACT_METHODS = ("sentence-transformers", "torch", "onnx")
 
 
+class UnknownMethodError(ValueError):
+    """An embedding method that is not one of METHODS / EXACT_METHODS (shown to CLI users as a plain message)."""
+
+    user_facing = True
+
+
 def cache_name(model: str, method: str) -> str:
     """The cache key of `model` embedded with `method`: the model's name, plus the method where vectors differ."""
     if method not in METHODS + EXACT_METHODS:
-        raise ValueError(f"unknown embedding method '{method}': use one of {', '.join(dict.fromkeys(METHODS + EXACT_METHODS))}")
+        raise UnknownMethodError(f"unknown embedding method '{method}': use one of "
+                                 f"{', '.join(dict.fromkeys(METHODS + EXACT_METHODS))}")
     return model if method in EXACT_METHODS else f"{model}+{method}"
 
 
@@ -68,7 +75,7 @@ class FastEmbedder:
         from transformers import AutoModel, AutoTokenizer
 
         if method not in METHODS:
-            raise ValueError(f"unknown FastEmbedder method '{method}': use one of {', '.join(METHODS)}")
+            raise UnknownMethodError(f"unknown FastEmbedder method '{method}': use one of {', '.join(METHODS)}")
         self.name = cache_name(name, method)
         self.method = method
         self.path = Path(path)
@@ -220,4 +227,4 @@ class FastEmbedder:
         return result[inverse.reshape(-1)]
 
 
-__all__ = ["DEFAULT_METHOD", "EXACT_METHODS", "METHODS", "FastEmbedder", "cache_name"]
+__all__ = ["DEFAULT_METHOD", "EXACT_METHODS", "METHODS", "FastEmbedder", "UnknownMethodError", "cache_name"]

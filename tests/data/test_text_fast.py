@@ -7,7 +7,9 @@ import importlib.util
 import numpy as np
 import pandas as pd
 import pytest
+from typer.testing import CliRunner
 
+from quantlm.cli import app
 from quantlm.data.embedders import FastEmbedder, cache_name
 from quantlm.data.text import (
     DEFAULT_MODEL,
@@ -76,11 +78,15 @@ def test_int8_methods_have_their_own_cache_key(store, model_path):
     texts = pd.DataFrame({"text_id": ["a", "b"], "symbol": "A", "published_at": pd.Timestamp("2024-01-02 09:00"),
                           "source": "t", "title": TEXTS[:2], "body": ""})
     store.write_table("texts", texts)
+    res = CliRunner().invoke(app, ["data", "embed", "--store", str(store.root), "--method", "fp4"])
+    assert res.exit_code != 0 and "unknown embedding method 'fp4'" in res.output and "Traceback" not in res.output
     exact = embed_texts(store, method="torch")
     again = embed_texts(store, method="onnx")  # float32 engines share the cache: nothing to re-embed
     assert again.attrs["n_new"] == 0 and (exact["model"] == DEFAULT_MODEL).all()
     q8 = embed_texts(store, method="int8")  # different vectors: embedded again, cached under their own key
     assert q8.attrs["n_new"] == 2 and (q8["model"] == f"{DEFAULT_MODEL}+int8").all()
+    res = CliRunner().invoke(app, ["data", "embed", "--store", str(store.root), "--method", "int8"])
+    assert res.exit_code == 0 and f"2 text embeddings cached for {DEFAULT_MODEL}+int8 (0 new)" in res.output
     assert len(store.read_table(EMBEDDINGS_TABLE, key=DEFAULT_MODEL)) == 2
     cos = np.sum(embedding_matrix(q8) * embedding_matrix(exact), axis=1)
     assert 0.9 < cos.min() < 0.99999  # close, but not the float vectors
