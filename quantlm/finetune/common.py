@@ -114,7 +114,7 @@ def load_policy_data(policy: str | Path, store, train_end, targets=None, rank_ta
             TargetConfig(horizons=model.spec.horizons)
     data = build_trader_data(store, tok, targets, text=model.spec.d_text > 0, text_half_life=model.spec.text_half_life,
                              market=model.spec.market, end=train_end,
-                             rank_target=rank_target or sft.get("rank_target", "return"))
+                             rank_target=rank_target or sft.get("rank_target", "return"), factors=model.spec.factors)
     if list(data.horizons) != list(model.spec.horizons):
         raise FinetuneDataError(f"target horizons {data.horizons} differ from the policy's {model.spec.horizons}")
     return model, tok, data, sft

@@ -28,6 +28,7 @@ class LossConfig(_Strict):
     quantile: float = Field(1.0, ge=0)
     rank: float = Field(1.0, ge=0)
     lm: float = Field(0.1, ge=0)
+    listwise: float = Field(0.0, ge=0)  # 1 - per-session Pearson(rank score, vol-scaled return); cross_section batches
 
 
 class LoraConfig(_Strict):
@@ -59,6 +60,9 @@ class SFTConfig(_Strict):
     targets: TargetConfig = Field(default_factory=TargetConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     rank_target: Literal["return", "vol_scaled"] = "return"  # what the rank head ranks (see finetune.data)
+    factors: Literal["none", "alpha158"] = "none"  # session-ranked Alpha158 factors as a per-bar input
+    batches: Literal["windows", "cross_section"] = "windows"  # random windows, or whole sessions' cross-sections
+    cross_section_symbols: int = Field(32, ge=2)  # cross_section: symbols per session (batch_size // it sessions)
     score: Literal["rank", "rank_vol", "direction", "expected"] = "rank"
     freeze_bottom: int = Field(0, ge=0)  # freeze token embeddings + the bottom N decoder layers
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -86,6 +90,8 @@ class SFTConfig(_Strict):
     def _check(self) -> SFTConfig:
         if self.warm >= self.window_bars:
             raise ValueError(f"warm ({self.warm}) must be < window_bars ({self.window_bars})")
+        if self.loss.listwise > 0 and self.batches != "cross_section":
+            raise ValueError("loss.listwise needs batches: cross_section (random windows share no session)")
         return self
 
 

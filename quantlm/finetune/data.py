@@ -5,6 +5,9 @@
     ids [N, 2] tokens, cal [N, 2] calendar ids, features [N, 7] causal tokenizer features,
     text [N, d] float16 embedding of the texts visible at that session (company texts only; see
     `quantlm.data.text.session_text_features`), text_weight [N] (decayed count of those texts),
+    factors [N, F] float16 (with factors="alpha158": the point-in-time Alpha158 factors of
+    `quantlm.features.factors`, ranked within each session's cross-section to [-1, 1], NaN -> 0, plus
+    one column: the share of the 158 factors still missing, i.e. the warm-up of a young listing),
     ret [N, n_h] forward returns ret_h(t) = open(t+1+h)/open(t+1) - 1 (fractions), rank [N, n_h] their
     cross-sectional rank in [-1, 1], direction [N] (0 sell, 1 hold, 2 buy, -1 none).
 
@@ -48,6 +51,7 @@ class TraderData:
     direction: np.ndarray  # int64 [N]
     horizons: list[int]
     direction_horizon: int  # sessions after entry the direction label needs (1, or the barrier horizon)
+    factors: np.ndarray | None = None  # float16 [N, F]: session-ranked factor inputs (see build_trader_data)
 
     @property
     def n(self) -> int:
@@ -84,6 +88,8 @@ class TraderData:
         if self.text is not None:
             batch["text"] = self.text[idx].astype(np.float32)
             batch["text_weight"] = self.text_weight[idx]
+        if self.factors is not None:
+            batch["factors"] = self.factors[idx].astype(np.float32)
         if targets is not None:
             batch.update({k: v[idx] for k, v in targets.items()})
         return batch
@@ -104,7 +110,7 @@ def market_bars(store, market: str | None = None, end=None) -> tuple[pd.DataFram
 
 def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, text_half_life: float = 1.5,
                       market: str | None = None, end=None, bars: pd.DataFrame | None = None,
-                      rank_target: str = "return") -> TraderData:
+                      rank_target: str = "return", factors: str = "none") -> TraderData:
     """Tokens, features, text and targets for every tradable daily bar of the store up to `end`.
 
     rank_target "vol_scaled" ranks ret_h / (sigma_t sqrt(h)) per session instead of ret_h (sigma_t the
@@ -112,7 +118,8 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
     not dominated by the most volatile names.
 
     text=True needs the store's texts embedded (`quantlm data embed`); a store without texts gives
-    zero text inputs. `bars` overrides the store read (tests, user frames).
+    zero text inputs. factors "alpha158" adds the session-ranked factor inputs (`factor_ranks`);
+    "none" leaves TraderData.factors None. `bars` overrides the store read (tests, user frames).
     """
     from quantlm.features.targets import TargetConfig, make_targets
 
@@ -145,9 +152,43 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
     text_arr = text_w = None
     if text:
         text_arr, text_w = _bar_text(store, bars, symbols, offsets, calendar, session, market, text_half_life)
+    if factors not in FACTOR_SETS:
+        raise FinetuneDataError(f"factors must be one of {', '.join(FACTOR_SETS)}, got {factors!r}")
+    fac = factor_ranks(bars, session) if factors == "alpha158" else None
     d_h = cfg.barrier_horizon if cfg.direction == "triple_barrier" else 1
     return TraderData(symbols, offsets, calendar, session, ids, cal, features, text_arr, text_w, ret, rank,
-                      direction, horizons, d_h)
+                      direction, horizons, d_h, fac)
+
+
+FACTOR_SETS = ("none", "alpha158")
+
+
+def factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
+    """float16 [N, 159]: Alpha158 factors of `bars` (sorted by symbol, ts) ranked within each session.
+
+    Column j < 158: the rank of factor j among the symbols of the bar's session that have it, mapped to
+    [-1, 1] ((rank - 0.5) / count * 2 - 1, ties averaged); 0 where the factor is NaN (window not full).
+    Column 158: the share of the 158 factors that are NaN for the bar (1 on a listing's first bar).
+    Point in time: a factor at t uses the symbol's bars <= t only and its rank the other symbols'
+    factors of the same session only.
+    """
+    from quantlm.features.factors import alpha158
+
+    raw = alpha158(bars)
+    if len(raw) != len(session) or not np.array_equal(raw.index.get_level_values("symbol").astype(str),
+                                                      bars["symbol"].astype(str).to_numpy()):
+        raise FinetuneDataError("alpha158 factors and bars disagree on row order (duplicate (symbol, ts) rows?)")
+    values = raw.to_numpy(np.float32)
+    frame = pd.DataFrame(values).assign(session=session)
+    g = frame.groupby("session")
+    ranks = g.rank(method="average").to_numpy(np.float32)
+    counts = g.transform("count").to_numpy(np.float32)
+    missing = ~np.isfinite(values)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = (ranks - 0.5) / counts * 2 - 1
+    out[missing] = 0.0
+    share = missing.mean(axis=1, dtype=np.float32)[:, None]
+    return np.concatenate([out, share], axis=1).astype(np.float16)
 
 
 def vol_scaled_ranks(ret: np.ndarray, log_sigma: np.ndarray, session: np.ndarray, horizons: list[int]) -> np.ndarray:

@@ -249,6 +249,7 @@ def build_student(cfg: DistillConfig, teacher: TraderModel, train_end, seed: int
                         tr.n_weekdays, tr.n_slots, special_ids=tr.special_ids, seed=seed)
     spec = copy.deepcopy(teacher.spec)
     spec.window_bars = cfg.window_bars
+    spec.factors, spec.d_factors = "none", 0  # the deployed student stays token-only (a factor teacher still gets its factors)
     spec.train_end = None if train_end is None else str(pd.Timestamp(train_end).date())
     return TraderModel(trunk, spec)
 

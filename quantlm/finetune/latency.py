@@ -158,6 +158,11 @@ class LiveScorer:
     trader keeps its last window_bars bars' tokens, calendar ids, features and texts."""
 
     def __init__(self, model: TraderModel | StudentMLP, tokenizer) -> None:
+        factors = getattr(model.spec, "factors", "none")
+        if factors != "none":
+            raise ValueError(f"this trader was fine-tuned with sft.factors: {factors} (cross-sectional factor ranks), "
+                             "which the live scorer cannot compute incrementally: deploy a distilled student "
+                             "(token-only) or a trader fine-tuned with sft.factors: none")
         self.model, self.tok = model.eval(), tokenizer
         self.is_student = isinstance(model, StudentMLP)
         self.context = model.spec.window_bars

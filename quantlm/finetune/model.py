@@ -5,6 +5,7 @@ at bar i see bars <= i only), so one sequence of n bars is n training examples:
 
     tokens      [BOS, c_1, f_1, ..., c_n, f_n]                       (the pretrained K-line language)
     + at f_i    feat_proj(features_i) + text_proj(text_i) + count_proj(text_weight_i)
+                + factor_proj(factors_i)   (spec.factors "alpha158": session-ranked factors, finetune.data)
     hidden      h_i = final hidden state at f_i                       [B, n, H]
     heads       direction  [B, n, 3]        sell / hold / buy logits
                 quantiles  [B, n, n_h, n_q] returns over each horizon / (sigma_i sqrt(h)), sigma_i the
@@ -81,6 +82,8 @@ class TraderSpec:
     horizons: list[int] = field(default_factory=lambda: [1, 5, 10])
     quantiles: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 0.75, 0.9])
     d_text: int = 0  # 0 = no text input
+    factors: str = "none"  # factor input set (finetune.data.FACTOR_SETS): "none" or "alpha158"
+    d_factors: int = 0  # width of the factor input (0 = none)
     feature_mean: list[float] = field(default_factory=lambda: [0.0] * N_CANDLE)  # of candle_features
     feature_std: list[float] = field(default_factory=lambda: [1.0] * N_CANDLE)
     score: str = "rank"  # which head gives the trading score: rank | expected | direction
@@ -138,7 +141,8 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
         self.feat_proj = nn.Linear(2 * N_CANDLE, h)  # bar t and bar t-1 (lag inside the window)
         self.text_proj = nn.Linear(spec.d_text, h) if spec.d_text else None
         self.count_proj = nn.Linear(1, h) if spec.d_text else None
-        for p in (self.feat_proj, self.text_proj, self.count_proj):
+        self.factor_proj = nn.Linear(spec.d_factors, h) if spec.d_factors else None
+        for p in (self.feat_proj, self.text_proj, self.count_proj, self.factor_proj):
             if p is not None:  # start as the pretrained model: new inputs add nothing until trained
                 nn.init.normal_(p.weight, std=0.02)
                 nn.init.zeros_(p.bias)
@@ -167,9 +171,9 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
     # ------------------------------------------------------------------ forward
     def hidden(self, input_ids: torch.Tensor, calendar_ids: torch.Tensor, features: torch.Tensor,
                text: torch.Tensor | None = None, text_weight: torch.Tensor | None = None,
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+               factors: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """input_ids [B, 1+2n], calendar_ids [B, 1+2n, 2], features [B, n, 7] (raw tokenizer features),
-        text [B, n, d_text], text_weight [B, n] -> (hidden at each bar's fine token [B, n, H], all hidden [B, L, H])."""
+        text [B, n, d_text], text_weight [B, n], factors [B, n, d_factors] (needed iff spec.d_factors) -> (hidden at each bar's fine token [B, n, H], all hidden [B, L, H])."""
         x = self.trunk.embed(input_ids, calendar_ids)  # [B, L, H]
         z = ((candle_features(features.float()) - self.feature_mean) / self.feature_std).clamp(-8.0, 8.0)
         lag = torch.cat([torch.zeros_like(z[:, :1]), z[:, :-1]], dim=1)  # bar t-1 (zeros before the window)
@@ -178,6 +182,10 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
             add = add + self.text_proj((text.float() * TEXT_SCALE).to(x.dtype))
             if text_weight is not None:
                 add = add + self.count_proj(torch.log1p(text_weight.float()).unsqueeze(-1).to(x.dtype))
+        if self.factor_proj is not None:
+            if factors is None:
+                raise ValueError(f"this trader takes factor inputs (factors: {self.spec.factors}) and the batch has none")
+            add = add + self.factor_proj(factors.to(x.dtype))
         x = _add_at_fine(x, add)
         out = self.trunk.lm.model(inputs_embeds=x)
         hid = out.last_hidden_state  # [B, L, H] (final norm applied)
@@ -186,7 +194,7 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
     def forward(self, batch: dict[str, torch.Tensor], with_lm: bool = False) -> dict[str, torch.Tensor]:
         """Head outputs for every bar of the batch (see the module docstring for shapes)."""
         bar_h, all_h = self.hidden(batch["input_ids"], batch["calendar_ids"], batch["features"],
-                                   batch.get("text"), batch.get("text_weight"))
+                                   batch.get("text"), batch.get("text_weight"), batch.get("factors"))
         B, n, _ = bar_h.shape
         out = {"direction": self.direction_head(bar_h),
                "quantiles": self.quantile_head(bar_h).view(B, n, self.n_h, self.n_q),
@@ -323,6 +331,7 @@ class LossWeights:
     quantile: float = 1.0
     rank: float = 1.0
     lm: float = 0.1
+    listwise: float = 0.0  # 1 - per-session Pearson of the rank score (finetune.listwise); needs batch["group"]
 
 
 def pinball_loss(pred: torch.Tensor, target: torch.Tensor, levels: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -360,6 +369,11 @@ def trader_losses(model: TraderModel, batch: dict[str, torch.Tensor], weights: L
         mask = torch.isfinite(r)
         err = (out["rank"].float() - torch.where(mask, r, 0.0)) ** 2
         parts["rank"] = (err * mask).sum() / mask.sum().clamp(min=1)
+    if weights.listwise and "group" in batch:
+        from quantlm.finetune.listwise import listwise_pearson_loss
+
+        parts["listwise"] = listwise_pearson_loss(out["rank"][..., 0], ret[..., 0], batch["features"][..., 6],
+                                                  batch["group"])
     if weights.lm:
         parts["lm"], _ = lm_loss(out["lm_logits"], batch["input_ids"])
     total = sum(getattr(weights, k) * v for k, v in parts.items())

@@ -99,7 +99,8 @@ def load_for_scoring(model_dir: str | Path, store, end=None, bars: pd.DataFrame 
     tok = KlineTokenizer.load(model_dir / "tokenizer")
     spec = model.spec
     data = build_trader_data(store, tok, TargetConfig(horizons=spec.horizons), text=spec.d_text > 0,
-                             text_half_life=spec.text_half_life, market=spec.market, end=end, bars=bars)
+                             text_half_life=spec.text_half_life, market=spec.market, end=end, bars=bars,
+                             factors=getattr(spec, "factors", "none"))
     return model, data
 
 

@@ -79,12 +79,16 @@ def build_trader(init_model, data: TraderData, cfg: SFTConfig, last_train: int, 
         init_model.spec.train_end = str(pd.Timestamp(train_end).date())
         if (init_model.spec.d_text > 0) != (data.text is not None):
             raise FinetuneDataError("warm start: the init trader and this config disagree on text inputs")
+        if init_model.spec.factors != cfg.factors:
+            raise FinetuneDataError(f"warm start: the init trader has factors: {init_model.spec.factors}, this config "
+                                    f"sft.factors: {cfg.factors}")
         return init_model
     train_rows = data.session <= last_train
     feats = candle_features(torch.from_numpy(data.features[train_rows])).double().numpy()
     mean, std = feats.mean(0), feats.std(0)
     std = np.where(std > 1e-6, std, 1.0)
     spec = TraderSpec(horizons=list(data.horizons), d_text=0 if data.text is None else int(data.text.shape[1]),
+                      factors=cfg.factors, d_factors=0 if data.factors is None else int(data.factors.shape[1]),
                       feature_mean=[float(x) for x in mean], feature_std=[float(x) for x in std], score=cfg.score,
                       window_bars=cfg.window_bars, text_half_life=cfg.text_half_life,
                       train_end=str(pd.Timestamp(train_end).date()), market=market)
@@ -104,7 +108,7 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
     init_model, tok = load_init(init, cfg.from_scratch, seed)
     market = store.meta().get("market") or "cn"
     data = build_trader_data(store, tok, cfg.targets, text=cfg.text, text_half_life=cfg.text_half_life,
-                             market=market, end=train_end, rank_target=cfg.rank_target)
+                             market=market, end=train_end, rank_target=cfg.rank_target, factors=cfg.factors)
     pretrained_until = None if is_trader_folder(Path(init)) else pretrained_through(init)
     last_train, _, valid_rows = split_rows(data, train_end, cfg.valid_sessions, pretrained_until)
     model = build_trader(init_model, data, cfg, last_train, train_end, market)
@@ -116,11 +120,8 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
 
     train_targets = data.targets_known(data.calendar[last_train])
     valid_targets = data.targets_known(train_end)
-    sampler = row_window_sampler(data, cfg.window_bars, last_train, seed)
-    bos = model.trunk.special_ids["bos"]
-
-    def next_batch(index: int) -> dict[str, np.ndarray]:
-        return data.gather(sampler.batch_starts(index, cfg.batch_size), cfg.window_bars, bos, train_targets)
+    next_batch, n_train_windows = training_batches(data, cfg, last_train, seed, model.trunk.special_ids["bos"],
+                                                   train_targets)
 
     def evaluate() -> dict[str, float]:
         return evaluate_rows(model, data, valid_rows, valid_targets, cfg.warm)
@@ -135,7 +136,7 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
                "valid_direction_accuracy": best.get("valid_direction_accuracy"), "steps": cfg.steps,
                "train_end": str(pd.Timestamp(train_end).date()), "last_train_session": str(data.calendar[last_train].date()),
                "trainable_params": n_trainable, "total_params": n_total, "seconds": round(time.time() - t0, 1),
-               "train_windows": int(len(sampler.starts)), "valid_bars": int(len(valid_rows)), "seed": seed}
+               "train_windows": n_train_windows, "valid_bars": int(len(valid_rows)), "seed": seed}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2))
     (out / "config.json").write_text(json.dumps({"sft": cfg.model_dump(), "init": str(init), "train_end": str(train_end),
                                                  "seed": seed}, indent=2, default=str))
@@ -143,6 +144,33 @@ def train_sft(cfg: SFTConfig, store, out: str | Path, init: str | Path, train_en
 
     refresh_run_card(out, "sft")  # the model card records this stage's config and metrics
     return out
+
+
+def training_batches(data: TraderData, cfg: SFTConfig, last_train: int, seed: int, bos: int, targets: dict):
+    """(next_batch(i) -> numpy micro-batch i, number of training windows to draw from) for cfg.batches.
+
+    "windows": batch_size random windows (last bar session <= last_train). "cross_section": batch_size //
+    cross_section_symbols sessions (at least 1), each with up to cross_section_symbols symbols' windows
+    ending on it (`CrossSectionSampler`); the batch carries "group" [B, n] = cross-section id of every
+    bar (one per (drawn session, bar session)) for the listwise loss. Both are pure functions of i.
+    """
+    if cfg.batches == "windows":
+        sampler = row_window_sampler(data, cfg.window_bars, last_train, seed)
+        return (lambda i: data.gather(sampler.batch_starts(i, cfg.batch_size), cfg.window_bars, bos, targets),
+                int(len(sampler.starts)))
+    from quantlm.finetune.crosssection import CrossSectionSampler
+
+    xs = CrossSectionSampler(data, cfg.window_bars, last_train, cfg.cross_section_symbols, seed)
+    n_sessions = max(1, cfg.batch_size // cfg.cross_section_symbols)
+
+    def next_batch(index: int) -> dict[str, np.ndarray]:
+        starts, block = xs.sample(index, n_sessions)
+        batch = data.gather(starts, cfg.window_bars, bos, targets)
+        rows = starts[:, None] + np.arange(cfg.window_bars)
+        batch["group"] = block[:, None] * len(data.calendar) + data.session[rows]
+        return batch
+
+    return next_batch, int(len(xs.rows))
 
 
 def fit(model: TraderModel, cfg: SFTConfig, next_batch, evaluate, out: Path, progress: bool = False,

@@ -101,6 +101,8 @@ class TraderConfig(NoAutoClassCopy, PreTrainedConfig):
     horizons: list[int] | None = None
     quantiles: list[float] | None = None
     d_text: int = 0
+    factors: str = "none"
+    d_factors: int = 0
     feature_mean: list[float] | None = None
     feature_std: list[float] | None = None
     score: str = "rank"
