@@ -370,8 +370,11 @@ def _save_student(student, tok, run_dir: Path) -> None:
 
 def _latencies(cfg: DistillConfig, store, teacher_dir: Path, student_dir: Path, train_end) -> dict:
     from quantlm.finetune.latency import measure_latency
+    from quantlm.finetune.model import TraderModel
 
-    lat = {name: measure_latency(d, store, cfg.latency_symbols, cfg.latency_updates, end=train_end)
-           for name, d in (("teacher", teacher_dir), ("student", student_dir))}
+    lat = {"student": measure_latency(student_dir, store, cfg.latency_symbols, cfg.latency_updates, end=train_end)}
+    if TraderModel.load(teacher_dir).spec.factors != "none":  # no live scorer for cross-sectional factor ranks
+        return lat | {"teacher": None, "speedup_p50": None}
+    lat["teacher"] = measure_latency(teacher_dir, store, cfg.latency_symbols, cfg.latency_updates, end=train_end)
     lat["speedup_p50"] = lat["teacher"]["p50"] / lat["student"]["p50"]
     return lat

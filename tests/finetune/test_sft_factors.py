@@ -132,3 +132,20 @@ def test_cross_section_batch_layout(ft_env):
     last = batch["group"][:, -1]
     assert len(np.unique(last[:4])) == 1 and len(np.unique(last[4:])) == 1 and last[0] != last[4]
     np.testing.assert_array_equal(next_batch(5)["group"], batch["group"])  # a pure function of the step
+
+
+def test_distil_a_factor_teacher_into_a_token_only_student(factor_run, ft_env, tmp_path):
+    """The teacher gets its factor inputs when its outputs are computed; the student stays token-only and is
+    scored live; the teacher's own latency is not measurable live (None)."""
+    from quantlm.finetune.distill import DistillConfig, train_distill
+    from quantlm.finetune.student import StudentMLP, load_scorer
+
+    cfg = DistillConfig(window_bars=12, mlp={"token_dim": 4, "bar_dim": 4, "hidden": 16, "layers": 1, "text_bars": 1},
+                        warm=8, steps=20, batch_size=8, lr=1e-2, warmup_steps=2, valid_sessions=40, eval_every=20,
+                        latency_symbols=6, latency_updates=2)
+    run = train_distill(cfg, ft_env.store, tmp_path / "distill", factor_run / "model", ft_env.train_end, seed=0)
+    m = json.loads((run / "metrics.json").read_text())
+    assert np.isfinite(m["teacher_rank_ic"]) and np.isfinite(m["valid"]["score_corr"])
+    assert m["latency_ms"]["teacher"] is None and m["latency_ms"]["student"]["p50"] > 0
+    student = load_scorer(run / "model")
+    assert isinstance(student, StudentMLP) and getattr(student.spec, "factors", "none") == "none"
