@@ -22,7 +22,7 @@ RUN = {
         "model": {"size": "mini", "n_layer": 1, "hidden": 32, "n_head": 2, "ffn": 64, "max_bars": 32},
         "data": {"window_bars": 32},
         "tokenizer": {"n_coarse": 32, "n_fine": 32},
-        "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1, "log_every": 1,
+        "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_batches": 0, "log_every": 1,
                   "checkpoint_every": 1},
     },
     "sft": {"steps": 2, "batch_size": 4, "text": False, "window_bars": 32, "warm": 8, "valid_sessions": 20,
