@@ -154,13 +154,27 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
         text_arr, text_w = _bar_text(store, bars, symbols, offsets, calendar, session, market, text_half_life)
     if factors not in FACTOR_SETS:
         raise FinetuneDataError(f"factors must be one of {', '.join(FACTOR_SETS)}, got {factors!r}")
-    fac = factor_ranks(bars, session) if factors == "alpha158" else None
+    fac = cached_factor_ranks(bars, session) if factors == "alpha158" else None
     d_h = cfg.barrier_horizon if cfg.direction == "triple_barrier" else 1
     return TraderData(symbols, offsets, calendar, session, ids, cal, features, text_arr, text_w, ret, rank,
                       direction, horizons, d_h, fac)
 
 
 FACTOR_SETS = ("none", "alpha158")
+_FACTOR_CACHE: dict[tuple, np.ndarray] = {}
+_FACTOR_CACHE_SIZE = 2
+
+
+def cached_factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
+    """`factor_ranks`, remembered in this process for the last 2 distinct (bars, session) contents: the
+    stages of one fold (SFT, reward, RL, distillation) read the same bars up to train_end."""
+    key = (len(bars), tuple(bars.columns), int(pd.util.hash_pandas_object(bars, index=False).sum()),
+           int(pd.util.hash_array(np.asarray(session)).sum()))
+    if key not in _FACTOR_CACHE:
+        if len(_FACTOR_CACHE) >= _FACTOR_CACHE_SIZE:
+            _FACTOR_CACHE.pop(next(iter(_FACTOR_CACHE)))
+        _FACTOR_CACHE[key] = factor_ranks(bars, session)
+    return _FACTOR_CACHE[key].copy()
 
 
 def factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
