@@ -81,6 +81,9 @@ class DataSection(_Strict):
     synth: dict[str, Any] | None = None  # SynthConfig fields (validated in `load_run_config`)
     import_: ImportSection | None = Field(None, alias="import")
     embed_texts: bool = False
+    # more pretraining data: synthetic markets made like data.synth with these seeds join pretraining's
+    # corpus (symbols suffixed ~m<seed>, cut at the same dates; quantlm.workflow.corpus); needs data.synth
+    pretrain_synth_seeds: list[int] = Field(default_factory=list)
 
 
 class EvaluateSection(_Strict):
@@ -295,6 +298,11 @@ def parse_run_config(raw: dict[str, Any] | None, source: str = "config") -> RunC
     synth = None
     if top.data.synth is not None and top.data.import_ is not None:
         problems.append("data: give either synth or import, not both")
+    if top.data.pretrain_synth_seeds and top.data.synth is None:
+        problems.append("data.pretrain_synth_seeds: needs data.synth (the extra markets are made like it)")
+    if top.data.synth is not None and (top.data.synth.get("seed", 0) in top.data.pretrain_synth_seeds
+                                       or len(set(top.data.pretrain_synth_seeds)) != len(top.data.pretrain_synth_seeds)):
+        problems.append("data.pretrain_synth_seeds: seeds must be distinct and differ from data.synth.seed")
     if top.data.synth is not None:
         synth = _validate(SynthConfig, top.data.synth, ("data", "synth"), problems)
         if synth is not None:

@@ -188,7 +188,13 @@ def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, c
     from quantlm.train.loop import pretrain
 
     pcfg = capped_pretrain_config(cfg.pretrain, cap, cache.console, data_end=data_end)
-    key = stage_key("pretrain", pcfg.model_dump(mode="json"), store=fingerprint)
+    source, inputs = store.root, []
+    if cfg.data.pretrain_synth_seeds:  # extra synthetic markets join the corpus (quantlm.workflow.corpus)
+        from quantlm.workflow.corpus import corpus_stage
+
+        corpus = corpus_stage(cfg, store, cache, fingerprint, pd.Timestamp(pcfg.data.end))
+        source, inputs = corpus.path / "store", [corpus.key]
+    key = stage_key("pretrain", pcfg.model_dump(mode="json"), inputs, store=fingerprint)
 
     def build(tmp: Path) -> None:
         out = tmp / "run"
@@ -197,7 +203,7 @@ def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, c
             cache.console.print("pretrain: resuming from the last checkpoint")
         elif out.exists():
             shutil.rmtree(out)
-        pretrain(pcfg, store=store.root, out=out, resume=resume, progress=progress)
+        pretrain(pcfg, store=source, out=out, resume=resume, progress=progress)
         if not (out / "model").exists():
             raise RuntimeError(f"pretraining ended without a model folder in {out}")
 
