@@ -103,7 +103,7 @@ def build_summary(cfg, store, evaluation: dict[str, Any], latency: dict[str, Any
         else:
             runs[name] = dict(run["metrics"])
     synth_ic = store.meta().get("synth_oracle_rank_ic")
-    if synth_ic is not None:
+    if synth_ic is not None and math.isfinite(float(synth_ic)):  # "nan" on markets too small to rank
         oracle = {**(oracle or {}), "synth_oracle_rank_ic": float(synth_ic)}
 
     primary = evaluation["primary"]
