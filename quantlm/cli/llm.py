@@ -3,10 +3,12 @@
     quantlm llm tiny    --out models/tiny-qwen2 [--family qwen2|llama]
     quantlm llm sft     --base models/tiny-qwen2 --store STORE --train-end 2023-12-31 --out runs/llm
                         [--lora-rank 8 --freeze-bottom 0 --steps 100 --window-bars 32 --merge --answer-return]
+                        [--grad-accum 1 --checkpoint-every 50 --resume]   (the training core, as every stage)
     quantlm llm sft     --base DIR --data examples.jsonl --out runs/llm   (`quantlm finetune export` lines)
     quantlm llm score   --model runs/llm [--base DIR] --store STORE --start 2024-01-01 --end 2024-06-30
                         --out scores.parquet
     quantlm llm dpo     --model runs/llm --store STORE --train-end 2023-12-31 --out runs/llm-dpo [--steps 50 --beta 0.1]
+                        [--grad-accum 1 --checkpoint-every 10 --resume]
     quantlm llm latency --model runs/llm --store STORE [--symbols 20 --updates 10]
                         [--compare runs/demo/stages/distill-.../run/model ...]
 """
@@ -19,6 +21,15 @@ from typing import Annotated
 import typer
 
 from quantlm.cli.common import StoreOption, console, store_from, user_errors
+
+GradAccumOption = Annotated[int, typer.Option("--grad-accum", min=1, help="Micro-batches per optimizer step.")]
+CheckpointEveryOption = Annotated[int, typer.Option("--checkpoint-every", min=0,
+                                                    help="Steps between checkpoints in OUT/checkpoints (0: none).")]
+ResumeOption = Annotated[bool, typer.Option("--resume", help="Continue from the newest checkpoint in --out "
+                                                              "(same inputs and settings).")]
+DeviceOption = Annotated[str, typer.Option("--device", help="Where the base is loaded: cpu | cuda. Training runs on "
+                                                            "the core's device (CUDA when present, bf16; "
+                                                            "ACCELERATE_USE_CPU=1 forces the CPU).")]
 
 
 def register(app: typer.Typer) -> None:
@@ -59,9 +70,12 @@ def sft_cmd(base: Annotated[Path, typer.Option("--base", help="Local Hugging Fac
             max_prompt_tokens: Annotated[int, typer.Option("--max-prompt-tokens")] = 1024,
             merge: Annotated[bool, typer.Option("--merge", help="Also write merged/ (base + adapter).")] = False,
             answer_return: Annotated[bool, typer.Option("--answer-return", help="Answers carry the return: 'buy +35bp'.")] = False,
-            device: Annotated[str, typer.Option("--device", help="cpu | cuda (bf16 autocast on CUDA).")] = "cpu",
+            device: DeviceOption = "cpu",
             qlora: Annotated[bool, typer.Option("--qlora", help="4-bit NF4 base (CUDA + bitsandbytes only).")] = False,
-            seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+            seed: Annotated[int, typer.Option("--seed")] = 0,
+            grad_accum: GradAccumOption = 1,
+            checkpoint_every: CheckpointEveryOption = 0,
+            resume: ResumeOption = False) -> None:
     """LoRA-fine-tune a local causal LM to answer buy / hold / sell on point-in-time prompts (store or JSON Lines)."""
     from quantlm.cli.common import fail
     from quantlm.llm.serialize import PromptConfig
@@ -73,9 +87,10 @@ def sft_cmd(base: Annotated[Path, typer.Option("--base", help="Local Hugging Fac
         fail(f"--data: {data} not found")
     info = run_sft(base, store_from(store) if data is None else None, train_end, out,
                    SFTSettings(lora_rank=lora_rank, freeze_bottom=freeze_bottom, steps=steps,
-                               batch_size=batch_size, lr=lr, seed=seed),
+                               batch_size=batch_size, lr=lr, seed=seed, grad_accum=grad_accum,
+                               checkpoint_every=checkpoint_every),
                    PromptConfig(window_bars=window_bars, max_prompt_tokens=max_prompt_tokens, answer_return=answer_return),
-                   start=start, merge=merge, log=console.print, data=data, device=device, qlora=qlora)
+                   start=start, merge=merge, log=console.print, data=data, device=device, qlora=qlora, resume=resume)
     tok = info["tokens"]
     console.print(f"tokens per bar {tok['tokens_per_bar']:.2f} (this tokenizer); prompts {tok['prompt_tokens_mean']:.0f} "
                   f"tokens on average, max {tok['prompt_tokens_max']} (limit {max_prompt_tokens})", highlight=False)
@@ -158,13 +173,18 @@ def dpo_cmd(model: Annotated[Path, typer.Option("--model", help="Run folder of `
             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 8,
             lr: Annotated[float, typer.Option("--lr")] = 5e-4,
             beta: Annotated[float, typer.Option("--beta", help="DPO temperature on the log-ratio margin.")] = 0.1,
-            seed: Annotated[int, typer.Option("--seed")] = 0) -> None:
+            seed: Annotated[int, typer.Option("--seed")] = 0,
+            grad_accum: GradAccumOption = 1,
+            checkpoint_every: CheckpointEveryOption = 0,
+            resume: ResumeOption = False,
+            device: DeviceOption = "cpu") -> None:
     """DPO over realised outcomes on an SFT run's LoRA adapter (chosen = realised direction, rejected = the losing trade)."""
     from quantlm.llm.dpo import DPOSettings, run_dpo
 
     info = run_dpo(model, store_from(store), train_end, out,
-                   DPOSettings(steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed), start=start,
-                   log=console.print)["dpo"]
+                   DPOSettings(steps=steps, batch_size=batch_size, lr=lr, beta=beta, seed=seed, grad_accum=grad_accum,
+                               checkpoint_every=checkpoint_every), start=start, log=console.print, resume=resume,
+                   device=device)["dpo"]
     console.print(f"{info['pairs']} pairs, loss {info['first_loss']:.4f} -> {info['last_loss']:.4f}; chosen preferred "
                   f"{info['chosen_preferred_before']:.1%} -> {info['chosen_preferred_after']:.1%}; wrote {out}",
                   highlight=False)

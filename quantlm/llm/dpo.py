@@ -10,6 +10,12 @@ log-probabilities of the answer tokens after the prompt. The reference is the SF
 answer log-probabilities are computed once before the first step (the policy starts equal to it),
 so no second model is kept in memory. Only the LoRA parameters train; the base stays frozen.
 
+Training runs on the one training core (`quantlm.train.core`, through `sft.fit_lora`): this module
+keeps the loss above and the batches (micro-batch i: `batch_size` pairs drawn without replacement by
+np.random.default_rng([seed, i]), a pure function of i, carrying their reference log-probabilities);
+the core does AdamW over the LoRA parameters, the lr schedule, gradient accumulation, clipping, bf16
+on CUDA, metrics.jsonl and checkpoints (trainable weights only) for an exact `resume`.
+
 Why not TRL's DPOTrainer: it is not a dependency here (it brings `datasets` and a Trainer loop for
 generated multi-token completions), while our answers are one constrained word, so the loss above is
 a few lines on the batches `sft.collate` already builds, and runs on CPU in seconds for tiny models.
@@ -30,10 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from quantlm.llm.serialize import ANSWERS, Examples
+from quantlm.llm.sft import CoreSettings
 
 
 @dataclass
-class DPOSettings:
+class DPOSettings(CoreSettings):
     steps: int = 50
     batch_size: int = 8
     lr: float = 5e-4
@@ -83,15 +90,50 @@ def _load_trainable(run_dir: Path, device: str):
     return info, tok, model
 
 
+def dpo_batch_at(chosen: list, rejected: list, ref_c, ref_r, batch_size: int, seed: int, pad: int):
+    """Micro-batch i (a pure function of (seed, i)): chosen rows then rejected rows of the drawn pairs,
+    right padded, with the pairs' reference log-probabilities ref_chosen / ref_rejected."""
+    from quantlm.llm.sft import collate
+
+    n = len(chosen)
+
+    def batch_at(i: int) -> dict:
+        idx = np.random.default_rng([seed, i]).choice(n, size=min(batch_size, n), replace=False)
+        ids, mask, labels = collate([chosen[k] for k in idx] + [rejected[k] for k in idx], pad)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels, "ref_chosen": ref_c[idx],
+                "ref_rejected": ref_r[idx]}
+
+    return batch_at
+
+
+def dpo_loss(beta: float):
+    """The core's loss_fn: mean DPO loss of a batch; logs the share of pairs whose margin is positive."""
+    import torch
+
+    def loss_fn(model, batch: dict, step: int):
+        lp = answer_sequence_logprob(model, batch["input_ids"], batch["attention_mask"], batch["labels"])
+        n = batch["ref_chosen"].shape[0]
+        margin = (lp[:n] - batch["ref_chosen"]) - (lp[n:] - batch["ref_rejected"])
+        loss = -torch.nn.functional.logsigmoid(beta * margin).mean()
+        return loss, {"margin_positive": (margin.detach() > 0).float().mean()}
+
+    return loss_fn
+
+
 def run_dpo(sft_run, store, train_end, out, settings: DPOSettings | None = None, start=None, device: str = "cpu",
-            log=None) -> dict:
-    """DPO on an `llm sft` run folder's adapter over the store's realised outcomes up to train_end."""
+            log=None, resume: bool = False, stop_after: int | None = None) -> dict:
+    """DPO on an `llm sft` run folder's adapter over the store's realised outcomes up to train_end.
+
+    `out` is also the core's run folder (metrics.jsonl, tb/, checkpoints/); `device` is where the model
+    is loaded, training runs on the core's device. resume / stop_after as in `sft.run_sft` (a stopped
+    run returns {"finished": False, "step": N} and writes no adapter).
+    """
     import torch
 
     from quantlm.llm.blocks import pad_id
     from quantlm.llm.score import answer_logprobs
     from quantlm.llm.serialize import PromptConfig, store_examples
-    from quantlm.llm.sft import collate, encode
+    from quantlm.llm.sft import encode, fit_lora
 
     s = settings or DPOSettings()
     sft_run, out = Path(sft_run), Path(out)
@@ -111,31 +153,15 @@ def run_dpo(sft_run, store, train_end, out, settings: DPOSettings | None = None,
     ref_r = torch.tensor([ref[i, col[r]] for i, (_, _, r) in enumerate(pairs)], dtype=torch.float32)
     chosen = [encode(tok, p, c) for p, c, _ in pairs]
     rejected = [encode(tok, p, r) for p, _, r in pairs]
-    torch.manual_seed(s.seed)
-    rng = np.random.default_rng(s.seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.0)
-    pad = pad_id(tok)
-    model.train()
-    losses = []
-    for step in range(s.steps):
-        idx = rng.choice(len(pairs), size=min(s.batch_size, len(pairs)), replace=False)
-        ids, mask, labels = (t.to(model.device) for t in collate([chosen[i] for i in idx] + [rejected[i] for i in idx], pad))
-        lp = answer_sequence_logprob(model, ids, mask, labels)
-        n = len(idx)
-        margin = (lp[:n] - ref_c[idx].to(lp.device)) - (lp[n:] - ref_r[idx].to(lp.device))
-        loss = -torch.nn.functional.logsigmoid(s.beta * margin).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if log and (step % 10 == 0 or step == s.steps - 1):
-            log(f"dpo step {step + 1}/{s.steps} loss {losses[-1]:.4f}")
-    model.eval()
+    batch_at = dpo_batch_at(chosen, rejected, ref_c, ref_r, s.batch_size, s.seed, pad_id(tok))
+    extra = {"settings": asdict(s), "pairs": len(pairs), "sft_run": str(sft_run.resolve())}
+    losses, finished = fit_lora("llm-dpo", model, dpo_loss(s.beta), batch_at, s.optim(s.steps, s.lr), s, out, extra,
+                                resume=resume, stop_after=stop_after, log=log)
+    if not finished:
+        return {"finished": False, "step": stop_after}
     after = answer_logprobs(model, tok, [p for p, _, _ in pairs])
     gap = {k: np.array([lp[i, col[c]] - lp[i, col[r]] for i, (_, c, r) in enumerate(pairs)])
            for k, lp in (("before", ref), ("after", after))}
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out / "adapter")
     tok.save_pretrained(out / "adapter")
     dpo = {**asdict(s), "sft_run": str(sft_run.resolve()), "train_end": str(train_end), "pairs": len(pairs),
@@ -143,10 +169,10 @@ def run_dpo(sft_run, store, train_end, out, settings: DPOSettings | None = None,
            "chosen_preferred_before": float((gap["before"] > 0).mean()),
            "chosen_preferred_after": float((gap["after"] > 0).mean()),
            "mean_margin_before": float(gap["before"].mean()), "mean_margin_after": float(gap["after"].mean()),
-           "seconds": round(time.time() - t0, 2)}
+           "seconds": round(time.time() - t0, 2), "resumed": resume}
     new_info = {**info, "dpo": dpo, "merged": False}
     (out / "llm.json").write_text(json.dumps(new_info, indent=2, default=str))
     return new_info
 
 
-__all__ = ["DPOSettings", "answer_sequence_logprob", "preference_pairs", "run_dpo"]
+__all__ = ["DPOSettings", "answer_sequence_logprob", "dpo_batch_at", "dpo_loss", "preference_pairs", "run_dpo"]

@@ -117,7 +117,7 @@ def load_base(base, device: str = "cpu", qlora: bool = False):
 
     fp32 weights; with qlora, the linear weights in 4-bit NF4 (bitsandbytes, bf16 compute) on a CUDA
     device, prepared for k-bit training by peft. QLoRA needs a CUDA GPU and bitsandbytes: elsewhere it
-    raises ValueError before loading anything. (Not exercised by the CPU test suite.)
+    raises ConfigError (a ValueError; the CLI prints it, exit 2) before loading anything.
     """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -131,10 +131,12 @@ def load_base(base, device: str = "cpu", qlora: bool = False):
     if qlora:
         import importlib.util
 
+        from quantlm.train.config import ConfigError
+
         if not str(device).startswith("cuda") or not torch.cuda.is_available():
-            raise ValueError("QLoRA (4-bit) needs a CUDA GPU: pass device='cuda' on a machine with one")
+            raise ConfigError("QLoRA (4-bit) needs a CUDA GPU: pass device='cuda' on a machine with one")
         if importlib.util.find_spec("bitsandbytes") is None:
-            raise ValueError("QLoRA (4-bit) needs bitsandbytes: pip install bitsandbytes")
+            raise ConfigError("QLoRA (4-bit) needs bitsandbytes: pip install bitsandbytes")
         from peft import prepare_model_for_kbit_training
         from transformers import BitsAndBytesConfig
 
@@ -219,6 +221,7 @@ def fit_lora(name: str, model, loss_fn, batch_at: Callable[[int], dict[str, Any]
     extra_state goes into each checkpoint's trainer.json; a resume with different extra_state
     (settings, example count) is refused before anything trains.
     """
+    from quantlm.train.config import ConfigError
     from quantlm.train.core import Trainer, TrainStage, list_checkpoints
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -228,7 +231,7 @@ def fit_lora(name: str, model, loss_fn, batch_at: Callable[[int], dict[str, Any]
             saved = json.loads((list_checkpoints(run_dir)[-1] / "trainer.json").read_text())
             differ = sorted(k for k in extra if saved.get(k) != extra[k])
             if differ:
-                raise ValueError(f"--resume: {run_dir} was trained with other {', '.join(differ)} "
+                raise ConfigError(f"--resume: {run_dir} was trained with other {', '.join(differ)} "
                                  f"(checkpoint {saved.get(differ[0])!r}, now {extra[differ[0]]!r})")
         stage = TrainStage(name=name, model=model, loss_fn=loss_fn, batch_at=batch_at, optim=optim, log_every=1,
                            checkpoint_every=s.checkpoint_every, checkpoint_at_end=False,
@@ -303,7 +306,9 @@ def run_sft(base, store, train_end, out, settings: SFTSettings | None = None, pr
 
     s, cfg = settings or SFTSettings(), prompt or PromptConfig()
     if merge and qlora:
-        raise ValueError("merge a QLoRA adapter into the full-precision base: load it without qlora and merge")
+        from quantlm.train.config import ConfigError
+
+        raise ConfigError("merge a QLoRA adapter into the full-precision base: load it without qlora and merge")
     out = Path(out)
     t0 = time.time()
     tok, model = load_base(base, device, qlora=qlora)
