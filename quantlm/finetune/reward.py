@@ -224,7 +224,7 @@ class RewardModel(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Rewards [B, n, A] for every bar of a batch of windows (TraderModel inputs)."""
         bar_h, _ = self.trader.hidden(batch["input_ids"], batch["calendar_ids"], batch["features"],
-                                      batch.get("text"), batch.get("text_weight"))
+                                      batch.get("text"), batch.get("text_weight"), batch.get("factors"))
         return self.from_hidden(bar_h)
 
     reward = forward

@@ -149,3 +149,19 @@ def test_distil_a_factor_teacher_into_a_token_only_student(factor_run, ft_env, t
     assert m["latency_ms"]["teacher"] is None and m["latency_ms"]["student"]["p50"] > 0
     student = load_scorer(run / "model")
     assert isinstance(student, StudentMLP) and getattr(student.spec, "factors", "none") == "none"
+
+
+def test_reward_and_rl_on_a_factor_trader(factor_run, ft_env, tmp_path):
+    """Reward model and RL copy a factor trader and feed it its factor inputs (no 'factor inputs' error)."""
+    from quantlm.finetune.reward import RewardConfig, train_reward
+    from quantlm.finetune.rl import RLConfig, train_rl
+
+    rw = train_reward(RewardConfig(steps=2, batch_size=2, max_symbols=8, window_bars=24, warm=8, pairs_per_session=16,
+                                   valid_sessions=40, eval_every=2, lr=1e-3),
+                      ft_env.store, tmp_path / "reward", factor_run / "model", ft_env.train_end, seed=0)
+    cfg = RLConfig(steps=2, batch_size=2, max_symbols=8, window_bars=24, warm=8, valid_sessions=40, eval_every=2,
+                   reward="model", group="state", samples_per_state=2)
+    run = train_rl(cfg, ft_env.store, tmp_path / "rl", factor_run / "model", rw, ft_env.train_end, seed=0)
+    assert TraderModel.load(run / "model").spec.factors == "alpha158"
+    scores = score_model(run / "model", ft_env.store, "2020-10-09", "2020-10-30")
+    assert len(scores) > 0 and scores["score"].notna().all()
