@@ -83,6 +83,9 @@ def build_trader(init_model, data: TraderData, cfg: SFTConfig, last_train: int, 
             raise FinetuneDataError(f"warm start: the init trader has factors: {init_model.spec.factors}, this config "
                                     f"sft.factors: {cfg.factors}")
         return init_model
+    if cfg.factors != "none" and data.factors is None:
+        raise FinetuneDataError(f"sft.factors: {cfg.factors} needs the factor inputs of a store's bars (JSON Lines "
+                                "examples carry none): set sft.factors: none")
     train_rows = data.session <= last_train
     feats = candle_features(torch.from_numpy(data.features[train_rows])).double().numpy()
     mean, std = feats.mean(0), feats.std(0)

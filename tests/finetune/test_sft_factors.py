@@ -165,3 +165,13 @@ def test_reward_and_rl_on_a_factor_trader(factor_run, ft_env, tmp_path):
     assert TraderModel.load(run / "model").spec.factors == "alpha158"
     scores = score_model(run / "model", ft_env.store, "2020-10-09", "2020-10-30")
     assert len(scores) > 0 and scores["score"].notna().all()
+
+
+def test_json_lines_fine_tuning_refuses_factors(ft_env, tmp_path):
+    from quantlm.finetune.data import FinetuneDataError
+    from quantlm.finetune.jsonl import export_jsonl, train_sft_jsonl
+
+    path = tmp_path / "ex.jsonl"
+    export_jsonl(ft_env.store, path, ft_env.pretrained, start="2019-06-03", end="2020-12-31", window_bars=24, every=5)
+    with pytest.raises(FinetuneDataError, match="sft.factors: alpha158"):
+        train_sft_jsonl(_cfg(factors="alpha158"), path, tmp_path / "run", ft_env.pretrained, embedder=None)
