@@ -188,6 +188,14 @@ def pretrain_stage(cfg: RunConfig, store, cache: StageCache, fingerprint: str, c
     from quantlm.train.loop import pretrain
 
     pcfg = capped_pretrain_config(cfg.pretrain, cap, cache.console, data_end=data_end)
+    if pcfg.data.split is not None and pcfg.train.eval_batches > 0:
+        cal = store.calendar("1d", market=store.meta().get("market"))
+        after = int(((cal > pd.Timestamp(pcfg.data.split)) & (cal <= pd.Timestamp(pcfg.data.end))).sum())
+        if after < pcfg.data.window_bars:  # too short a history for one validation window: train without one
+            cache.console.print(f"[yellow]pretraining: {after} sessions between the training end {pcfg.data.split} and "
+                                f"{pcfg.data.end} hold no {pcfg.data.window_bars}-bar validation window; "
+                                "validation is skipped[/]")
+            pcfg = pcfg.model_copy(update={"train": pcfg.train.model_copy(update={"eval_batches": 0})})
     source, inputs = store.root, []
     if cfg.data.pretrain_synth_seeds:  # extra synthetic markets join the corpus (quantlm.workflow.corpus)
         from quantlm.workflow.corpus import corpus_stage
