@@ -147,7 +147,24 @@ def models_from_run(run_dir: str | Path) -> tuple[Path, Path | None]:
     if student is None:
         raise LiveConfigError(f"{run_dir}: no trained model folder found among its stages")
     teacher = last("sft")
+    if teacher is not None and _uses_factors(teacher):
+        # a teacher fed cross-sectional factor ranks cannot be scored bar by bar (finetune.latency refuses it):
+        # the backup is then another distilled student size of the same run, token-only and always warm
+        sizes = sorted(p for p in student.parent.glob("sizes/*/model") if p.is_dir()) if student.name == "model" else []
+        others = [p for p in sizes if not _same_weights(p, student)]
+        teacher = others[0] if others else None
     return student, (teacher if teacher != student else None)
+
+
+def _uses_factors(model_dir: Path) -> bool:
+    cfg = model_dir / "config.json"
+    return cfg.exists() and json.loads(cfg.read_text()).get("factors", "none") not in (None, "none")
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    fa, fb = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
+    return bool(fa) and [f.name for f in fa] == [f.name for f in fb] and \
+        all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
 
 
 def use_run_models(cfg: LiveConfig, run_dir: str | Path) -> LiveConfig:
@@ -157,7 +174,8 @@ def use_run_models(cfg: LiveConfig, run_dir: str | Path) -> LiveConfig:
 
     student, teacher = models_from_run(run_dir)
     cfg.primary = ModelSection(path=str(student), backend=cfg.primary.backend, name="student")
-    cfg.backup = ModelSection(path=str(teacher), backend="torch", name="teacher") if teacher else None
+    backup_name = "teacher" if teacher is not None and "distill" not in str(teacher) else "student-alt"
+    cfg.backup = ModelSection(path=str(teacher), backend="torch", name=backup_name) if teacher else None
     return cfg
 
 
