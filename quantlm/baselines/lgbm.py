@@ -58,7 +58,10 @@ DEFAULT_PARAMS: dict[str, Any] = {
 
 def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None = None, horizon: int = 1,
                    lag: int = 1, train_start=None) -> tuple[pd.DataFrame, pd.Series]:
-    """(X, y) of rows whose label is known by train_end; y is the label z-scored per time stamp."""
+    """(X, y) of rows whose label is known by train_end; y is the label z-scored per time stamp.
+
+    A store too small to rank (fewer than 3 symbols on most time stamps, e.g. one index series) gets
+    the label z-scored over the whole training period instead: a time-series target for a timing book."""
     train_end = pd.Timestamp(train_end)
     known = bars[bars["ts"] <= train_end]
     if train_start is not None:
@@ -66,8 +69,12 @@ def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None 
     labels = forward_returns(known, horizon=horizon, lag=lag)
     labels = labels[np.isfinite(labels["label"])]
     g = labels.groupby("ts")["label"]
-    std = g.transform("std")
-    labels = labels.assign(label=(labels["label"] - g.transform("mean")) / std.where(std > 0))
+    if (g.transform("size") >= 3).mean() >= 0.5:
+        std = g.transform("std")
+        labels = labels.assign(label=(labels["label"] - g.transform("mean")) / std.where(std > 0))
+    else:
+        std = labels["label"].std()
+        labels = labels.assign(label=(labels["label"] - labels["label"].mean()) / (std if std > 0 else np.nan))
     labels = labels[np.isfinite(labels["label"])]
     feats = features if features is not None else cached_alpha158(known)
     idx = pd.MultiIndex.from_frame(labels[["symbol", "ts"]])
