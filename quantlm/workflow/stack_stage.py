@@ -37,6 +37,10 @@ def stack_stage(cfg, setup, cache: StageCache, fingerprint: str, baselines: Stag
     there is no model run or no baseline to stack with."""
     from quantlm.baselines.compare import BaselineScores
 
+    if getattr(setup, "timing", False):  # a store too small to rank: the stack blends per-session ranks
+        cache.console.print("[yellow]stack: skipped (it blends per-session ranks; this store has no cross-section "
+                            "to rank: a timing book)[/]")
+        return None
     model = stack_model_run(cfg, scores)
     base = BaselineScores.load(baselines.path)
     rules = [r for r in RULE_RUNS if r in base.scores]
