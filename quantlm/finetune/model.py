@@ -48,7 +48,6 @@ from quantlm.model.hf import (
     TraderConfig,
     auto_map,
     model_type,
-    read_config,
     write_code_files,
 )
 
@@ -253,23 +252,13 @@ class TraderModel(NoAutoClassCopy, PreTrainedModel):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> TraderModel:
         """A trader folder saved by `save` (its LoRA adapter applied), or one of the previous layout."""
-        from quantlm.model.build import _quiet, check_loading_info
-        from quantlm.model.card import read_card_info
+        from quantlm.model.build import _quiet, load_hf_folder
 
         _quiet()
         d = Path(directory)
         if (d / TRADER_JSON).exists():
             return _load_previous_layout(cls, d).to(device)
-        cfg = read_config(d)
-        if cfg is None:
-            raise FileNotFoundError(f"{d} is not a quantlm trader model folder (no config.json or {TRADER_JSON})")
-        if cfg.get("model_type") != TRADER_TYPE:
-            raise ValueError(f"{d / 'config.json'}: model_type {cfg.get('model_type')!r} is not a quantlm trader "
-                             f"('{TRADER_TYPE}')")
-        model, info = cls.from_pretrained(d, attn_implementation="sdpa", output_loading_info=True)
-        check_loading_info(d, info)
-        model.card_info = read_card_info(d)
-        return model.to(device)
+        return load_hf_folder(cls, d, TRADER_TYPE, "quantlm trader", device)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):

@@ -229,23 +229,31 @@ class MarketGPT(NoAutoClassCopy, PreTrainedModel):
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> MarketGPT:
         """Rebuild a model saved by `save` (weights exactly as saved); previous-layout folders are read too."""
-        from quantlm.model.card import read_card_info
-        from quantlm.model.hf import MARKET_GPT_TYPE, read_config
+        from quantlm.model.hf import MARKET_GPT_TYPE
 
         _quiet()
         d = Path(directory)
         if (d / QUANTLM_JSON).exists():
             return _load_previous_layout(cls, d).to(device)
-        cfg = read_config(d)
-        if cfg is None:
-            raise FileNotFoundError(f"{d} is not a quantlm model folder (no config.json)")
-        if cfg.get("model_type") != MARKET_GPT_TYPE:
-            raise ValueError(f"{d / 'config.json'}: model_type {cfg.get('model_type')!r} is not a quantlm market GPT "
-                             f"('{MARKET_GPT_TYPE}')")
-        model, info = cls.from_pretrained(d, attn_implementation="sdpa", output_loading_info=True)
-        check_loading_info(d, info)
-        model.card_info = read_card_info(d)  # what a model trained from this one inherits in its card
-        return model.to(device)
+        return load_hf_folder(cls, d, MARKET_GPT_TYPE, "quantlm market GPT", device)
+
+
+def load_hf_folder(cls, d: Path, model_type: str, what: str, device: str | torch.device = "cpu"):
+    """`cls.from_pretrained(d)` for a folder whose config.json has `model_type` (else a clear error), with
+    every weight checked (`check_loading_info`) and the model card's history kept on `model.card_info`
+    (what a model trained from this one inherits in its card)."""
+    from quantlm.model.card import read_card_info
+    from quantlm.model.hf import read_config
+
+    cfg = read_config(d)
+    if cfg is None:
+        raise FileNotFoundError(f"{d} is not a {what} folder (no config.json)")
+    if cfg.get("model_type") != model_type:
+        raise ValueError(f"{d / 'config.json'}: model_type {cfg.get('model_type')!r} is not a {what} ('{model_type}')")
+    model, info = cls.from_pretrained(d, attn_implementation="sdpa", output_loading_info=True)
+    check_loading_info(d, info)
+    model.card_info = read_card_info(d)
+    return model.to(device)
 
 
 def check_loading_info(directory: Path, info: dict) -> None:
