@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 from quantlm.data.store import Store
 from quantlm.workflow.config import RunConfigError, load_run_config, parse_run_config
 from quantlm.workflow.pipeline import run_workflow
+from tests.workflow.tiny import tiny_pretrain
 
 SYNTH = {"n_symbols": 12, "start": "2019-01-02", "end": "2021-06-30"}
 WINDOW = {"window_bars": 32, "warm": 8, "valid_sessions": 20, "eval_every": 2}
@@ -27,13 +28,7 @@ TINY = {
     "run_dir": "unused",
     "seeds": [0],
     "data": {"synth": SYNTH, "embed_texts": False},
-    "pretrain": {
-        "model": {"size": "mini", "n_layer": 1, "hidden": 32, "n_head": 2, "ffn": 64, "max_bars": 32},
-        "data": {"window_bars": 32},
-        "tokenizer": {"n_coarse": 32, "n_fine": 32},
-        "train": {"max_steps": 3, "batch_size": 4, "warmup_steps": 1, "eval_batches": 1, "log_every": 1,
-                  "checkpoint_every": 1},
-    },
+    "pretrain": tiny_pretrain(max_steps=3),
     "sft": {"steps": 2, "batch_size": 4, "text": False, **WINDOW},
     "reward": {"steps": 2, "batch_size": 2, "max_symbols": 8, **WINDOW},
     "rl": {"steps": 2, "batch_size": 2, "max_symbols": 8, "reward": "model", **WINDOW},

@@ -12,6 +12,7 @@ from rich.console import Console
 from quantlm.data.store import Store
 from quantlm.workflow.config import RunConfigError, parse_run_config
 from quantlm.workflow.pipeline import run_workflow
+from tests.workflow.tiny import tiny_pretrain
 
 SYNTH = {"n_symbols": 12, "start": "2019-01-02", "end": "2021-06-30"}
 WINDOW = {"window_bars": 32, "warm": 8, "valid_sessions": 20, "eval_every": 2}
@@ -19,13 +20,7 @@ RAW = {
     "run_dir": "unused",
     "seeds": [0],
     "data": {"synth": SYNTH, "embed_texts": False},
-    "pretrain": {
-        "model": {"size": "mini", "n_layer": 1, "hidden": 32, "n_head": 2, "ffn": 64, "max_bars": 32},
-        "data": {"window_bars": 32},
-        "tokenizer": {"n_coarse": 32, "n_fine": 32},
-        "train": {"max_steps": 2, "batch_size": 4, "warmup_steps": 1, "eval_batches": 0, "log_every": 1,
-                  "checkpoint_every": 1},
-    },
+    "pretrain": tiny_pretrain(eval_batches=0),
     "sft": {"steps": 2, "batch_size": 4, "text": False, **WINDOW},
     "evaluate": {"train_years": 1, "test_months": 6, "topk": 4, "n_drop": 1, "num_boost_round": 3, "latency": False,
                  "baselines": ["lightgbm", "reversal", "momentum"], "stack": True},
