@@ -60,7 +60,7 @@ def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None 
                    lag: int = 1, train_start=None) -> tuple[pd.DataFrame, pd.Series]:
     """(X, y) of rows whose label is known by train_end; y is the label z-scored per time stamp.
 
-    A store too small to rank (fewer than 3 symbols on most time stamps, e.g. one index series) gets
+    A store too small to rank (fewer than `metrics.MIN_CROSS_SECTION` symbols on most time stamps, e.g. one index series) gets
     the label z-scored over the whole training period instead: a time-series target for a timing book."""
     train_end = pd.Timestamp(train_end)
     known = bars[bars["ts"] <= train_end]
@@ -69,7 +69,9 @@ def training_frame(bars: pd.DataFrame, train_end, features: pd.DataFrame | None 
     labels = forward_returns(known, horizon=horizon, lag=lag)
     labels = labels[np.isfinite(labels["label"])]
     g = labels.groupby("ts")["label"]
-    if (g.transform("size") >= 3).mean() >= 0.5:
+    from quantlm.backtest.metrics import MIN_CROSS_SECTION
+
+    if (g.transform("size") >= MIN_CROSS_SECTION).mean() >= 0.5:  # the same cross-section the IC needs
         std = g.transform("std")
         labels = labels.assign(label=(labels["label"] - g.transform("mean")) / std.where(std > 0))
     else:
