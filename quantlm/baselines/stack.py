@@ -74,20 +74,25 @@ def rank_panel(inputs: Mapping[str, pd.DataFrame], labels: pd.DataFrame | None =
     labels are given; a row exists where at least one input scored."""
     if not inputs:
         raise ValueError("stacking needs at least one input")
-    cols = {name: session_ranks(df) for name, df in inputs.items()}
-    for name, col in cols.items():
+    ranks = {name: session_ranks(df) for name, df in inputs.items()}
+    return _panel(ranks, None if labels is None else session_ranks(labels, "label"))
+
+
+def _panel(ranks: Mapping[str, pd.Series], label_ranks: pd.Series | None) -> pd.DataFrame:
+    """`rank_panel` from ranks already computed (`session_ranks` of each input and of the labels)."""
+    for name, col in ranks.items():
         if not col.index.is_unique:
             dup = col.index[col.index.duplicated()][0]
             raise ValueError(f"stack input '{name}' has more than one score for {dup[1]} on {dup[0]:%Y-%m-%d}")
-    panel = pd.concat(cols, axis=1).sort_index()
+    panel = pd.concat(ranks, axis=1).sort_index()
     # sessions an input did not score at all stay NaN (it had no model then); missing symbols -> 0
-    scored = {name: set(col.index.get_level_values(0)) for name, col in cols.items()}
     ts = panel.index.get_level_values(0)
-    for name in cols:
-        has = ts.isin(list(scored[name]))
-        panel.loc[has, name] = panel.loc[has, name].fillna(0.0)
-    if labels is not None:
-        panel["label"] = session_ranks(labels, "label").reindex(panel.index)
+    for name, col in ranks.items():
+        values = panel[name].to_numpy(dtype="float64", copy=True)
+        values[ts.isin(col.index.get_level_values(0).unique()) & np.isnan(values)] = 0.0
+        panel[name] = values
+    if label_ranks is not None:
+        panel["label"] = label_ranks.reindex(panel.index)
     return panel
 
 
@@ -116,7 +121,8 @@ def fit_window(sessions: pd.DatetimeIndex, test_start: pd.Timestamp, label_sessi
 
 def stack_scores(inputs: Mapping[str, pd.DataFrame], labels: pd.DataFrame, folds: Sequence,
                  sessions: pd.DatetimeIndex | None = None, ridge: float = RIDGE,
-                 window_sessions: int = WINDOW_SESSIONS, label_sessions: int = LABEL_SESSIONS
+                 window_sessions: int = WINDOW_SESSIONS, label_sessions: int = LABEL_SESSIONS,
+                 _ranks: tuple[Mapping[str, pd.Series], pd.Series] | None = None
                  ) -> tuple[pd.DataFrame, list[StackFold]]:
     """The stacked Scores table over every fold's test sessions, and the weights per fold.
 
@@ -126,7 +132,7 @@ def stack_scores(inputs: Mapping[str, pd.DataFrame], labels: pd.DataFrame, folds
     whose labels are known then (`fit_window`), so scores or labels from its test start on cannot move them.
     """
     names = list(inputs)
-    panel = rank_panel(inputs, labels)
+    panel = rank_panel(inputs, labels) if _ranks is None else _panel({n: _ranks[0][n] for n in names}, _ranks[1])
     calendar = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(labels["ts"])))) if sessions is None \
         else pd.DatetimeIndex(sessions)
     ts = panel.index.get_level_values(0)
@@ -178,14 +184,17 @@ def what_each_part_adds(inputs: Mapping[str, pd.DataFrame], labels: pd.DataFrame
     The report is {"alone": {name: ic}, "stack": ic, "without": {name: ic of the stack refitted
     without it}, "adds": {name: stack ic - without ic}, "folds": [StackFold as dicts]} (ICs: mean
     daily Spearman over the sessions the stack scored)."""
-    stacked, report = stack_scores(inputs, labels, folds, sessions, **fit)
+    if not inputs:
+        raise ValueError("stacking needs at least one input")
+    ranks = ({name: session_ranks(df) for name, df in inputs.items()}, session_ranks(labels, "label"))
+    stacked, report = stack_scores(inputs, labels, folds, sessions, _ranks=ranks, **fit)
     test = pd.DatetimeIndex(sorted(pd.unique(pd.DatetimeIndex(stacked["ts"]))))
     out: dict[str, Any] = {"alone": {n: mean_rank_ic(df, labels, test) for n, df in inputs.items()},
                            "stack": mean_rank_ic(stacked, labels, test), "without": {}, "adds": {}}
     if len(inputs) > 1:
         for name in inputs:
             rest = {k: v for k, v in inputs.items() if k != name}
-            ic = mean_rank_ic(stack_scores(rest, labels, folds, sessions, **fit)[0], labels, test)
+            ic = mean_rank_ic(stack_scores(rest, labels, folds, sessions, _ranks=ranks, **fit)[0], labels, test)
             out["without"][name] = ic
             out["adds"][name] = out["stack"] - ic
     out["folds"] = [asdict(f) for f in report]

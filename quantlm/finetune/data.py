@@ -20,6 +20,7 @@ sampler only ever shows training code bars <= train_end and targets known by the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -151,7 +152,7 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
         raise ValueError(f"rank_target must be 'return' or 'vol_scaled', got {rank_target!r}")
     text_arr = text_w = None
     if text:
-        text_arr, text_w = _bar_text(store, bars, symbols, offsets, calendar, session, market, text_half_life)
+        text_arr, text_w = cached_bar_text(store, symbols, offsets, calendar, session, market, text_half_life)
     if factors not in FACTOR_SETS:
         raise FinetuneDataError(f"factors must be one of {', '.join(FACTOR_SETS)}, got {factors!r}")
     fac = cached_factor_ranks(bars, session) if factors == "alpha158" else None
@@ -216,15 +217,37 @@ def vol_scaled_ranks(ret: np.ndarray, log_sigma: np.ndarray, session: np.ndarray
     return np.where(np.isfinite(scaled), out, np.nan).astype(np.float32)
 
 
-def _bar_text(store, bars, symbols, offsets, calendar, session, market, half_life, chunk: int = 40):
-    """Per-bar text features (float16 [N, d]) and weights, computed `chunk` symbols at a time (memory)."""
-    from quantlm.data.text import embed_texts, session_text_features
+_TEXT_CACHE: dict[tuple, tuple[np.ndarray | None, np.ndarray | None]] = {}
 
-    texts = store.texts() if store is not None else pd.DataFrame()
-    n = len(session)
-    if len(texts) == 0:
+
+def cached_bar_text(store, symbols, offsets, calendar, session, market, half_life):
+    """`_bar_text`, remembered in this process for the last 2 distinct inputs: every stage of a run (SFT,
+    reward, RL, distillation, the scoring of each model) reads the same text features of the same bars.
+
+    The key holds the store's text and embedding files (content-named: any write changes them), the
+    symbols, their row offsets, the calendar, the row sessions, the market and the half-life."""
+    from quantlm.data.text import embed_texts
+
+    if store is None or len(store.texts()) == 0:
         return None, None  # no text input at all (d_text = 0), not a zero input of some width
     embed_texts(store)  # incremental by content hash: loads the embedder only when a text is new or edited
+    files = [tuple(map(str, row)) for tbl in ("texts", "text_embeddings")
+             for row in store._catalog(tbl).to_numpy().tolist()]
+    key = (str(Path(store.root).resolve()), tuple(files), tuple(symbols), market, float(half_life),
+           *(int(pd.util.hash_array(np.asarray(a)).sum()) for a in (offsets, calendar.asi8, session)))
+    if key not in _TEXT_CACHE:
+        if len(_TEXT_CACHE) >= _FACTOR_CACHE_SIZE:
+            _TEXT_CACHE.pop(next(iter(_TEXT_CACHE)))
+        _TEXT_CACHE[key] = _bar_text(store, symbols, offsets, calendar, session, market, half_life)
+    arr, weight = _TEXT_CACHE[key]
+    return arr.copy(), weight.copy()
+
+
+def _bar_text(store, symbols, offsets, calendar, session, market, half_life, chunk: int = 40):
+    """Per-bar text features (float16 [N, d]) and weights, computed `chunk` symbols at a time (memory)."""
+    from quantlm.data.text import session_text_features
+
+    n = len(session)
     out, weight = None, np.zeros(n, np.float32)
     for a in range(0, len(symbols), chunk):
         syms = symbols[a:a + chunk]

@@ -160,6 +160,35 @@ def test_edited_texts_are_re_embedded(ft_env, tmp_path):
     assert not np.array_equal(a, b)
 
 
+def test_text_feature_cache_follows_edits_of_the_same_store(ft_env, tmp_path):
+    """The in-process text-feature cache returns what a fresh computation gives, and a write to the texts
+    of the same store (same root) is seen by the next build, not served from the cache."""
+    from quantlm.data.store import Store
+    from quantlm.finetune import data as fdata
+    from quantlm.tokenize import KlineTokenizer
+
+    shutil.copytree(ft_env.store.root, tmp_path / "store")
+    st = Store(tmp_path / "store")
+    tok = KlineTokenizer.load(ft_env.pretrained / "tokenizer")
+    first = fdata.build_trader_data(st, tok, end=ft_env.train_end)
+    cached = fdata.build_trader_data(st, tok, end=ft_env.train_end)
+    fdata._TEXT_CACHE.clear()
+    fresh = fdata.build_trader_data(st, tok, end=ft_env.train_end)
+    assert np.array_equal(first.text, cached.text) and np.array_equal(first.text, fresh.text)
+    cached.text[:] = 0  # callers get their own copy
+    assert np.array_equal(fdata.build_trader_data(st, tok, end=ft_env.train_end).text, first.text)
+    texts = st.read_table("texts")
+    texts["body"] = "Guidance cut sharply."
+    st.write_table("texts", texts)
+    from tests.finetune.conftest import fake_embed
+
+    fake_embed(st)
+    edited = fdata.build_trader_data(st, tok, end=ft_env.train_end)
+    assert not np.array_equal(edited.text, first.text)
+    fdata._TEXT_CACHE.clear()
+    assert np.array_equal(fdata.build_trader_data(st, tok, end=ft_env.train_end).text, edited.text)
+
+
 def test_sft_resume_is_bit_identical(ft_env, tmp_path):
     """A run stopped after its step-2 checkpoint and resumed ends with the same weights, best step and metrics."""
     cfg = _cfg(text=False, checkpoint_every=2, steps=6, eval_every=3)
