@@ -11,6 +11,10 @@
     ret [N, n_h] forward returns ret_h(t) = open(t+1+h)/open(t+1) - 1 (fractions), rank [N, n_h] their
     cross-sectional rank in [-1, 1], direction [N] (0 sell, 1 hold, 2 buy, -1 none).
 
+A store too small to rank (under 10 symbols, `quantlm.finetune.timeseries`) gets time-series versions
+of the rank target (the vol-scaled return through the normal CDF) and of the factor ranks (percentile
+within the symbol's trailing year): per-session ranks of one symbol carry nothing.
+
 Inputs at bar t use bars up to t and texts visible at t only. Targets look ahead by construction;
 `targets_known(train_end)` masks every target whose last price (open of t+1+h) lies after
 `train_end`, which is what makes a fine-tuning run on data "up to train_end" leak-free: the window
@@ -25,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from quantlm.finetune.timeseries import factor_time_ranks, is_timing_store, timing_rank_target
 from quantlm.model.layout import bar_sequence
 
 
@@ -146,16 +151,19 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
     ret = np.stack([targets[f"ret_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
     rank = np.stack([targets[f"rank_{h}"].to_numpy(np.float32) for h in horizons], axis=1)
     direction = targets["direction"].to_numpy().astype(np.int64)
-    if rank_target == "vol_scaled":
-        rank = vol_scaled_ranks(ret, features[:, 6], session, horizons)
-    elif rank_target != "return":
+    if rank_target not in ("return", "vol_scaled"):
         raise ValueError(f"rank_target must be 'return' or 'vol_scaled', got {rank_target!r}")
+    timing = is_timing_store(len(symbols))  # too few symbols to rank: time-series targets and factors
+    if timing:
+        rank = timing_rank_target(ret, features[:, 6], horizons)
+    elif rank_target == "vol_scaled":
+        rank = vol_scaled_ranks(ret, features[:, 6], session, horizons)
     text_arr = text_w = None
     if text:
         text_arr, text_w = cached_bar_text(store, symbols, offsets, calendar, session, market, text_half_life)
     if factors not in FACTOR_SETS:
         raise FinetuneDataError(f"factors must be one of {', '.join(FACTOR_SETS)}, got {factors!r}")
-    fac = cached_factor_ranks(bars, session) if factors == "alpha158" else None
+    fac = cached_factor_ranks(bars, session, timing) if factors == "alpha158" else None
     d_h = cfg.barrier_horizon if cfg.direction == "triple_barrier" else 1
     return TraderData(symbols, offsets, calendar, session, ids, cal, features, text_arr, text_w, ret, rank,
                       direction, horizons, d_h, fac)
@@ -166,20 +174,22 @@ _FACTOR_CACHE: dict[tuple, np.ndarray] = {}
 _FACTOR_CACHE_SIZE = 2
 
 
-def cached_factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
+def cached_factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) -> np.ndarray:
     """`factor_ranks`, remembered in this process for the last 2 distinct (bars, session) contents: the
     stages of one fold (SFT, reward, RL, distillation) read the same bars up to train_end."""
     key = (len(bars), tuple(bars.columns), int(pd.util.hash_pandas_object(bars, index=False).sum()),
-           int(pd.util.hash_array(np.asarray(session)).sum()))
+           int(pd.util.hash_array(np.asarray(session)).sum()), timing)
     if key not in _FACTOR_CACHE:
         if len(_FACTOR_CACHE) >= _FACTOR_CACHE_SIZE:
             _FACTOR_CACHE.pop(next(iter(_FACTOR_CACHE)))
-        _FACTOR_CACHE[key] = factor_ranks(bars, session)
+        _FACTOR_CACHE[key] = factor_ranks(bars, session, timing)
     return _FACTOR_CACHE[key].copy()
 
 
-def factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
-    """float16 [N, 159]: Alpha158 factors of `bars` (sorted by symbol, ts) ranked within each session.
+def factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) -> np.ndarray:
+    """float16 [N, 159]: Alpha158 factors of `bars` (sorted by symbol, ts) ranked within each session
+    (timing=True, a store too small to rank: within the symbol's trailing year instead,
+    `quantlm.finetune.timeseries.factor_time_ranks`).
 
     Column j < 158: the rank of factor j among the symbols of the bar's session that have it, mapped to
     [-1, 1] ((rank - 0.5) / count * 2 - 1, ties averaged); 0 where the factor is NaN (window not full).
@@ -193,6 +203,8 @@ def factor_ranks(bars: pd.DataFrame, session: np.ndarray) -> np.ndarray:
     if len(raw) != len(session) or not np.array_equal(raw.index.get_level_values("symbol").astype(str),
                                                       bars["symbol"].astype(str).to_numpy()):
         raise FinetuneDataError("alpha158 factors and bars disagree on row order (duplicate (symbol, ts) rows?)")
+    if timing:
+        return factor_time_ranks(raw, bars["symbol"].astype(str).to_numpy())
     values = raw.to_numpy(np.float32)
     frame = pd.DataFrame(values).assign(session=session)
     g = frame.groupby("session")
