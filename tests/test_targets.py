@@ -400,3 +400,19 @@ def test_causality_direction_and_rank_at_horizon_one():
     assert_causal(lambda b: make_targets(b, cfg), bars, cutoffs=4, horizon_bars=2)
     assert_causal(lambda b: (lambda m: m.assign(r=cross_sectional_rank(m, "ret_1")))(multi_horizon_returns(b, (1,))),
                   bars, cutoffs=4, horizon_bars=2)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 4), st.one_of(st.just(float("nan")), st.integers(-3, 3).map(float),
+                                                         st.floats(-2, 2))), min_size=1, max_size=60))
+def test_group_ranks_equal_pandas_average_ranks_per_column(rows):
+    """Every column ranked within its group as pandas' average rank, scaled (rank - 0.5) / n * 2 - 1."""
+    from quantlm.features.targets import group_ranks
+
+    group = np.array([g for g, _ in rows])
+    col = np.array([v for _, v in rows])
+    values = np.stack([col, -col, np.where(np.isnan(col), 1.0, np.nan)], axis=1)
+    frame = pd.DataFrame(values).assign(g=group)
+    grouped = frame.groupby("g")
+    expected = ((grouped.rank(method="average") - 0.5) / grouped.transform("count") * 2 - 1).to_numpy()
+    np.testing.assert_allclose(group_ranks(group, values), expected, atol=1e-12, equal_nan=True)

@@ -177,6 +177,23 @@ def _rank_panel(panel: _Panel, values: np.ndarray) -> np.ndarray:
     return ranked.reshape(grid.shape)[panel.pos, panel.code]
 
 
+def group_ranks(group: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """float64 [N, F]: every column of `values` [N, F] ranked within groups of equal integer `group` [N]
+    codes, scaled as `cross_sectional_rank` ((rank - 0.5) / n * 2 - 1, ties averaged, NaN skipped and
+    kept NaN). One sort of the groups serves every column (Alpha158's 158 factors in one call)."""
+    values = np.asarray(values, dtype="float64")
+    order = np.argsort(np.asarray(group), kind="stable")
+    g = np.asarray(group)[order]
+    starts = (np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]) if len(g) else np.zeros(1, np.int64)).astype(np.int64)
+    out = np.full(values.shape, np.nan)
+    ranked = np.empty(len(order))
+    for j in range(values.shape[1]):
+        ranked.fill(np.nan)
+        _rank_sorted(np.ascontiguousarray(values[order, j]), starts, ranked)
+        out[order, j] = ranked
+    return out
+
+
 def _rank_by_group(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     """`cross_sectional_rank` of `values` within groups given by integer codes (negative code: NaN)."""
     values = np.asarray(values, dtype="float64")
@@ -364,5 +381,5 @@ def make_targets(bars: pd.DataFrame, config: TargetConfig | None = None, market:
     return out
 
 
-__all__ = ["TargetConfig", "round_trip_cost_for", "multi_horizon_returns", "cross_sectional_rank",
+__all__ = ["TargetConfig", "round_trip_cost_for", "multi_horizon_returns", "cross_sectional_rank", "group_ranks",
            "direction_labels", "triple_barrier_labels", "make_targets"]

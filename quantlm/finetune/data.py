@@ -198,6 +198,7 @@ def factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) 
     factors of the same session only.
     """
     from quantlm.features.factors import alpha158
+    from quantlm.features.targets import group_ranks
 
     raw = alpha158(bars)
     if len(raw) != len(session) or not np.array_equal(raw.index.get_level_values("symbol").astype(str),
@@ -206,13 +207,8 @@ def factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) 
     if timing:
         return factor_time_ranks(raw, bars["symbol"].astype(str).to_numpy())
     values = raw.to_numpy(np.float32)
-    frame = pd.DataFrame(values).assign(session=session)
-    g = frame.groupby("session")
-    ranks = g.rank(method="average").to_numpy(np.float32)
-    counts = g.transform("count").to_numpy(np.float32)
+    out = group_ranks(np.asarray(session), values)
     missing = ~np.isfinite(values)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        out = (ranks - 0.5) / counts * 2 - 1
     out[missing] = 0.0
     share = missing.mean(axis=1, dtype=np.float32)[:, None]
     return np.concatenate([out, share], axis=1).astype(np.float16)
