@@ -33,7 +33,8 @@ gets book k's leave-one-out advantage (GRPO over K books per session).
 Runs on the training core (`finetune.stagecore`): each micro-batch i (windows, known outcomes and
 the uniforms the actions are drawn with) is a pure function of (seed, i), so resume is exact.
 Promotion: the RL policy is `promoted` (metrics.json) only when its selected validation RankIC
-beats the SFT model's with its own trading score AND its validation book return (`book.book_return`,
+beats the SFT model's with its own trading score by `promote_min_t` (2) standard errors of the paired
+per-session difference AND its validation book return (`book.book_return`,
 top `book_fraction` by score, net of turnover costs) is not below the SFT model's; otherwise
 `quantlm run` keeps the SFT model as the distillation teacher and deployed candidate.
 
@@ -109,6 +110,7 @@ class RLConfig(CoreFields):
     eval_every: int = Field(50, ge=1)
     select: Literal["rank_ic", "reward", "book_return", "last"] = "rank_ic"
     book_fraction: float = Field(0.2, gt=0, le=1)  # validation book: top fraction of the stocks by score
+    promote_min_t: float = Field(2.0, ge=0)  # promotion: paired t-stat of RL - SFT per-session validation RankIC
     freeze_bottom: int = Field(0, ge=0)
     threads: int | None = None
 
@@ -225,19 +227,43 @@ def evaluate_policy(model: TraderModel, data: TraderData, rows: np.ndarray, outc
 
 
 # ---------------------------------------------------------------------- training
-def promotion(before: dict, after: dict) -> tuple[bool, str]:
+def paired_t(a: pd.Series, b: pd.Series) -> float:
+    """t-statistic of the mean of a - b over their common index (NaN under 2 pairs or no spread)."""
+    d = (a - b).dropna()
+    sd = float(d.std(ddof=1)) if len(d) >= 2 else float("nan")
+    return float(d.mean() / (sd / np.sqrt(len(d)))) if np.isfinite(sd) and sd > 0 else float("nan")
+
+
+def promotion(before: dict, after: dict, t_stat: float = float("nan"), min_t: float = 0.0) -> tuple[bool, str]:
     """(promoted, reason): RL replaces the SFT model only when its validation RankIC is higher than the SFT
-    model's (with its own trading score) and its validation book return is not lower."""
+    model's (with its own trading score) by at least `min_t` standard errors of the paired per-session
+    difference (`t_stat`; NaN, e.g. a store without cross-sections: higher is enough) and its
+    validation book return is not lower.
+
+    Why a t-stat: the kept RL step is the best of several evaluations on a short validation block, so a
+    higher mean alone is often selection noise (on the demo market RL was promoted on +0.0005 and then
+    lost out of sample in every seed)."""
     ic_rl, ic_sft = after.get("rank_ic", float("nan")), before.get("rank_ic_sft_score", float("nan"))
     bk_rl, bk_sft = after.get("book_return", float("nan")), before.get("book_return_sft_score", float("nan"))
-    ic_ok = bool(np.isfinite(ic_rl) and (not np.isfinite(ic_sft) or ic_rl > ic_sft))
+    higher = bool(np.isfinite(ic_rl) and (not np.isfinite(ic_sft) or ic_rl > ic_sft))
+    ic_ok = higher and (not np.isfinite(t_stat) or t_stat >= min_t)
     bk_ok = bool(np.isfinite(bk_rl) and (not np.isfinite(bk_sft) or bk_rl >= bk_sft))
-    nums = (f"validation RankIC {ic_rl:.4f} vs SFT {ic_sft:.4f}, book return {1e4 * bk_rl:+.1f} vs "
-            f"{1e4 * bk_sft:+.1f} bp/session")
+    nums = (f"validation RankIC {ic_rl:.4f} vs SFT {ic_sft:.4f}"
+            + (f" (paired t {t_stat:+.2f}, needs {min_t:g})" if np.isfinite(t_stat) else "")
+            + f", book return {1e4 * bk_rl:+.1f} vs {1e4 * bk_sft:+.1f} bp/session")
     if ic_ok and bk_ok:
         return True, f"RL promoted: {nums}"
-    why = " and ".join(w for w, ok in (("RankIC not higher", ic_ok), ("book return lower", bk_ok)) if not ok)
+    ic_why = "RankIC not higher" if not higher else "RankIC gain not significant"
+    why = " and ".join(w for w, ok in ((ic_why, ic_ok), ("book return lower", bk_ok)) if not ok)
     return False, f"RL not promoted ({why}): {nums}; the SFT model is kept"
+
+
+def _validation_ics(model: TraderModel, data: TraderData, rows: np.ndarray, label: np.ndarray, warm: int) -> pd.Series:
+    """Per-session validation RankIC of the model's trading score (`spec.score`) against `label` [N]."""
+    from quantlm.finetune.score import predict_rows, session_rank_ics
+
+    res = predict_rows(model, data, rows, warm=warm, keep=("direction",))
+    return session_rank_ics(res["score"], label[rows], data.session[rows])
 
 
 def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: str | Path | None, train_end,
@@ -301,6 +327,7 @@ def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: 
     own = evaluate_policy(model, data, valid_rows, out_valid, label, None, cfg.warm, cost, cfg.book_fraction)
     before |= {"rank_ic_sft_score": own["rank_ic"], "book_return_sft_score": own["book_return"],
                "book_turnover_sft_score": own["book_turnover"]}
+    sft_ics = _validation_ics(model, data, valid_rows, label, cfg.warm)
     model.spec.score = "direction"
 
     sampler = CrossSectionSampler(data, W, last_train, cfg.max_symbols, seed)
@@ -368,9 +395,10 @@ def train_rl(cfg: RLConfig, store, out: str | Path, policy: str | Path, reward: 
     save_trader(model, tok, out)
     last = unprefix(result.last)
     after, best_step = (unprefix(result.best), result.best["step"]) if select else (last, result.last["step"])
-    promoted, reason = promotion(before, after)
+    t_stat = paired_t(_validation_ics(model, data, valid_rows, label, cfg.warm), sft_ics)  # model: the kept step
+    promoted, reason = promotion(before, after, t_stat, cfg.promote_min_t)
     summary = {"before": before, "after": after, "last": last, "best_step": best_step, "select": cfg.select,
-               "promoted": promoted, "promotion_reason": reason,
+               "promoted": promoted, "promotion_reason": reason, "promotion_t": t_stat if np.isfinite(t_stat) else None,
                "reward": cfg.reward, "round_trip_cost": float(cost[valid_rows].mean()),
                "outcome": cfg.outcome, "train_end": str(pd.Timestamp(train_end).date()),
                "last_train_session": str(data.calendar[last_train].date()), "valid_bars": int(len(valid_rows)),

@@ -62,6 +62,18 @@ def predict_rows(model: TraderModel, data: TraderData, rows: np.ndarray, warm: i
     return {k: np.concatenate(v)[pos] for k, v in outs.items()}
 
 
+def session_rank_ics(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count: int = 5) -> pd.Series:
+    """Spearman correlation of score and label per session (sessions with >= `min_count` pairs; NaN
+    labels dropped), indexed by session; empty on a store without cross-sections."""
+    df = pd.DataFrame({"s": score, "y": label, "t": session}).dropna()
+    df = df[df.groupby("t")["s"].transform("size") >= min_count]
+    if len(df) == 0:
+        return pd.Series(dtype="float64")
+    g = df.groupby("t")
+    df = df.assign(rs=g["s"].rank(), ry=g["y"].rank())
+    return df.groupby("t")[["rs", "ry"]].corr().unstack().iloc[:, 1].rename("rank_ic")
+
+
 def rank_ic(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count: int = 5) -> float:
     """Mean over sessions of the Spearman correlation between score and label (NaN labels dropped).
 

@@ -15,7 +15,7 @@ from quantlm.finetune.book import (  # noqa: E402
     sample_actions,
 )
 from quantlm.finetune.reward import realized_outcome  # noqa: E402
-from quantlm.finetune.rl import promotion  # noqa: E402
+from quantlm.finetune.rl import paired_t, promotion  # noqa: E402
 
 
 def _persistent_market(n: int = 20, sessions: int = 30, edge: float = 0.0005, seed: int = 0):
@@ -93,3 +93,27 @@ def test_validation_book_return_and_promotion_rule():
     assert not ok and "RankIC not higher" in why and "SFT model is kept" in why
     ok, why = promotion(sft, {"rank_ic": 0.07, "book_return": 0.0})
     assert not ok and "book return lower" in why
+
+
+def test_promotion_needs_a_significant_rank_ic_gain():
+    """A higher validation RankIC within noise (paired t below the bar) keeps the SFT model."""
+    sft = {"rank_ic_sft_score": 0.050, "book_return_sft_score": 0.001}
+    rl = {"rank_ic": 0.0505, "book_return": 0.0015}
+    ok, why = promotion(sft, rl, t_stat=0.4, min_t=2.0)
+    assert not ok and "RankIC gain not significant" in why and "paired t +0.40" in why
+    ok, why = promotion(sft, rl, t_stat=2.5, min_t=2.0)
+    assert ok and why.startswith("RL promoted")
+    ok, _ = promotion(sft, rl, t_stat=float("nan"), min_t=2.0)  # no per-session ICs (timing store): higher is enough
+    assert ok
+
+
+def test_paired_t_is_the_t_stat_of_the_mean_difference():
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    a = pd.Series(rng.normal(0.05, 0.1, 200))
+    b = a - 0.01 + pd.Series(rng.normal(0, 0.02, 200))
+    d = (a - b).to_numpy()
+    assert paired_t(a, b) == pytest.approx(d.mean() / (d.std(ddof=1) / np.sqrt(len(d))))
+    assert paired_t(a, b) > 4 and paired_t(b, a) < -4
+    assert np.isnan(paired_t(a.iloc[:1], b.iloc[:1])) and np.isnan(paired_t(a, a))
