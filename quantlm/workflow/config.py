@@ -123,6 +123,9 @@ class EvaluateSection(_Strict):
     # a `stack` run: the primary model + LightGBM + reversal / momentum, ridge weights per fold fitted on earlier
     # out-of-sample sessions (quantlm.baselines.stack); the summary says what each part adds
     stack: bool = False
+    # false: an RL run that was promoted in no seed and fold (it stepped aside everywhere: no book trades it) is
+    # not scored over the test periods and has no row; its validation result stays in the summary notes
+    score_stepped_aside: bool = True
     latency: bool = True  # measure the deployed model's decision latency (quantlm.finetune.measure_latency)
     latency_symbols: int = Field(300, ge=1)
     latency_updates: int = Field(50, ge=1)

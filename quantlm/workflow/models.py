@@ -78,6 +78,16 @@ def not_promoted_runs(chains: list[Chain]) -> list[str]:
                    for st in c.stages.get("rl", []) if not rl_promoted(st)})
 
 
+def stepped_aside_runs(chains: list[Chain]) -> list[str]:
+    """RL run names none of whose stages (any seed, any fold) was promoted: runs no book would trade."""
+    rl = RUN_NAMES["rl"]
+    by_run: dict[str, list[bool]] = {}
+    for c in chains:
+        for st in c.stages.get("rl", []):
+            by_run.setdefault(rl + c.variant.tag(), []).append(rl_promoted(st))
+    return sorted(name for name, promoted in by_run.items() if not any(promoted))
+
+
 def post_training_notes(chain: Chain) -> tuple[dict[str, Any], list[str]]:
     """({reward, rl, distill} per fold from the stages' metrics.json, summary note lines) of one chain."""
     info: dict[str, Any] = {}
@@ -234,4 +244,4 @@ def latency_stage(deployed: StageResult, store, cache: StageCache, fingerprint: 
 
 
 __all__ = ["Chain", "latency_stage", "model_dir", "not_promoted_runs", "post_training_notes", "rl_promoted", "score_run",
-           "train_chain"]
+           "stepped_aside_runs", "train_chain"]

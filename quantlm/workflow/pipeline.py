@@ -346,6 +346,7 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
     units = RunUnits(cfg, store, cache, fingerprint, pretrained, pretrained_dir, train_ends, folds)
     chains = units.train_chains(executor)
     scores = units.score_all(executor, chains)
+    units_runs = [run for chain in chains for run in chain.runs()]
     # LightGBM folds: Ray tasks under the ray executor, else evaluate.jobs processes
     baselines = baselines_stage(store, options, setup, cache, fingerprint,
                                 executor if getattr(executor, "name", "") == "ray" else None)
@@ -376,6 +377,9 @@ def _run_workflow(cfg: RunConfig, store, run_dir, console, force, progress, exec
         latency = {"run": "llm", **llm_entry["latency_ms"]}  # a primary LLM is gated on its own latency
     summary = build_summary(cfg, store, evaluated, latency,
                             gates_of(cfg), cache.records(), folds, evaluation.path / "report", chains[0])
+    for run in sorted(set(units_runs) - set(scores)):  # evaluate.score_stepped_aside: false
+        summary.setdefault("notes", []).append(f"{run}: promoted in no seed and fold (it stepped aside everywhere), so "
+                                               "it is not scored on the test periods (evaluate.score_stepped_aside)")
     if llm_entry is not None:
         summary["llm"] = llm_entry
     if stack_entry is not None:

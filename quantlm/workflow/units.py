@@ -24,7 +24,7 @@ import pandas as pd
 from rich.console import Console
 
 from quantlm.workflow.config import RunConfig, Variant
-from quantlm.workflow.models import Chain, score_run, train_chain
+from quantlm.workflow.models import Chain, score_run, stepped_aside_runs, train_chain
 from quantlm.workflow.stages import StageCache, StageResult
 
 
@@ -100,8 +100,11 @@ class RunUnits:
         return [c for i, m in enumerate(mains) for c in (m, *ablations[i * per:(i + 1) * per])]
 
     def score_all(self, executor, chains: list[Chain]) -> dict[str, dict[int, StageResult]]:
-        """{run: {seed: score stage}} of every model run of every chain (one wave)."""
-        jobs = [(run, chain.seed, models) for chain in chains for run, models in chain.runs().items()]
+        """{run: {seed: score stage}} of every model run of every chain (one wave); with
+        evaluate.score_stepped_aside false, RL runs promoted in no seed and fold are left out."""
+        skip = set() if self.cfg.evaluate.score_stepped_aside else set(stepped_aside_runs(chains))
+        jobs = [(run, chain.seed, models) for chain in chains for run, models in chain.runs().items()
+                if run not in skip]
         results: list[StageResult] = self._collect(executor.map(self.score, jobs))
         scores: dict[str, dict[int, StageResult]] = {}
         for (run, seed, _), res in zip(jobs, results, strict=True):

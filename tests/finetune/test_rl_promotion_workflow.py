@@ -45,3 +45,18 @@ def test_unpromoted_rl_steps_aside_and_the_notes_say_why(tmp_path):
     assert info["distill"][0]["rank_ic"] is None  # NaN -> None: summary.json allows no NaN
     assert math.isclose(info["distill"][0]["sizes"][0]["rank_ic_vs_teacher"], 0.92)
     assert any("0.92x teacher" in n and "[deployed]" in n for n in notes)
+
+
+def test_stepped_aside_runs_are_rl_runs_promoted_nowhere(tmp_path):
+    from quantlm.workflow.models import stepped_aside_runs
+
+    sft = _stage(tmp_path, "sft", {"valid_rank_ic": 0.05})
+    no = [_stage(tmp_path, f"rl{i}", {"promoted": False, "promotion_reason": "RL not promoted"}) for i in range(3)]
+    yes = _stage(tmp_path, "rly", {"promoted": True, "promotion_reason": "RL promoted"})
+    main = Variant(name="", stages={})
+    chains = [Chain(main, 0, {"sft": [sft], "rl": [no[0]]}), Chain(main, 1, {"sft": [sft], "rl": [no[1]]})]
+    assert stepped_aside_runs(chains) == ["rl"]
+    chains.append(Chain(main, 2, {"sft": [sft], "rl": [no[2], yes]}))  # promoted in one fold of one seed
+    assert stepped_aside_runs(chains) == []
+    other = Variant(name="rl-realized", stages={})
+    assert stepped_aside_runs(chains + [Chain(other, 0, {"sft": [sft], "rl": [no[0]]})]) == ["rl[rl-realized]"]
