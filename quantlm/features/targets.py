@@ -199,12 +199,7 @@ def _rank_by_group(group: np.ndarray, values: np.ndarray) -> np.ndarray:
     values = np.asarray(values, dtype="float64")
     out = np.full(len(values), np.nan)
     keep = np.flatnonzero(group >= 0)
-    order = keep[np.argsort(group[keep], kind="stable")]
-    g = group[order]
-    starts = np.flatnonzero(np.r_[True, g[1:] != g[:-1], True]) if len(g) else np.zeros(1, np.int64)
-    ranked = np.full(len(order), np.nan)
-    _rank_sorted(values[order], starts.astype(np.int64), ranked)
-    out[order] = ranked
+    out[keep] = group_ranks(group[keep], values[keep, None])[:, 0]
     return out
 
 

@@ -171,7 +171,7 @@ def build_trader_data(store, tokenizer, targets_config=None, text: bool = True, 
 
 FACTOR_SETS = ("none", "alpha158")
 _FACTOR_CACHE: dict[tuple, np.ndarray] = {}
-_FACTOR_CACHE_SIZE = 2
+_CACHE_SIZE = 2  # the factor and text caches: train_end data and test-end data of one run
 
 
 def cached_factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) -> np.ndarray:
@@ -180,7 +180,7 @@ def cached_factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = 
     key = (len(bars), tuple(bars.columns), int(pd.util.hash_pandas_object(bars, index=False).sum()),
            int(pd.util.hash_array(np.asarray(session)).sum()), timing)
     if key not in _FACTOR_CACHE:
-        if len(_FACTOR_CACHE) >= _FACTOR_CACHE_SIZE:
+        if len(_FACTOR_CACHE) >= _CACHE_SIZE:
             _FACTOR_CACHE.pop(next(iter(_FACTOR_CACHE)))
         _FACTOR_CACHE[key] = factor_ranks(bars, session, timing)
     return _FACTOR_CACHE[key].copy()
@@ -217,12 +217,10 @@ def factor_ranks(bars: pd.DataFrame, session: np.ndarray, timing: bool = False) 
 def vol_scaled_ranks(ret: np.ndarray, log_sigma: np.ndarray, session: np.ndarray, horizons: list[int]) -> np.ndarray:
     """Per-session ranks in [-1, 1] of ret_h / (sigma sqrt(h)); NaN where ret is NaN. float32 [N, n_h]."""
     scaled = ret / (np.exp(log_sigma)[:, None] * np.sqrt(np.asarray(horizons, dtype=np.float64)))
-    frame = pd.DataFrame(scaled).assign(session=session)
-    g = frame.groupby("session")
-    ranks = g.rank(method="average")
-    counts = g.transform("count")
-    out = ((ranks - 0.5) / counts.where(counts > 0) * 2 - 1).to_numpy(np.float32)
-    return np.where(np.isfinite(scaled), out, np.nan).astype(np.float32)
+    from quantlm.features.targets import group_ranks
+
+    out = group_ranks(np.asarray(session), np.where(np.isfinite(scaled), scaled, np.nan))
+    return out.astype(np.float32)
 
 
 _TEXT_CACHE: dict[tuple, tuple[np.ndarray | None, np.ndarray | None]] = {}
@@ -244,7 +242,7 @@ def cached_bar_text(store, symbols, offsets, calendar, session, market, half_lif
     key = (str(Path(store.root).resolve()), tuple(files), tuple(symbols), market, float(half_life),
            *(int(pd.util.hash_array(np.asarray(a)).sum()) for a in (offsets, calendar.asi8, session)))
     if key not in _TEXT_CACHE:
-        if len(_TEXT_CACHE) >= _FACTOR_CACHE_SIZE:
+        if len(_TEXT_CACHE) >= _CACHE_SIZE:
             _TEXT_CACHE.pop(next(iter(_TEXT_CACHE)))
         _TEXT_CACHE[key] = _bar_text(store, symbols, offsets, calendar, session, market, half_life)
     arr, weight = _TEXT_CACHE[key]

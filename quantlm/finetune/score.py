@@ -84,19 +84,11 @@ def rank_ic(score: np.ndarray, label: np.ndarray, session: np.ndarray, min_count
     df = pd.DataFrame({"s": score, "y": label, "t": session}).dropna()
     if len(df) == 0:
         return float("nan")
-    g = df.groupby("t")
-    df["rs"] = g["s"].rank()
-    df["ry"] = g["y"].rank()
-    n = g["s"].transform("size")
-    if not (n >= min_count).any():
+    if not (df.groupby("t")["s"].transform("size") >= min_count).any():
         if len(df) < 20 or df["s"].nunique() < 2 or df["y"].nunique() < 2:
             return float("nan")
         return float(df["s"].rank().corr(df["y"].rank()))
-    df = df[n >= min_count]
-    if len(df) == 0:
-        return float("nan")
-    per = df.groupby("t")[["rs", "ry"]].corr().unstack().iloc[:, 1]
-    return float(per.mean())
+    return float(session_rank_ics(score, label, session, min_count).mean())
 
 
 def load_for_scoring(model_dir: str | Path, store, end=None, bars: pd.DataFrame | None = None,
